@@ -1,0 +1,31 @@
+# make demo | make test — each sets everything up from nothing but Python and a C++ compiler.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is pinned here (a local CPU build on our machines); the package itself takes a loose range.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
+	touch $@
+
+install: $(VENV)/.deps
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/llmforge pipeline recipes/tiny.toml
+
+bench: install
+	$(BIN)/python -m bench all
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,28 @@
+// dlpack.h — the DLPack C ABI (unversioned "dltensor" capsule, DLPack <= 0.8),
+// declared from the specification's field list; only what the boundary reads.
+#pragma once
+#include <cstdint>
+
+namespace lf::dl {
+
+enum DeviceType : int32_t { kCPU = 1, kCUDA = 2, kCUDAHost = 3, kCUDAManaged = 13 };
+enum TypeCode : uint8_t { kInt = 0, kUInt = 1, kFloat = 2, kOpaque = 3, kBfloat = 4, kComplex = 5, kBool = 6 };
+
+struct Device { int32_t device_type; int32_t device_id; };
+struct DataType { uint8_t code; uint8_t bits; uint16_t lanes; };
+struct Tensor {
+  void* data;
+  Device device;
+  int32_t ndim;
+  DataType dtype;
+  int64_t* shape;
+  int64_t* strides;  // in elements; null means compact row-major
+  uint64_t byte_offset;
+};
+struct ManagedTensor {
+  Tensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(ManagedTensor* self);
+};
+
+}  // namespace lf::dl

@@ -1,0 +1,31 @@
+// isa.h — which CPU vector path runs. Every kernel in csrc/cpu/ is compiled once
+// per ISA into namespace lf::cpu::{scalar,avx2,avx512}; LF_CPU_DISPATCH calls the
+// best one this CPU (and the OS) supports, or a lower one chosen with set_isa()
+// or the LLMFORGE_ISA environment variable (for tests and benchmarks).
+#pragma once
+
+namespace lf {
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+Isa cpu_best_isa();            // what the hardware supports
+Isa current_isa();             // what kernels use now
+void set_isa(const char* name);  // "scalar" | "avx2" | "avx512"; raises if unsupported
+const char* isa_name(Isa isa);
+
+}  // namespace lf
+
+#define LF_CPU_DISPATCH(fn, ...)                                          \
+  do {                                                                    \
+    switch (::lf::current_isa()) {                                        \
+      case ::lf::Isa::avx512: ::lf::cpu::avx512::fn(__VA_ARGS__); break;  \
+      case ::lf::Isa::avx2: ::lf::cpu::avx2::fn(__VA_ARGS__); break;      \
+      default: ::lf::cpu::scalar::fn(__VA_ARGS__); break;                 \
+    }                                                                     \
+  } while (0)
+
+// Declares one kernel signature in all three ISA namespaces.
+#define LF_DECLARE_CPU_KERNEL(ret, fn, ...)          \
+  namespace lf::cpu::scalar { ret fn(__VA_ARGS__); } \
+  namespace lf::cpu::avx2 { ret fn(__VA_ARGS__); }   \
+  namespace lf::cpu::avx512 { ret fn(__VA_ARGS__); }
