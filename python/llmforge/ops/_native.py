@@ -28,3 +28,16 @@ def stream(t: torch.Tensor) -> int:
 def require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def same_device(ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Raise ValueError unless every tensor given is on ref's device (CPU or CUDA).
+
+    Run in the fake (meta) implementations too: a mix of devices otherwise
+    reaches the fake kernel and returns uninitialised memory.
+    """
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {ref.device}; move them to one device")
+    if ref.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"llmforge kernels run on CPU or CUDA tensors, got {ref.device}")

@@ -14,13 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, stream, threads
+from ._native import C, arg, require, same_device, stream, threads
 
 
-def _check(x: Tensor, weight: Tensor) -> int:
+def _check(x: Tensor, weight: Tensor, residual: Tensor | None = None) -> int:
+    """Checks shared by the kernels and the fake (meta) implementations; returns hidden."""
     require(isinstance(x, Tensor) and isinstance(weight, Tensor), "rmsnorm: x and weight must be tensors")
     require(x.dim() >= 1, f"rmsnorm: x must have at least 1 dimension, got shape {tuple(x.shape)}")
+    require(x.shape[-1] > 0, f"rmsnorm: the hidden size (last dimension of x) must be positive, got {tuple(x.shape)}")
     require(x.is_contiguous(), "rmsnorm: x must be contiguous; call .contiguous() first")
+    same_device(x, weight=weight, residual=residual)
+    if residual is not None:
+        require(residual.is_contiguous(), "rmsnorm: residual must be contiguous; call .contiguous() first")
+        require(residual.shape == x.shape,
+                f"rmsnorm: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
     return x.shape[-1]
 
 
@@ -49,15 +56,14 @@ def rmsnorm_fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 @rmsnorm_fwd.register_fake
 def _(x, weight, eps):
+    _check(x, weight)
     return torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
 
 
 @torch.library.custom_op("llmforge::rmsnorm_residual_fwd", mutates_args=())
 def rmsnorm_residual_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, h, rstd) with h = x + residual and y = rmsnorm(h)."""
-    hidden = _check(x, weight)
-    require(residual.is_contiguous(), "rmsnorm: residual must be contiguous; call .contiguous() first")
-    require(residual.shape == x.shape, f"rmsnorm: residual has shape {tuple(residual.shape)}, x {tuple(x.shape)}")
+    hidden = _check(x, weight, residual)
     x2, r2 = x.view(-1, hidden), residual.view(-1, hidden)
     y, h = torch.empty_like(x2), torch.empty_like(x2)
     rstd = torch.empty(x2.shape[0], dtype=_rstd_dtype(x), device=x.device)
@@ -67,6 +73,7 @@ def rmsnorm_residual_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float
 
 @rmsnorm_residual_fwd.register_fake
 def _(x, residual, weight, eps):
+    _check(x, weight, residual)
     return torch.empty_like(x), torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
 
 

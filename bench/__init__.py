@@ -1,0 +1,1 @@
+"""llmforge microbenchmarks: `python -m bench <op>|all [--record]` (see bench/harness.py)."""
