@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # torch is pinned here (a local CPU build on our machines); the package itself takes a loose range.
 TORCH  := torch==2.13.0
+# Where nvcc exists the CUDA kernels must compile (a compile error fails the build);
+# elsewhere the build goes on without them.
+export LLMFORGE_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),ON,AUTO)
 
 .PHONY: demo test install bench clean
 
