@@ -217,7 +217,12 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, mask)
         return self.model.norm(x)
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with labels, the training loss instead (see loss()). Going
+        through forward keeps DDP/FSDP hooks in the loop."""
+        if labels is not None:
+            return self._loss(tokens, labels, position_ids)
         return F.linear(self.hidden_states(tokens, position_ids), self.output_weight)
 
     def aux_loss(self) -> torch.Tensor:
@@ -229,10 +234,14 @@ class Transformer(nn.Module):
              position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy: logits at t predict labels at t+1 (labels default to
         tokens; -100 is ignored). MoE adds its load-balancing term."""
-        labels = tokens if labels is None else labels
-        logits = self(tokens, position_ids)[:, :-1]
+        return self(tokens, position_ids, labels=tokens if labels is None else labels)
+
+    def _loss(self, tokens, labels, position_ids):
+        logits = F.linear(self.hidden_states(tokens, position_ids), self.output_weight)[:, :-1]
         tgt = labels[:, 1:]
         if position_ids is not None:  # never predict across a document boundary
             tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100)
-        return loss + self.aux_loss()
+        tgt = tgt.reshape(-1)
+        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt, ignore_index=-100, reduction="sum")
+        # a batch without any target gives 0 (not NaN), so distributed ranks stay in step
+        return total / (tgt != -100).sum().clamp(min=1) + self.aux_loss()

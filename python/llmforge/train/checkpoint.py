@@ -50,8 +50,8 @@ def _fsync_dir(path: str) -> None:
         pass
 
 
-def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    extra: dict | None = None, keep: int = 2) -> str:
+def save_checkpoint(root: str, step: int, model, optimizer=None, extra: dict | None = None, keep: int = 2) -> str:
+    """model / optimizer: modules or their (full) state dicts."""
     from safetensors.torch import save_file
 
     os.makedirs(root, exist_ok=True)
@@ -60,10 +60,11 @@ def save_checkpoint(root: str, step: int, model: torch.nn.Module, optimizer: tor
     tmp = os.path.join(root, f".tmp_{name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    msd = model if isinstance(model, dict) else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in msd.items()}
     save_file(state, os.path.join(tmp, "model.safetensors"))
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optim.pt"))
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), os.path.join(tmp, "optim.pt"))
     meta = {"step": step, "rng": rng_state(), **(extra or {})}
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump(meta, f)
@@ -97,17 +98,24 @@ def latest_checkpoint(root: str) -> str | None:
     return path if os.path.isdir(path) else None
 
 
-def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+def load_checkpoint(path: str, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Restore RNG states and return state.json's content. With model/optimizer given, load
+    them in place; with None, their state dicts come back as meta["model_state"] and
+    meta["optim_state"] (for sharded models that load through torch.distributed)."""
     from safetensors.torch import load_file
 
     try:
         state = load_file(os.path.join(path, "model.safetensors"))
     except Exception as e:  # corrupt or missing file: say which
         raise ValueError(f"{path}: cannot read model.safetensors: {e}") from None
-    model.load_state_dict(state)
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(os.path.join(path, "optim.pt"), weights_only=True))
+    osd = torch.load(os.path.join(path, "optim.pt"), weights_only=True) if os.path.exists(os.path.join(path, "optim.pt")) else None
     with open(os.path.join(path, "state.json")) as f:
         meta = json.load(f)
+    if model is None:
+        meta["model_state"], meta["optim_state"] = state, osd
+    else:
+        model.load_state_dict(state)
+        if optimizer is not None:
+            optimizer.load_state_dict(osd)
     set_rng_state(meta["rng"])
     return meta
