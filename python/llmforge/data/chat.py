@@ -17,6 +17,7 @@ reply and the template's end-of-turn marker, which the model must learn to emit.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -133,6 +134,7 @@ def read_chats(path: str | os.PathLike, format: str = "auto", on_error: str = "r
 
 
 # ---- templates ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _env():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -149,13 +151,18 @@ def template_source(template: str) -> str:
     return TEMPLATES.get(template, template)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(source: str):
+    return _env().from_string(source)
+
+
 def render_chat(messages, template: str = "chatml", add_generation_prompt: bool = False,
                 bos_token: str = "", eos_token: str = "") -> str:
     """Render a conversation with a named template or a Jinja string (sandboxed)."""
     from jinja2 import TemplateError as JinjaError
 
     try:
-        tpl = _env().from_string(template_source(template))
+        tpl = _compiled(template_source(template))
         return tpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
                           bos_token=bos_token, eos_token=eos_token)
     except JinjaError as e:

@@ -186,9 +186,9 @@ class Transformer(nn.Module):
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
                 nn.init.normal_(p, std=std * scale)
 
-    @property
-    def output_weight(self):
-        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output projection (tied to the embeddings, or lm_head, which may carry an adapter)."""
+        return F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
     def hidden_states(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, dim)."""
@@ -223,11 +223,11 @@ class Transformer(nn.Module):
         through forward keeps DDP/FSDP hooks in the loop."""
         if labels is not None:
             return self._loss(tokens, labels, position_ids)
-        return F.linear(self.hidden_states(tokens, position_ids), self.output_weight)
+        return self.logits(self.hidden_states(tokens, position_ids))
 
     def aux_loss(self) -> torch.Tensor:
         if not self.cfg.n_experts:
-            return torch.zeros((), device=self.output_weight.device)
+            return torch.zeros((), device=self.model.embed_tokens.weight.device)
         return self.cfg.moe_aux_coef * sum(l.mlp.aux_loss for l in self.model.layers) / self.cfg.n_layers
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
@@ -237,7 +237,7 @@ class Transformer(nn.Module):
         return self(tokens, position_ids, labels=tokens if labels is None else labels)
 
     def _loss(self, tokens, labels, position_ids):
-        logits = F.linear(self.hidden_states(tokens, position_ids), self.output_weight)[:, :-1]
+        logits = self.logits(self.hidden_states(tokens, position_ids))[:, :-1]
         tgt = labels[:, 1:]
         if position_ids is not None:  # never predict across a document boundary
             tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
