@@ -61,7 +61,11 @@ def make_optimizer(model: nn.Module, name: str = "adamw", lr: float = 3e-4, weig
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=False)
     if name == "lion":
         return Lion(groups, lr=lr, betas=tuple(betas))
-    raise ValueError(f"unknown optimizer {name!r} (adamw, lion)")
+    if name == "adamw8bit":
+        from .optim8bit import AdamW8bit
+
+        return AdamW8bit(groups, lr=lr, betas=tuple(betas), eps=eps)
+    raise ValueError(f"unknown optimizer {name!r} (adamw, lion, adamw8bit)")
 
 
 def cosine_lr(step: int, base_lr: float, min_lr: float, warmup: int, total: int) -> float:
