@@ -14,6 +14,8 @@ namespace {
 constexpr size_t kLongPiece = 128;          // longer pieces use the heap merge
 constexpr size_t kCacheMaxEntries = 1 << 20;  // cleared when full
 constexpr size_t kCacheMaxKeyBytes = 64u << 20;
+constexpr size_t kCacheMaxPiece = 256;        // longer pieces are not cached
+constexpr size_t kMaxPiece = size_t(1) << 30;
 
 inline uint64_t hash_bytes(const uint8_t* s, size_t n) {
   uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xC2B2AE3D27D4EB4FULL);
@@ -133,6 +135,7 @@ void BpeModel::bpe_long(std::vector<int32_t>& syms) {
 }
 
 void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) {
+  if (n > kMaxPiece) throw ValueError("tokenizer: a pre-tokenized piece of more than 1 GiB cannot be encoded");
   syms.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const int32_t id = byte_id_[s[i]];
@@ -175,6 +178,18 @@ void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) {
   syms.resize(m);
 }
 
+void BpeModel::encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids) {
+  ids.clear();
+  if (ignore_merges_) {
+    auto it = token_index_.find(std::string(reinterpret_cast<const char*>(s), n));
+    if (it != token_index_.end()) {
+      ids.push_back(it->second);
+      return;
+    }
+  }
+  bpe(s, n, ids);
+}
+
 void BpeModel::encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& out) {
   if (n == 1) {
     const int32_t id = byte_id_[s[0]];
@@ -184,6 +199,11 @@ void BpeModel::encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& ou
       throw ValueError(std::string("tokenizer: byte ") + buf + " has no token in this vocabulary");
     }
     out.push_back(id);
+    return;
+  }
+  if (n > kCacheMaxPiece) {
+    encode_uncached(s, n, scratch_);
+    out.insert(out.end(), scratch_.begin(), scratch_.end());
     return;
   }
   const uint64_t h = hash_bytes(s, n);
@@ -198,16 +218,7 @@ void BpeModel::encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& ou
     i = (i + 1) & mask;
   }
   // miss: encode, then remember
-  scratch_.clear();
-  bool done = false;
-  if (ignore_merges_) {
-    auto it = token_index_.find(std::string(reinterpret_cast<const char*>(s), n));
-    if (it != token_index_.end()) {
-      scratch_.push_back(it->second);
-      done = true;
-    }
-  }
-  if (!done) bpe(s, n, scratch_);
+  encode_uncached(s, n, scratch_);
   out.insert(out.end(), scratch_.begin(), scratch_.end());
   if (cache_used_ >= kCacheMaxEntries || cache_keys_.size() + n > kCacheMaxKeyBytes) {
     cache_clear();

@@ -111,6 +111,7 @@ class BpeModel {
 
  private:
   void encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& out);
+  void encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids);
   void bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms);
   void bpe_long(std::vector<int32_t>& syms);
 

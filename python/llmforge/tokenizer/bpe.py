@@ -193,6 +193,9 @@ class Tokenizer:
             raise ValueError(f"vocab_size {vocab_size} is too large")
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+        for role, given in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
+            if given is not _AUTO and given is not None and given not in specials:
+                raise ValueError(f"{role}_token {given!r} is not one of the special tokens {specials}")
 
         trainer = _C.BpeTrainer(pattern, [s.encode("utf-8") for s in specials])
         if files is not None:
@@ -268,7 +271,10 @@ class Tokenizer:
         if hasattr(ids, "tolist"):  # torch / numpy
             ids = ids.tolist()
         if not isinstance(ids, (list, tuple)):
-            ids = list(ids)
+            try:
+                ids = list(ids)
+            except TypeError:
+                raise TypeError(f"decode: expected a sequence of ints, got {type(ids).__name__}") from None
         return self._model.decode(ids, bool(skip_special))
 
     def decode(self, ids: Iterable[int], errors: str = "replace", skip_special: bool = False) -> str:
