@@ -130,24 +130,16 @@ std::vector<Merge> BpeTrainer::train(int64_t num_new_tokens, int64_t min_frequen
       for (size_t i = 0; i < w.size();) {
         if (i + 1 < w.size() && w[i] == a && w[i + 1] == b) {
           changed = true;
-          if (!out.empty()) {
-            const int32_t p = out.back();
-            count[pair_key(p, a)] -= f;
-            const uint64_t k = pair_key(p, c);
-            count[k] += f;
-            auto& wl = where[k];
+          // the neighbour pairs: (prev, a) -> (prev, c) and (b, next) -> (c, next)
+          auto replace = [&](uint64_t gone, uint64_t made) {
+            count[gone] -= f;
+            count[made] += f;
+            auto& wl = where[made];
             if (wl.empty() || wl.back() != wi) wl.push_back(wi);
-            touched.push_back(k);
-          }
-          if (i + 2 < w.size()) {
-            const int32_t nx = w[i + 2];
-            count[pair_key(b, nx)] -= f;
-            const uint64_t k = pair_key(c, nx);
-            count[k] += f;
-            auto& wl = where[k];
-            if (wl.empty() || wl.back() != wi) wl.push_back(wi);
-            touched.push_back(k);
-          }
+            touched.push_back(made);
+          };
+          if (!out.empty()) replace(pair_key(out.back(), a), pair_key(out.back(), c));
+          if (i + 2 < w.size()) replace(pair_key(b, w[i + 2]), pair_key(c, w[i + 2]));
           out.push_back(c);
           i += 2;
         } else {
