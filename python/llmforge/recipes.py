@@ -118,3 +118,48 @@ def run_pretrain(recipe: dict) -> dict:
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def load_chats(spec: str):
+    """'chitchat' (the bundled corpus) or a path to OpenAI/ShareGPT/Alpaca JSON(L)."""
+    from .data.chat import read_chats
+    from .data.corpora import chitchat
+
+    return chitchat() if spec == "chitchat" else read_chats(spec)
+
+
+def run_sft(recipe: dict) -> dict:
+    from .model import load_hf, save_hf
+    from .tokenizer import Tokenizer
+    from .train.lora import merge_lora
+    from .train.pretrain import PretrainConfig
+    from .train.sft import SFTConfig, sft
+
+    s = dict(recipe.get("sft", {}))
+    base = s.pop("base", None)
+    chats = s.pop("chats", "chitchat")
+    heldout = int(s.pop("heldout", 64))
+    if not base:
+        raise ValueError("[sft] needs base = a model directory (HF layout with llmforge_tokenizer.json or tokenizer.json)")
+    train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
+    cfg = SFTConfig(**_fields(SFTConfig, s, "sft"), train=train_cfg)
+    cfg.out_dir = train_cfg.out_dir
+    tok_file = os.path.join(base, "llmforge_tokenizer.json")
+    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    model = load_hf(base)
+    convs = load_chats(chats)
+    if len(convs) <= heldout:
+        raise ValueError(f"only {len(convs)} conversations; need more than heldout={heldout}")
+    res = sft(model, tok, convs[:-heldout], cfg, eval_conversations=convs[-heldout:])
+    if cfg.lora_r > 0 and not cfg.quantize_base:
+        merge_lora(model)
+        save_hf(model, os.path.join(cfg.out_dir, "model"))
+    elif cfg.lora_r <= 0:
+        save_hf(model, os.path.join(cfg.out_dir, "model"))
+    if os.path.isdir(os.path.join(cfg.out_dir, "model")):
+        tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
+        tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    summary = {k: v for k, v in res.items() if k != "metrics"}
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

@@ -65,6 +65,36 @@ progress = false
     # re-running is a no-op resume (cached stages, finished training)
     again = run_pretrain(load_recipe(str(recipe)))
     assert again["steps"] == 30
+    # LoRA SFT of that model on a few chats, through the CLI
+    chats = tmp_path / "chats.jsonl"
+    conv = [{"role": "user", "content": "Who art thou?"}, {"role": "assistant", "content": "A player, my lord."}]
+    chats.write_text("\n".join(json.dumps({"messages": conv}) for _ in range(40)) + "\n")
+    sft_recipe = tmp_path / "s.toml"
+    sft_recipe.write_text(f"""# llmforge sft s.toml
+[sft]
+base = "{tmp_path / 'run' / 'model'}"
+chats = "{chats}"
+heldout = 8
+seq_len = 64
+lora_r = 4
+lora_alpha = 8
+[train]
+out_dir = "{tmp_path / 'sft'}"
+steps = 10
+batch_size = 4
+lr = 5e-3
+warmup = 2
+eval_every = 10
+eval_batches = 1
+progress = false
+""")
+    r = subprocess.run([sys.executable, "-m", "llmforge.cli", "sft", str(sft_recipe)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert s["eval_loss"] < s["eval_loss_before"]
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "sft" / "model" / "model.safetensors").exists()
 
 
 def test_bad_recipes(tmp_path):
