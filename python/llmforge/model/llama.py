@@ -85,9 +85,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(h * hd, d, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0):
         B, T, _ = x.shape
         h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        if cache is not None:
+            return self._forward_cached(x, cos, sin, cache, layer)
         q = self.q_proj(x).view(B, T, h, hd).transpose(1, 2)    # (B, h, T, hd)
         k = self.k_proj(x).view(B, T, kv, hd).transpose(1, 2)   # (B, kv, T, hd)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
@@ -96,6 +98,17 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
+
+    def _forward_cached(self, x, cos, sin, cache, layer):
+        B, T, _ = x.shape
+        h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, h, hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, kv, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = cache.append(layer, k, v)                  # (B, kv, L, hd)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask(T), enable_gqa=kv != h)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
 
 
@@ -145,8 +158,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -216,6 +229,17 @@ class Transformer(nn.Module):
             else:
                 x = layer(x, cos, sin, mask)
         return self.model.norm(x)
+
+    @torch.no_grad()
+    def forward_cached(self, tokens: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
+        """Incremental decoding: logits (B, T, vocab) for new tokens whose keys/values are
+        appended to `cache` (llmforge.generate.cache.KVCache), attending to everything cached."""
+        x = self.model.embed_tokens(tokens)
+        cos, sin = rope_cos_sin(self.cfg, position_ids, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, None, cache, i)
+        cache.advance(tokens.shape[1])
+        return self.logits(self.model.norm(x))
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""llmforge.generate: decoding. cache.KVCache (contiguous), sampling (logit processors), engine.generate."""

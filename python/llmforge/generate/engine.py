@@ -1,0 +1,73 @@
+"""Batched generation with a KV cache: prefill the left-padded prompts, then decode step by step.
+
+    out = generate(model, [prompt_ids, ...], max_new_tokens=64, params=SamplingParams(temperature=0),
+                   stop_ids={eos}, seed=0)
+    out.tokens[i]      # generated ids of prompt i (stop token included when hit)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cache import KVCache
+from .sampling import SamplingParams, sample
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]
+    finished: list[bool]          # stopped on a stop token (else hit max_new_tokens)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None,
+             stop_ids=(), seed: int | None = None, pad_id: int = 0) -> Generation:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    params = params or SamplingParams()
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    B, P = len(prompts), max(len(p) for p in prompts)
+    total = P + max_new_tokens
+    if total > model.cfg.max_seq_len:
+        raise ValueError(f"prompt + new tokens ({total}) exceed max_seq_len {model.cfg.max_seq_len}")
+    tokens = torch.full((B, P), pad_id, dtype=torch.long, device=dev)
+    valid = torch.zeros(B, P, dtype=torch.bool, device=dev)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = torch.tensor(p, device=dev)
+        valid[i, P - len(p):] = True
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    cache = KVCache(model.cfg, B, total, dtype=next(model.parameters()).dtype, device=dev)
+    cache.set_valid(valid)
+    logits = model.forward_cached(tokens, positions, cache)[:, -1]
+    g = torch.Generator(device=dev)
+    if seed is not None:
+        g.manual_seed(seed)
+    history = [list(p) for p in prompts]
+    out = [[] for _ in range(B)]
+    done = [False] * B
+    next_pos = positions[:, -1] + 1
+    stop = set(int(s) for s in stop_ids)
+    for _ in range(max_new_tokens):
+        hist = torch.full((B, max(len(h) for h in history)), -1, dtype=torch.long, device=dev)
+        for i, h in enumerate(history):
+            hist[i, :len(h)] = torch.tensor(h, device=dev)
+        nxt = sample(logits, params, g, hist)
+        for i in range(B):
+            if not done[i]:
+                t = int(nxt[i])
+                out[i].append(t)
+                history[i].append(t)
+                if t in stop:
+                    done[i] = True
+        if all(done):
+            break
+        cache.set_valid(torch.ones(B, 1, dtype=torch.bool, device=dev))
+        logits = model.forward_cached(nxt[:, None], next_pos[:, None], cache)[:, -1]
+        next_pos = next_pos + 1
+    model.train(was)
+    return Generation(out, done)
