@@ -1,0 +1,1 @@
+"""llmforge.export: GGUF export (arch llama) that verifies itself, and GGUF import."""
