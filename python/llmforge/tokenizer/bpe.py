@@ -472,7 +472,13 @@ class Tokenizer:
         for a in added_raw:
             added_by_id[int(a["id"])] = {"id": int(a["id"]), "content": str(a["content"]),
                                          "special": bool(a.get("special", False))}
+            if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
+                warnings.warn(f"added token {a['content']!r}: lstrip/rstrip/single_word are ignored "
+                              "(matched as plain text)", stacklevel=4)
         n = max([-1] + [int(i) for i in vocab.values()] + list(added_by_id)) + 1
+        if n > len(vocab) + len(added_by_id):
+            raise TokenizerError(f"token ids are not contiguous (largest id {n - 1}, "
+                                 f"{len(vocab) + len(added_by_id)} entries)")
         tokens: list[bytes | None] = [None] * n
         for s, i in vocab.items():
             if not isinstance(i, int) or i < 0:
