@@ -168,7 +168,11 @@ def test_encode_batch_and_threads(tok, heldout):
     lines = heldout.splitlines(keepends=True)[:2000]
     want = [tok.encode(x) for x in lines]
     assert tok.encode_batch(lines) == want
+    assert tok.encode_batch(lines, num_threads=1) == want
+    assert tok.encode_batch(lines * 3, num_threads=3) == want * 3  # per-thread caches
     assert tok.encode_batch([]) == []
+    with pytest.raises(ValueError, match="num_threads"):
+        tok.encode_batch(lines, num_threads=0)
     results = [None] * 4
 
     def work(k):
@@ -514,6 +518,8 @@ def test_vocab_without_some_bytes(train_files, tmp_path):
     assert t.encode("hello world") == hf.encode("hello world").ids
     with pytest.raises(ValueError, match="byte 0x51 has no token"):
         t.encode("Q")
+    with pytest.raises(ValueError, match="byte 0x51 has no token"):  # raised from a worker thread
+        t.encode_batch(["hello world"] * 20000 + ["Q"], num_threads=2)
 
 
 def _naive_train(docs, num_new):

@@ -248,11 +248,19 @@ class Tokenizer:
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
-                     allow_special: bool = True) -> list[list[int]]:
+                     allow_special: bool = True, num_threads: int | None = None) -> list[list[int]]:
+        """encode() of each text, on num_threads OpenMP threads (default: torch.get_num_threads();
+        small batches run on one). The ids do not depend on the thread count."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
+        if num_threads is None:
+            import torch
+
+            num_threads = torch.get_num_threads()
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
         out = self._model.encode_batch([_text_bytes(t, f"text {i}") for i, t in enumerate(texts)],
-                                       bool(allow_special))
+                                       bool(allow_special), num_threads)
         return [self._wrap(ids, add_bos, add_eos) for ids in out] if (add_bos or add_eos) else out
 
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
