@@ -368,6 +368,10 @@ def test_bad_training_input(tmp_path):
         Tokenizer.train(bad, vocab_size=300)
     with pytest.raises(FileNotFoundError):
         Tokenizer.train(tmp_path / "missing.txt", vocab_size=300)
+    with pytest.raises(FileNotFoundError):  # a list of path-shaped strings is files, not texts
+        Tokenizer.train([str(bad), str(tmp_path / "missing.txt")], vocab_size=300)
+    with pytest.raises(FileNotFoundError):
+        Tokenizer.train(["corpus.txt"], vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
         Tokenizer.train_from_iterator([], vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
@@ -388,6 +392,10 @@ def test_bad_training_input(tmp_path):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, special_tokens=[""])
     with pytest.raises(ValueError, match="not one of the special tokens"):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, bos_token="<nope>")
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        Tokenizer.train(bad, vocab_size=300, chunk_bytes=0)
+    with pytest.raises(ValueError, match="min_frequency"):
+        Tokenizer.train_from_iterator(["abc"], vocab_size=300, min_frequency=0)
     with pytest.raises(ValueError, match="pattern"):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, pattern="llama9")
 
