@@ -36,6 +36,17 @@ inline uint64_t hash_bytes(const uint8_t* s, size_t n) {
   return h | 1;  // never 0
 }
 
+// memcmp(a, b, n) == 0, without a call for the short keys that dominate
+inline bool same_bytes(const char* a, const uint8_t* b, size_t n) {
+  if (n <= 8) {
+    uint64_t x = 0, y = 0;
+    std::memcpy(&x, a, n);
+    std::memcpy(&y, b, n);
+    return x == y;
+  }
+  return std::memcmp(a, b, n) == 0;
+}
+
 std::string id_msg(int64_t id) { return std::to_string(id); }
 
 }  // namespace
@@ -214,8 +225,11 @@ void BpeModel::encode_piece(State& st, const uint8_t* s, size_t n, std::vector<i
   size_t i = h & mask;
   while (st.index[i].used) {
     const CacheSlot& c = st.index[i];
-    if (c.hash == h && c.key_len == n && std::memcmp(st.keys.data() + c.key_off, s, n) == 0) {
-      out.insert(out.end(), st.vals.begin() + c.val_off, st.vals.begin() + c.val_off + c.val_len);
+    if (c.hash == h && c.key_len == n && same_bytes(st.keys.data() + c.key_off, s, n)) {
+      if (c.val_len == 1)
+        out.push_back(st.vals[c.val_off]);
+      else
+        out.insert(out.end(), st.vals.begin() + c.val_off, st.vals.begin() + c.val_off + c.val_len);
       return;
     }
     i = (i + 1) & mask;
