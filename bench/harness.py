@@ -137,10 +137,13 @@ def _fmt(v, spec):
 
 
 def table(rows: list[Row]) -> str:
-    head = "| case | impl | ms (p10-p90) | GB/s | TFLOP/s | % peak | speedup |\n|---|---|---|---|---|---|---|\n"
+    notes = any(r.extra for r in rows)
+    head = ("| case | impl | ms (p10-p90) | GB/s | TFLOP/s | % peak | speedup |" + (" notes |" if notes else "")
+            + "\n|---|---|---|---|---|---|---|" + ("---|" if notes else "") + "\n")
     lines = [
         f"| {r.case} | {r.impl} | {r.ms:.3f} ({r.p10_ms:.3f}-{r.p90_ms:.3f}) | {_fmt(r.gbps, '.1f')} | "
         f"{_fmt(r.tflops, '.3f')} | {_fmt(r.pct_peak, '.0f')} | {_fmt(r.speedup, '.2f')}{'x' if r.speedup else ''} |"
+        + ((" " + ", ".join(f"{k}={v}" for k, v in r.extra.items()) + " |") if notes else "")
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"

@@ -1,6 +1,8 @@
 """`llmforge <command>`: the command-line face of the library.
 
-    llmforge info                     build and machine information
+    llmforge info                                   build and machine information
+    llmforge pretrain recipes/pretrain_shakespeare.toml
+    llmforge sft recipes/sft_chitchat.toml
     llmforge pipeline recipes/tiny.toml
 """
 from __future__ import annotations
@@ -37,12 +39,26 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="build and machine information")
     pp = sub.add_parser("pipeline", help="run a recipe end to end")
     pp.add_argument("recipe")
+    pt = sub.add_parser("pretrain", help="train a tokenizer and pretrain a model from a TOML recipe")
+    pt.add_argument("recipe")
+    st = sub.add_parser("sft", help="supervised fine-tuning (full, LoRA, QLoRA) from a TOML recipe")
+    st.add_argument("recipe")
     a = p.parse_args(argv)
     if a.cmd == "info":
         print(json.dumps(info(), indent=2))
         return 0
     if a.cmd == "pipeline":
         return pipeline(a.recipe)
+    if a.cmd == "pretrain":
+        from .recipes import load_recipe, run_pretrain
+
+        print(json.dumps(run_pretrain(load_recipe(a.recipe)), indent=2))
+        return 0
+    if a.cmd == "sft":
+        from .recipes import load_recipe, run_sft
+
+        print(json.dumps(run_sft(load_recipe(a.recipe)), indent=2))
+        return 0
     return 2
 
 

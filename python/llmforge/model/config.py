@@ -1,0 +1,107 @@
+"""The model's configuration, and its mapping to Hugging Face's config.json."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer, Llama layout.
+
+    Sizes: vocab_size, dim (hidden), n_layers, n_heads, n_kv_heads (GQA; None = n_heads),
+    head_dim (None = dim // n_heads), ffn_dim (SwiGLU inner size).
+    Positions: max_seq_len, rope_theta, rope_scaling (HF-style dict or None).
+    Details: norm_eps, tie_embeddings, attention_bias (Qwen2 uses q/k/v biases).
+    MoE: n_experts > 0 replaces every FFN with n_experts SwiGLU experts and top-k routing,
+    adding moe_aux_coef * load-balancing loss (Switch-Transformer style) to the training loss.
+    Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
+    """
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    ffn_dim: int = 688
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    n_experts: int = 0
+    moe_top_k: int = 2
+    moe_aux_coef: float = 0.01
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; give head_dim")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads {self.n_kv_heads} must divide n_heads {self.n_heads}")
+        for k in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be positive")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (RoPE rotates pairs)")
+        if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
+            raise ValueError("moe_top_k must be in [1, n_experts]")
+
+    def n_params(self, embeddings: bool = True) -> int:
+        d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim
+        attn = d * h * hd * 2 + d * kv * hd * 2 + (h * hd + 2 * kv * hd if self.attention_bias else 0)
+        ffn = 3 * d * f * max(1, self.n_experts) + (d * self.n_experts if self.n_experts else 0)
+        per_layer = attn + ffn + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.n_layers * per_layer + d + (emb if embeddings else 0)
+
+    # ---- Hugging Face config.json ---------------------------------------------------------
+    def to_hf(self) -> dict:
+        if self.n_experts:
+            raise ValueError("MoE models have no Llama config.json mapping")
+        arch, mtype = ("Qwen2ForCausalLM", "qwen2") if self.attention_bias else ("LlamaForCausalLM", "llama")
+        cfg = {
+            "architectures": [arch], "model_type": mtype, "hidden_act": "silu",
+            "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.ffn_dim,
+            "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_seq_len, "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling,
+            "tie_word_embeddings": self.tie_embeddings, "attention_bias": self.attention_bias,
+            "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+            "bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
+            "torch_dtype": "float32", "use_cache": True,
+        }
+        return cfg
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "ModelConfig":
+        mtype = cfg.get("model_type")
+        if mtype not in ("llama", "qwen2", "mistral"):
+            raise ValueError(f"unsupported model_type {mtype!r} (llama, qwen2, mistral)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {cfg.get('hidden_act')!r}")
+        if cfg.get("mlp_bias"):
+            raise ValueError("mlp_bias=True is not supported")
+        eos = cfg.get("eos_token_id")
+        return cls(
+            vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+            n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
+            head_dim=cfg.get("head_dim"), ffn_dim=cfg["intermediate_size"],
+            max_seq_len=cfg.get("max_position_embeddings", 2048), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_scaling=cfg.get("rope_scaling"), norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")),
+            bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
+            pad_id=cfg.get("pad_token_id"),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,86 @@
+"""Load and save the Hugging Face layout: config.json + model.safetensors (sharded checkpoints
+with model.safetensors.index.json load too). Local directories only; nothing is downloaded.
+Loading never unpickles: only safetensors files are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .config import ModelConfig
+from .llama import Transformer
+
+
+def _read_config(path: str) -> dict:
+    cpath = os.path.join(path, "config.json")
+    if not os.path.isfile(cpath):
+        raise FileNotFoundError(f"{cpath} not found (a local Hugging Face model directory is required)")
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cpath}: invalid JSON: {e}") from None
+
+
+def _weight_files(path: str) -> list[str]:
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(path, x) for x in files]
+    if any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(path)):
+        raise ValueError(f"{path}: only safetensors checkpoints are loaded (pickle files can execute code)")
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
+    """A Transformer from a local Llama/Qwen2/Mistral-style checkpoint directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    cfg = ModelConfig.from_hf(_read_config(path))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = {}
+    for f in _weight_files(path):
+        try:
+            state.update(load_file(f, device=device))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
+    if cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if "rotary_emb" not in k)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+    model.load_state_dict({k: state[k].to(dtype) for k in expected}, assign=True)
+    return model
+
+
+def save_hf(model: Transformer, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write config.json and model.safetensors (atomically: temp names, then rename)."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    cfg = model.cfg.to_hf()
+    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        cfg["torch_dtype"] = str(dtype).replace("torch.", "")
+    tmp = os.path.join(path, "model.safetensors.tmp")
+    save_file(state, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(path, "model.safetensors"))
+    with open(os.path.join(path, "config.json.tmp"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))

@@ -1,0 +1,247 @@
+"""A Llama-style decoder as plain nn.Modules. Parameter names follow the Hugging Face
+Llama layout (model.layers.N.self_attn.q_proj.weight, ...), so state dicts map 1:1.
+
+    model = Transformer(cfg)
+    logits = model(tokens)                                   # (B, T, vocab)
+    logits = model(tokens, position_ids=pos)                 # packed sequences: positions restart per
+                                                             # document, attention stays inside it
+    loss = model.loss(tokens, labels)                        # mean next-token CE over labels != -100
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import rmsnorm
+from .config import ModelConfig
+
+
+# ---- RoPE ----------------------------------------------------------------------------------
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) in float64, with HF-style rope_scaling applied."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    sc = cfg.rope_scaling
+    if not sc:
+        return inv
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / float(sc["factor"])
+    if kind == "llama3":
+        factor, lo, hi = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+        old = float(sc["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        smooth = ((old / wavelen) - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        mid = (1 - smooth) * inv / factor + smooth * inv
+        is_mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        return torch.where(is_mid, mid, scaled)
+    raise ValueError(f"unsupported rope_scaling type {kind!r} (default, linear, llama3)")
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin of shape (*positions.shape, head_dim) for the half-split (HF) convention."""
+    inv = rope_inv_freq(cfg).to(positions.device)
+    ang = positions.to(torch.float64)[..., None] * inv
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, hd); cos/sin: (B, T, hd)
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+# ---- blocks --------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        if x.dtype != self.weight.dtype:  # autocast: normalise in the weight's precision
+            return rmsnorm(x.to(self.weight.dtype), self.weight, self.eps).to(x.dtype)
+        return rmsnorm(x.contiguous(), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kv, hd, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
+        self.q_proj = nn.Linear(d, h * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        B, T, _ = x.shape
+        h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, h, hd).transpose(1, 2)    # (B, h, T, hd)
+        k = self.k_proj(x).view(B, T, kv, hd).transpose(1, 2)   # (B, kv, T, hd)
+        v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, ffn_dim, bias=False)
+        self.up_proj = nn.Linear(dim, ffn_dim, bias=False)
+        self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts with a Switch-style load-balancing loss (stored in .aux_loss)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.top_k, self.n = cfg.moe_top_k, cfg.n_experts
+        self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg.dim, cfg.ffn_dim) for _ in range(cfg.n_experts))
+        self.aux_loss = torch.zeros(())
+
+    def forward(self, x):
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)
+        probs = self.router(flat).float().softmax(-1)                    # (N, E)
+        w, idx = probs.topk(self.top_k, dim=-1)                           # (N, k)
+        w = (w / w.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            if rows.numel():
+                out.index_add_(0, rows, expert(flat[rows]) * w[rows, slot, None])
+        # fraction of tokens routed to each expert (first choice) x mean router probability
+        frac = F.one_hot(idx[:, 0], self.n).float().mean(0)
+        self.aux_loss = self.n * (frac * probs.mean(0)).sum()
+        return out.view(B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) boolean mask: causal, and no attention across documents, where a new
+    document starts wherever position_ids restarts at 0."""
+    B, T = position_ids.shape
+    doc = (position_ids == 0).cumsum(-1)                                # (B, T)
+    same = doc[:, :, None] == doc[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    return (same & causal)[:, None]
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02):
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if name.endswith("layernorm.weight") or name.endswith("norm.weight") else nn.init.zeros_(p)
+            else:
+                # GPT-2 style: residual output projections scaled by 1/sqrt(2 * n_layers)
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
+                nn.init.normal_(p, std=std * scale)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output projection (tied to the embeddings, or lm_head, which may carry an adapter)."""
+        return F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+
+    def hidden_states(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, dim)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be int64/int32, got {tokens.dtype}")
+        B, T = tokens.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        x = self.model.embed_tokens(tokens)
+        mask = None
+        if position_ids is None:
+            position_ids = torch.arange(T, device=tokens.device).expand(B, T)
+        else:
+            if position_ids.shape != tokens.shape:
+                raise ValueError("position_ids must have the shape of tokens")
+            mask = document_mask(position_ids)
+        cos, sin = rope_cos_sin(self.cfg, position_ids, x.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with labels, the training loss instead (see loss()). Going
+        through forward keeps DDP/FSDP hooks in the loop."""
+        if labels is not None:
+            return self._loss(tokens, labels, position_ids)
+        return self.logits(self.hidden_states(tokens, position_ids))
+
+    def aux_loss(self) -> torch.Tensor:
+        if not self.cfg.n_experts:
+            return torch.zeros((), device=self.model.embed_tokens.weight.device)
+        return self.cfg.moe_aux_coef * sum(l.mlp.aux_loss for l in self.model.layers) / self.cfg.n_layers
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+             position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy: logits at t predict labels at t+1 (labels default to
+        tokens; -100 is ignored). MoE adds its load-balancing term."""
+        return self(tokens, position_ids, labels=tokens if labels is None else labels)
+
+    def _loss(self, tokens, labels, position_ids):
+        logits = self.logits(self.hidden_states(tokens, position_ids))[:, :-1]
+        tgt = labels[:, 1:]
+        if position_ids is not None:  # never predict across a document boundary
+            tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
+        tgt = tgt.reshape(-1)
+        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt, ignore_index=-100, reduction="sum")
+        # a batch without any target gives 0 (not NaN), so distributed ranks stay in step
+        return total / (tgt != -100).sum().clamp(min=1) + self.aux_loss()

@@ -1,0 +1,165 @@
+"""TOML recipes for `llmforge pretrain` and `llmforge sft` (each recipe file starts with the command
+that runs it). Every section maps onto a config dataclass:
+
+    [data]       corpus = "shakespeare" | "peoples_daily" | files = [...]; heldout = 0.1; seq_len = 256
+    [tokenizer]  vocab_size = 4096 (trained on the training split) or path = "tokenizer.json"
+    [model]      ModelConfig fields (vocab_size and max_seq_len are filled in)
+    [train]      PretrainConfig fields
+    [sft]        SFTConfig fields (lora_r, template, ...), base = "runs/x/model", chats = "chitchat" | path
+
+Runs are cached by out_dir: re-running resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def load_recipe(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recipe {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from None
+
+
+def _fields(cls, section: dict, where: str) -> dict:
+    names = set(cls.__dataclass_fields__)
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ValueError(f"[{where}] unknown keys {unknown}; known: {sorted(names)}")
+    return dict(section)
+
+
+def corpus_text(data: dict) -> str:
+    from .data import corpora
+    from .data.io import read_text
+
+    if "files" in data:
+        return "\n".join(read_text(f) for f in data["files"])
+    name = data.get("corpus", "shakespeare")
+    if name == "shakespeare":
+        return corpora.shakespeare_text()
+    if name == "peoples_daily":
+        return "\n\n".join(d.text for d in corpora.peoples_daily())
+    raise ValueError(f"unknown corpus {name!r} (shakespeare, peoples_daily, or give files = [...])")
+
+
+def split_documents(text: str, heldout: float) -> tuple[list[str], list[str]]:
+    """Paragraphs (blank-line separated); the last `heldout` fraction of characters is held out."""
+    if not 0 < heldout < 1:
+        raise ValueError("heldout must be in (0, 1)")
+    paras = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+    total = sum(len(p) for p in paras)
+    acc, cut = 0, len(paras)
+    for i, p in enumerate(paras):
+        acc += len(p)
+        if acc >= (1 - heldout) * total:
+            cut = i + 1
+            break
+    return paras[:cut], paras[cut:]
+
+
+def run_pretrain(recipe: dict) -> dict:
+    import torch
+
+    from .data.pack import PackedDataset, write_packed
+    from .model import ModelConfig, Transformer, save_hf
+    from .tokenizer import Tokenizer
+    from .train.evaluate import bits_per_byte, token_byte_lengths
+    from .train.pretrain import PretrainConfig, pretrain
+
+    data_cfg, tok_cfg = recipe.get("data", {}), recipe.get("tokenizer", {})
+    train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
+    out = train_cfg.out_dir
+    os.makedirs(out, exist_ok=True)
+    seq_len = int(data_cfg.get("seq_len", 256))
+    t0 = time.perf_counter()
+    train_docs, held_docs = split_documents(corpus_text(data_cfg), float(data_cfg.get("heldout", 0.1)))
+    tok_path = os.path.join(out, "tokenizer.json")
+    if tok_cfg.get("path"):
+        tok = Tokenizer.load(tok_cfg["path"])
+    elif os.path.exists(tok_path):
+        tok = Tokenizer.load(tok_path)
+    else:
+        tok = Tokenizer.train(train_docs, vocab_size=int(tok_cfg.get("vocab_size", 4096)))
+        tok.save(tok_path)
+    t_tok = time.perf_counter() - t0
+    for name, docs in (("train", train_docs), ("heldout", held_docs)):
+        d = os.path.join(out, "data", name)
+        if not os.path.exists(os.path.join(d, "index.json")):
+            write_packed(d, tok.encode_batch(docs), seq_len=seq_len, eos_id=tok.eos_id, vocab_size=tok.vocab_size)
+    train_data = PackedDataset(os.path.join(out, "data", "train"), seed=train_cfg.seed)
+    held = PackedDataset(os.path.join(out, "data", "heldout"), seed=0, shuffle=False)
+    mcfg = dict(recipe.get("model", {}))
+    mcfg.update(vocab_size=tok.vocab_size, max_seq_len=seq_len, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                pad_id=tok.pad_id)
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(ModelConfig(**_fields(ModelConfig, mcfg, "model")))
+    t1 = time.perf_counter()
+    result = pretrain(model, train_data, train_cfg, eval_data=held)
+    t_train = time.perf_counter() - t1
+    ev = bits_per_byte(model, held, token_byte_lengths(tok), batch_size=train_cfg.batch_size)
+    save_hf(model, os.path.join(out, "model"))
+    tok.to_hf_json(os.path.join(out, "model", "tokenizer.json"))
+    tok.save(os.path.join(out, "model", "llmforge_tokenizer.json"))
+    summary = {"params": model.cfg.n_params(), "tokenizer_s": round(t_tok, 1), "train_s": round(t_train, 1),
+               "steps": result["step"], "heldout": ev, "train_tokens": result["step"] * train_cfg.batch_size
+               * train_cfg.grad_accum * seq_len}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def load_chats(spec: str):
+    """'chitchat' (the bundled corpus) or a path to OpenAI/ShareGPT/Alpaca JSON(L)."""
+    from .data.chat import read_chats
+    from .data.corpora import chitchat
+
+    return chitchat() if spec == "chitchat" else read_chats(spec)
+
+
+def run_sft(recipe: dict) -> dict:
+    from .model import load_hf, save_hf
+    from .tokenizer import Tokenizer
+    from .train.lora import merge_lora
+    from .train.pretrain import PretrainConfig
+    from .train.sft import SFTConfig, sft
+
+    s = dict(recipe.get("sft", {}))
+    base = s.pop("base", None)
+    chats = s.pop("chats", "chitchat")
+    heldout = int(s.pop("heldout", 64))
+    if not base:
+        raise ValueError("[sft] needs base = a model directory (HF layout with llmforge_tokenizer.json or tokenizer.json)")
+    train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
+    cfg = SFTConfig(**_fields(SFTConfig, s, "sft"), train=train_cfg)
+    cfg.out_dir = train_cfg.out_dir
+    tok_file = os.path.join(base, "llmforge_tokenizer.json")
+    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    model = load_hf(base)
+    convs = load_chats(chats)
+    if len(convs) <= heldout:
+        raise ValueError(f"only {len(convs)} conversations; need more than heldout={heldout}")
+    res = sft(model, tok, convs[:-heldout], cfg, eval_conversations=convs[-heldout:])
+    if cfg.lora_r > 0 and not cfg.quantize_base:
+        merge_lora(model)
+        save_hf(model, os.path.join(cfg.out_dir, "model"))
+    elif cfg.lora_r <= 0:
+        save_hf(model, os.path.join(cfg.out_dir, "model"))
+    if os.path.isdir(os.path.join(cfg.out_dir, "model")):
+        tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
+        tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    summary = {k: v for k, v in res.items() if k != "metrics"}
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
