@@ -213,20 +213,20 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("text"), py::arg("match_added") = true)
       .def("encode_batch",
-           [](lf::tok::BpeModel& self, const std::vector<py::bytes>& texts, bool match_added) {
+           [](lf::tok::BpeModel& self, const std::vector<py::bytes>& texts, bool match_added, int threads) {
              std::vector<std::string_view> views;
              views.reserve(texts.size());
              for (const auto& t : texts) views.push_back(bytes_view(t));
-             std::vector<std::vector<int32_t>> ids(views.size());
+             std::vector<std::vector<int32_t>> ids;
              {
                py::gil_scoped_release nogil;
-               for (size_t i = 0; i < views.size(); ++i) self.encode(views[i], match_added, ids[i]);
+               self.encode_batch(views, match_added, ids, threads);
              }
              py::list out(ids.size());
              for (size_t i = 0; i < ids.size(); ++i) out[i] = ids_to_list(ids[i]);
              return out;
            },
-           py::arg("texts"), py::arg("match_added") = true)
+           py::arg("texts"), py::arg("match_added") = true, py::arg("threads") = 1)
       .def("decode",
            [](const lf::tok::BpeModel& self, const py::handle& ids, bool skip_added) {
              const auto v = ids_from_seq(ids, "decode");

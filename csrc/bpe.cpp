@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <exception>
 #include <queue>
+
+#include <omp.h>
 
 #include "tensor.h"
 
@@ -31,6 +34,17 @@ inline uint64_t hash_bytes(const uint8_t* s, size_t n) {
   h = (h ^ v) * 0xC4CEB9FE1A85EC53ULL;
   h ^= h >> 29;
   return h | 1;  // never 0
+}
+
+// memcmp(a, b, n) == 0, without a call for the short keys that dominate
+inline bool same_bytes(const char* a, const uint8_t* b, size_t n) {
+  if (n <= 8) {
+    uint64_t x = 0, y = 0;
+    std::memcpy(&x, a, n);
+    std::memcpy(&y, b, n);
+    return x == y;
+  }
+  return std::memcmp(a, b, n) == 0;
 }
 
 std::string id_msg(int64_t id) { return std::to_string(id); }
@@ -87,17 +101,17 @@ BpeModel::BpeModel(std::vector<std::string> tokens, const std::vector<Merge>& me
   if (ignore_merges_)
     for (int64_t id = 0; id < V; ++id)
       if (!is_added_[id]) token_index_.emplace(tokens_[id], int32_t(id));
-  cache_clear();
+  state_.clear();
 }
 
-void BpeModel::cache_clear() {
-  cache_index_.assign(1 << 12, CacheSlot{});
-  cache_used_ = 0;
-  cache_keys_.clear();
-  cache_vals_.clear();
+void BpeModel::State::clear() {
+  index.assign(1 << 12, CacheSlot{});
+  used = 0;
+  keys.clear();
+  vals.clear();
 }
 
-void BpeModel::bpe_long(std::vector<int32_t>& syms) {
+void BpeModel::bpe_long(std::vector<int32_t>& syms) const {
   const int n = int(syms.size());
   std::vector<int> prev(n), next(n);
   for (int i = 0; i < n; ++i) {
@@ -134,7 +148,7 @@ void BpeModel::bpe_long(std::vector<int32_t>& syms) {
   syms.resize(w);
 }
 
-void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) {
+void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) const {
   if (n > kMaxPiece) throw ValueError("tokenizer: a pre-tokenized piece of more than 1 GiB cannot be encoded");
   syms.resize(n);
   for (size_t i = 0; i < n; ++i) {
@@ -178,7 +192,7 @@ void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) {
   syms.resize(m);
 }
 
-void BpeModel::encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids) {
+void BpeModel::encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids) const {
   ids.clear();
   if (ignore_merges_) {
     auto it = token_index_.find(std::string(reinterpret_cast<const char*>(s), n));
@@ -190,7 +204,7 @@ void BpeModel::encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>&
   bpe(s, n, ids);
 }
 
-void BpeModel::encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& out) {
+void BpeModel::encode_piece(State& st, const uint8_t* s, size_t n, std::vector<int32_t>& out) const {
   if (n == 1) {
     const int32_t id = byte_id_[s[0]];
     if (id < 0) {
@@ -202,60 +216,100 @@ void BpeModel::encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& ou
     return;
   }
   if (n > kCacheMaxPiece) {
-    encode_uncached(s, n, scratch_);
-    out.insert(out.end(), scratch_.begin(), scratch_.end());
+    encode_uncached(s, n, st.scratch);
+    out.insert(out.end(), st.scratch.begin(), st.scratch.end());
     return;
   }
   const uint64_t h = hash_bytes(s, n);
-  size_t mask = cache_index_.size() - 1;
+  size_t mask = st.index.size() - 1;
   size_t i = h & mask;
-  while (cache_index_[i].used) {
-    const CacheSlot& c = cache_index_[i];
-    if (c.hash == h && c.key_len == n && std::memcmp(cache_keys_.data() + c.key_off, s, n) == 0) {
-      out.insert(out.end(), cache_vals_.begin() + c.val_off, cache_vals_.begin() + c.val_off + c.val_len);
+  while (st.index[i].used) {
+    const CacheSlot& c = st.index[i];
+    if (c.hash == h && c.key_len == n && same_bytes(st.keys.data() + c.key_off, s, n)) {
+      if (c.val_len == 1)
+        out.push_back(st.vals[c.val_off]);
+      else
+        out.insert(out.end(), st.vals.begin() + c.val_off, st.vals.begin() + c.val_off + c.val_len);
       return;
     }
     i = (i + 1) & mask;
   }
   // miss: encode, then remember
-  encode_uncached(s, n, scratch_);
-  out.insert(out.end(), scratch_.begin(), scratch_.end());
-  if (cache_used_ >= kCacheMaxEntries || cache_keys_.size() + n > kCacheMaxKeyBytes) {
-    cache_clear();
-    mask = cache_index_.size() - 1;
+  encode_uncached(s, n, st.scratch);
+  out.insert(out.end(), st.scratch.begin(), st.scratch.end());
+  if (st.used >= kCacheMaxEntries || st.keys.size() + n > kCacheMaxKeyBytes) {
+    st.clear();
+    mask = st.index.size() - 1;
     i = h & mask;
-  } else if ((cache_used_ + 1) * 2 > cache_index_.size()) {
-    std::vector<CacheSlot> old(cache_index_.size() * 2);
-    old.swap(cache_index_);
-    mask = cache_index_.size() - 1;
+  } else if ((st.used + 1) * 2 > st.index.size()) {
+    std::vector<CacheSlot> old(st.index.size() * 2);
+    old.swap(st.index);
+    mask = st.index.size() - 1;
     for (const CacheSlot& c : old) {
       if (!c.used) continue;
       size_t k = c.hash & mask;
-      while (cache_index_[k].used) k = (k + 1) & mask;
-      cache_index_[k] = c;
+      while (st.index[k].used) k = (k + 1) & mask;
+      st.index[k] = c;
     }
     i = h & mask;
-    while (cache_index_[i].used) i = (i + 1) & mask;
+    while (st.index[i].used) i = (i + 1) & mask;
   }
-  CacheSlot& c = cache_index_[i];
+  CacheSlot& c = st.index[i];
   c.used = true;
   c.hash = h;
-  c.key_off = uint32_t(cache_keys_.size());
+  c.key_off = uint32_t(st.keys.size());
   c.key_len = uint32_t(n);
-  c.val_off = uint32_t(cache_vals_.size());
-  c.val_len = uint32_t(scratch_.size());
-  cache_keys_.append(reinterpret_cast<const char*>(s), n);
-  cache_vals_.insert(cache_vals_.end(), scratch_.begin(), scratch_.end());
-  ++cache_used_;
+  c.val_off = uint32_t(st.vals.size());
+  c.val_len = uint32_t(st.scratch.size());
+  st.keys.append(reinterpret_cast<const char*>(s), n);
+  st.vals.insert(st.vals.end(), st.scratch.begin(), st.scratch.end());
+  ++st.used;
 }
 
 void BpeModel::encode(std::string_view text, bool match_added, std::vector<int32_t>& out) {
   std::lock_guard<std::mutex> lock(mu_);
+  encode_with(state_, text, match_added, out);
+}
+
+void BpeModel::encode_batch(const std::vector<std::string_view>& texts, bool match_added,
+                            std::vector<std::vector<int32_t>>& out, int threads) {
+  out.assign(texts.size(), {});
+  size_t total = 0;
+  for (auto t : texts) total += t.size();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (threads <= 1 || texts.size() < 2 || total < (size_t(1) << 16)) {
+    for (size_t i = 0; i < texts.size(); ++i) encode_with(state_, texts[i], match_added, out[i]);
+    return;
+  }
+  while (int(thread_states_.size()) < threads - 1) {
+    thread_states_.emplace_back();
+    thread_states_.back().clear();
+  }
+  std::exception_ptr error;
+  const int64_t n = int64_t(texts.size());
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    State& st = t == 0 ? state_ : thread_states_[t - 1];
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        encode_with(st, texts[i], match_added, out[i]);
+      } catch (...) {
+#pragma omp critical(lf_tok_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+void BpeModel::encode_with(State& st, std::string_view text, bool match_added, std::vector<int32_t>& out) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
   out.reserve(out.size() + n / 4 + 16);
   auto encode_segment = [&](size_t b, size_t e) {
-    split(pattern_, s + b, e - b, [&](size_t pb, size_t pe) { encode_piece(s + b + pb, pe - pb, out); });
+    split(pattern_, s + b, e - b, [&](size_t pb, size_t pe) { encode_piece(st, s + b + pb, pe - pb, out); });
   };
   if (!match_added || added_.empty()) {
     encode_segment(0, n);

@@ -7,7 +7,8 @@
 // encode: special tokens are matched first (leftmost, longest) and never split; the
 // text between them is pre-tokenized, and each piece starts as one token per byte
 // and merges the adjacent pair of lowest rank until none is left (the GPT-2 /
-// Hugging Face algorithm). Encoded pieces are cached per model.
+// Hugging Face algorithm). Encoded pieces are cached: one cache per model for encode()
+// (calls are serialised), plus one per extra thread of the parallel encode_batch().
 //
 // train: pre-tokenized word counts -> merges, most frequent pair first (ties: the
 // smaller (left id, right id)), with incremental pair counts: a merge only visits
@@ -100,6 +101,9 @@ class BpeModel {
 
   // Appends the ids of text to out. Throws ValueError when a byte has no token.
   void encode(std::string_view text, bool match_added, std::vector<int32_t>& out);
+  // out[i] = ids of texts[i], on up to `threads` OpenMP threads (each with its own cache).
+  void encode_batch(const std::vector<std::string_view>& texts, bool match_added,
+                    std::vector<std::vector<int32_t>>& out, int threads);
   // Concatenated token bytes; throws ValueError for an id out of range.
   std::string decode(const int64_t* ids, size_t n, bool skip_added) const;
 
@@ -107,13 +111,28 @@ class BpeModel {
   const std::string& token(int32_t id) const { return tokens_[id]; }
   Pattern pattern() const { return pattern_; }
   size_t num_merges() const { return num_merges_; }
-  size_t cache_size() const { return cache_index_.size(); }
+  size_t cache_size() const { return state_.used; }
 
  private:
-  void encode_piece(const uint8_t* s, size_t n, std::vector<int32_t>& out);
-  void encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids);
-  void bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms);
-  void bpe_long(std::vector<int32_t>& syms);
+  // cache: piece bytes -> ids. Open addressing over an arena of keys and values.
+  struct CacheSlot {
+    uint64_t hash = 0;
+    uint32_t key_off = 0, key_len = 0, val_off = 0, val_len = 0;
+    bool used = false;
+  };
+  struct State {
+    std::vector<CacheSlot> index;
+    size_t used = 0;
+    std::string keys;
+    std::vector<int32_t> vals;
+    std::vector<int32_t> scratch;
+    void clear();
+  };
+  void encode_with(State& st, std::string_view text, bool match_added, std::vector<int32_t>& out) const;
+  void encode_piece(State& st, const uint8_t* s, size_t n, std::vector<int32_t>& out) const;
+  void encode_uncached(const uint8_t* s, size_t n, std::vector<int32_t>& ids) const;
+  void bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) const;
+  void bpe_long(std::vector<int32_t>& syms) const;
 
   struct Rank {
     int32_t rank = -1, result = -1;
@@ -130,19 +149,9 @@ class BpeModel {
   std::vector<std::pair<std::string, int32_t>> added_;
   bool added_first_[256] = {};
 
-  // cache: piece bytes -> ids. Open addressing over an arena of keys and values.
-  struct CacheSlot {
-    uint64_t hash = 0;
-    uint32_t key_off = 0, key_len = 0, val_off = 0, val_len = 0;
-    bool used = false;
-  };
-  void cache_clear();
-  std::vector<CacheSlot> cache_index_;
-  size_t cache_used_ = 0;
-  std::string cache_keys_;
-  std::vector<int32_t> cache_vals_;
-  std::vector<int32_t> scratch_;
-  std::mutex mu_;
+  State state_;                      // encode()'s cache (and thread 0's in encode_batch)
+  std::vector<State> thread_states_;  // the other encode_batch threads' caches, kept between calls
+  std::mutex mu_;                     // guards all caches
 };
 
 class BpeTrainer {

@@ -8,7 +8,8 @@ ids as Python lists. tokenizers runs single-threaded (RAYON_NUM_THREADS=1,
 TOKENIZERS_PARALLELISM=false, set before it is imported). Cases:
   train <MB> vocab 8192      training from the play files (HF: its BpeTrainer, same vocab size)
   encode <MB> one string     encode(text) of the whole text (HF: encode(text).ids)
-  encode <MB> lines          encode_batch of its lines (HF: encode_batch, then .ids)
+  encode <MB> lines          encode_batch of its lines, num_threads=1 (HF: encode_batch, then .ids);
+                             plus llmforge on torch.get_num_threads() threads
 Throughput (text MB/s) is printed below the table (the harness's GB/s column is for memory traffic).
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import glob
 import importlib.util
 import tempfile
 import warnings
+
+import torch
 
 from bench.harness import finish, row, time_fn
 from llmforge.tokenizer import Tokenizer
@@ -74,8 +77,9 @@ def run(device: str = "cpu", quick: bool = False):
     tok = holder["tok"]
     ours = {
         f"encode {mb} one string": lambda: tok.encode(text),
-        f"encode {mb} lines": lambda: tok.encode_batch(lines),
+        f"encode {mb} lines": lambda: tok.encode_batch(lines, num_threads=1),
     }
+    nt = torch.get_num_threads()
     hf_fns = {}
     if HFTokenizer is not None:
         with tempfile.TemporaryDirectory() as d:
@@ -88,6 +92,9 @@ def run(device: str = "cpu", quick: bool = False):
             assert ours[c]() == hf_fns[c](), f"{c}: llmforge and tokenizers disagree"
     for c, fn in ours.items():
         rows.append(row(c, "llmforge", time_fn(fn, warmup=1, iters=5, min_time_s=0)))
+        if c.endswith("lines") and nt > 1:
+            rows.append(row(c, f"llmforge ({nt} threads)",
+                            time_fn(lambda: tok.encode_batch(lines, num_threads=nt), warmup=1, iters=5, min_time_s=0)))
         if c in hf_fns:
             rows.append(row(c, "HF tokenizers (1 thread)", time_fn(hf_fns[c], warmup=1, iters=2 if quick else 3,
                                                                    min_time_s=0)))

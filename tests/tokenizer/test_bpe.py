@@ -168,7 +168,11 @@ def test_encode_batch_and_threads(tok, heldout):
     lines = heldout.splitlines(keepends=True)[:2000]
     want = [tok.encode(x) for x in lines]
     assert tok.encode_batch(lines) == want
+    assert tok.encode_batch(lines, num_threads=1) == want
+    assert tok.encode_batch(lines * 3, num_threads=3) == want * 3  # per-thread caches
     assert tok.encode_batch([]) == []
+    with pytest.raises(ValueError, match="num_threads"):
+        tok.encode_batch(lines, num_threads=0)
     results = [None] * 4
 
     def work(k):
@@ -364,6 +368,10 @@ def test_bad_training_input(tmp_path):
         Tokenizer.train(bad, vocab_size=300)
     with pytest.raises(FileNotFoundError):
         Tokenizer.train(tmp_path / "missing.txt", vocab_size=300)
+    with pytest.raises(FileNotFoundError):  # a list of path-shaped strings is files, not texts
+        Tokenizer.train([str(bad), str(tmp_path / "missing.txt")], vocab_size=300)
+    with pytest.raises(FileNotFoundError):
+        Tokenizer.train(["corpus.txt"], vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
         Tokenizer.train_from_iterator([], vocab_size=300)
     with pytest.raises(ValueError, match="no training text"):
@@ -384,6 +392,10 @@ def test_bad_training_input(tmp_path):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, special_tokens=[""])
     with pytest.raises(ValueError, match="not one of the special tokens"):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, bos_token="<nope>")
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        Tokenizer.train(bad, vocab_size=300, chunk_bytes=0)
+    with pytest.raises(ValueError, match="min_frequency"):
+        Tokenizer.train_from_iterator(["abc"], vocab_size=300, min_frequency=0)
     with pytest.raises(ValueError, match="pattern"):
         Tokenizer.train_from_iterator(["abc"], vocab_size=300, pattern="llama9")
 
@@ -484,6 +496,8 @@ def test_corrupt_and_unsupported_hf_files(tok, train_files, tmp_path):
         "merge unknown": lambda d: d["model"]["merges"].__setitem__(0, "zzzq qqq"),
         "merge shape": lambda d: d["model"]["merges"].__setitem__(0, "a b c"),
         "gap in ids": lambda d: d["model"]["vocab"].__setitem__("a", 10**6),
+        "huge id": lambda d: d["model"]["vocab"].__setitem__("a", 10**15),
+        "string id": lambda d: d["model"]["vocab"].__setitem__("a", "7"),
         "bad vocab string": lambda d: d["model"]["vocab"].__setitem__("\u4e2d\u6587", 5),
         "no model": lambda d: d.__delitem__("model"),
     }
@@ -512,6 +526,8 @@ def test_vocab_without_some_bytes(train_files, tmp_path):
     assert t.encode("hello world") == hf.encode("hello world").ids
     with pytest.raises(ValueError, match="byte 0x51 has no token"):
         t.encode("Q")
+    with pytest.raises(ValueError, match="byte 0x51 has no token"):  # raised from a worker thread
+        t.encode_batch(["hello world"] * 20000 + ["Q"], num_threads=2)
 
 
 def _naive_train(docs, num_new):
@@ -559,3 +575,46 @@ def test_trainer_matches_naive_reference(heldout):
     docs += ["".join(rng.choice("aab ") for _ in range(300)) for _ in range(10)]  # overlapping pairs (a, a)
     t = Tokenizer.train_from_iterator(docs, vocab_size=256 + 150, special_tokens=[])
     assert t.merges == _naive_train(docs, 150)
+
+
+# ---- llama.cpp parity (opt-in: needs llama-cpp-python and gguf) ------------------------------
+def _write_vocab_gguf(tok: Tokenizer, path) -> None:
+    """A vocab-only GGUF (architecture gpt2, no tensors), like llama.cpp's models/ggml-vocab-*.gguf."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_block_count(1)
+    w.add_context_length(2048)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(256)
+    w.add_head_count(4)
+    w.add_layer_norm_eps(1e-5)
+    for key, value in tok.gguf_metadata().items():
+        if isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_array(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None,
+                    reason="needs llama-cpp-python and gguf (pip install llama-cpp-python gguf)")
+def test_llama_cpp_tokenizes_like_us(tok, heldout, tmp_path, assigned_chars):
+    import llama_cpp
+
+    model = tmp_path / "vocab.gguf"
+    _write_vocab_gguf(tok, model)
+    llm = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    rng = random.Random(10)
+    texts = [heldout[:100_000], "<|im_start|>user\nHello there<|im_end|>\n", "don't   stop\n\n\n  x  ",
+             "!" * 300 + "a" * 300, " \u00a0\u3000x\u2028y"]
+    texts += [_random_text(rng, assigned_chars, rng.randint(1, 80)) for _ in range(200)]
+    for t in texts:
+        assert llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == tok.encode(t), repr(t[:200])

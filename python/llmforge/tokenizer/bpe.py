@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -147,16 +148,17 @@ class Tokenizer:
               pattern: str = "gpt2", chunk_bytes: int = 16 << 20) -> "Tokenizer":
         """Learn a vocabulary of vocab_size tokens (256 bytes + merges + special tokens).
 
-        files_or_iterator: a path, a list/tuple of paths (UTF-8 text files), or any other
-        iterable of str/bytes documents (see train_from_iterator). Special tokens in the text
+        files_or_iterator: a path, a list/tuple of paths (UTF-8 text files; strings count as
+        paths when each is an existing file or has a path's shape: no whitespace and a '/' or
+        a file extension), or any other iterable of str/bytes documents (train_from_iterator
+        takes texts only). Special tokens in the text
         are cut out, never learnt. bos/eos/pad_token default to <|bos|>/<|eos|>/<|pad|> when
         those are among special_tokens. Stops early (with a warning) when no pair is left.
         """
         if isinstance(files_or_iterator, (str, os.PathLike)):
             files, texts = [files_or_iterator], None
         elif isinstance(files_or_iterator, (list, tuple)) and files_or_iterator and all(
-                isinstance(f, os.PathLike) or (isinstance(f, str) and "\n" not in f and os.path.isfile(f))
-                for f in files_or_iterator):
+                isinstance(f, os.PathLike) or _looks_like_path(f) for f in files_or_iterator):
             files, texts = list(files_or_iterator), None
         elif isinstance(files_or_iterator, (bytes, bytearray)):
             raise TypeError("train: pass a path, a list of paths or an iterable of texts, not a bytes object")
@@ -191,6 +193,8 @@ class Tokenizer:
             raise ValueError(f"vocab_size {vocab_size} is below 256 byte tokens + {len(specials)} special tokens")
         if vocab_size >= 2**31 - 1:
             raise ValueError(f"vocab_size {vocab_size} is too large")
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
         for role, given in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
@@ -199,6 +203,9 @@ class Tokenizer:
 
         trainer = _C.BpeTrainer(pattern, [s.encode("utf-8") for s in specials])
         if files is not None:
+            for f in files:  # fail before any work on a missing file
+                if not Path(f).exists():
+                    raise FileNotFoundError(f"train: no such file: {f}")
             for f in files:
                 _feed_file(trainer, Path(f), chunk_bytes)
         else:
@@ -248,11 +255,19 @@ class Tokenizer:
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
-                     allow_special: bool = True) -> list[list[int]]:
+                     allow_special: bool = True, num_threads: int | None = None) -> list[list[int]]:
+        """encode() of each text, on num_threads OpenMP threads (default: torch.get_num_threads();
+        small batches run on one). The ids do not depend on the thread count."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
+        if num_threads is None:
+            import torch
+
+            num_threads = torch.get_num_threads()
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
         out = self._model.encode_batch([_text_bytes(t, f"text {i}") for i, t in enumerate(texts)],
-                                       bool(allow_special))
+                                       bool(allow_special), num_threads)
         return [self._wrap(ids, add_bos, add_eos) for ids in out] if (add_bos or add_eos) else out
 
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
@@ -472,7 +487,13 @@ class Tokenizer:
         for a in added_raw:
             added_by_id[int(a["id"])] = {"id": int(a["id"]), "content": str(a["content"]),
                                          "special": bool(a.get("special", False))}
+            if a.get("lstrip") or a.get("rstrip") or a.get("single_word"):
+                warnings.warn(f"added token {a['content']!r}: lstrip/rstrip/single_word are ignored "
+                              "(matched as plain text)", stacklevel=4)
         n = max([-1] + [int(i) for i in vocab.values()] + list(added_by_id)) + 1
+        if n > len(vocab) + len(added_by_id):
+            raise TokenizerError(f"token ids are not contiguous (largest id {n - 1}, "
+                                 f"{len(vocab) + len(added_by_id)} entries)")
         tokens: list[bytes | None] = [None] * n
         for s, i in vocab.items():
             if not isinstance(i, int) or i < 0:
@@ -566,6 +587,14 @@ def _hf_pattern(pre) -> str:
                     return name
     raise TokenizerError(f"unsupported pre_tokenizer {json.dumps(pre)[:200]} (supported: ByteLevel with the "
                          "GPT-2 regex, add_prefix_space=false)")
+
+
+def _looks_like_path(s) -> bool:
+    if not isinstance(s, str) or not s or len(s) > 4096:
+        return False
+    if os.path.isfile(s):
+        return True
+    return not re.search(r"\s", s) and ("/" in s or os.sep in s or re.search(r"\.[A-Za-z0-9]{1,6}$", s) is not None)
 
 
 def _feed_file(trainer, path: Path, chunk_bytes: int) -> None:
