@@ -91,7 +91,7 @@ def run_pretrain(recipe: dict) -> dict:
     elif os.path.exists(tok_path):
         tok = Tokenizer.load(tok_path)
     else:
-        tok = Tokenizer.train(train_docs, vocab_size=int(tok_cfg.get("vocab_size", 4096)))
+        tok = Tokenizer.train_from_iterator(train_docs, vocab_size=int(tok_cfg.get("vocab_size", 4096)))
         tok.save(tok_path)
     t_tok = time.perf_counter() - t0
     for name, docs in (("train", train_docs), ("heldout", held_docs)):
