@@ -126,6 +126,9 @@ def _paged_kv_gather(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_le
     _check_cache("paged_kv_gather", pool, pool, block_table, seq_lens)
     require(max_len >= 0, f"paged_kv_gather: max_len must be >= 0, got {max_len}")
     out = pool.new_empty(block_table.shape[0], max_len, pool.shape[2], pool.shape[3])
+    if out.numel() == 0:
+        require(not seq_lens.any(), f"paged_kv_gather: max_len 0 is shorter than the longest sequence")
+        return out
     C.paged_kv_gather(pool, block_table, seq_lens, out, threads())
     return out
 
