@@ -3,6 +3,7 @@
 // block table raises ValueError instead of reaching memory outside the pool.
 #include "paged_kv.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -20,6 +21,7 @@ constexpr const char* kContig = "contiguous_decode_attention";
 
 constexpr int64_t kContigChunk = 32;     // tokens per split unit in the contiguous layout
 constexpr int64_t kMinSplitTokens = 128;  // a KV-length split covers at least this many tokens
+constexpr int64_t kMaxSplits = 256;       // cpu/paged_kv.cpp merges at most this many splits
 
 void check_cache_tensor(const char* op, const char* arg, const TensorView& t) {
   check_cpu(op, arg, t);
@@ -83,16 +85,42 @@ int64_t check_lengths_and_blocks(const char* op, const TensorView& table, const 
   return longest;
 }
 
-int choose_splits(int64_t batch, int64_t n_kv_heads, int64_t longest, int64_t unit, int threads) {
-  const int64_t items = batch * n_kv_heads;
-  if (threads <= 1 || items >= 4 * threads) return 1;
-  const int64_t want = (4 * threads + items - 1) / items;
-  const int64_t units = (longest + unit - 1) / unit;
+// Cuts the attention into work items. Each sequence's pages are split into S runs
+// (S = 1 unless the batch gives the threads too little to do: then long sequences are
+// split, at least kMinSplitTokens tokens per run, and merged by log-sum-exp). Paged: an
+// item takes every kv head (reads follow the page layout); contiguous: one kv head.
+// The items are listed longest first for the dynamic schedule.
+void plan_decode(cpu::DecodeAttnArgs& a, bool all_heads, std::vector<cpu::DecodeWorkItem>& items,
+                 std::vector<int32_t>& splits) {
+  const int64_t B = a.batch, Hkv = a.n_kv_heads, unit = a.chunk;
+  const int64_t per_item = all_heads ? Hkv : 1, groups = Hkv / per_item;
+  const int32_t* lens = a.seq_lens;
+  int64_t total = 0;  // cost in (unit x kv head)
+  for (int64_t b = 0; b < B; ++b) total += (lens[b] + unit - 1) / unit * Hkv;
+  int64_t target = (total + 4 * a.threads - 1) / (4 * a.threads);
+  if (target < 1) target = 1;
   const int64_t min_units = (kMinSplitTokens + unit - 1) / unit;
-  int64_t cap = units / min_units;
-  if (cap < 1) cap = 1;
-  int64_t s = want < cap ? want : cap;
-  return static_cast<int>(s < 256 ? s : 256);
+  splits.assign(static_cast<size_t>(B), 1);
+  a.max_splits = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t units = (lens[b] + unit - 1) / unit;
+    int64_t S = 1;
+    if (a.threads > 1 && units > 0) {
+      S = (units * per_item + target - 1) / target;
+      const int64_t cap = units / min_units;
+      S = S < cap ? S : cap;
+      S = S < kMaxSplits ? S : kMaxSplits;
+      S = S < 1 ? 1 : S;
+    }
+    splits[b] = static_cast<int32_t>(S);
+    a.max_splits = S > a.max_splits ? S : a.max_splits;
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t s = 0; s < S; ++s)
+        items.push_back({b, g * per_item, (g + 1) * per_item, units * s / S, units * (s + 1) / S, s});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const cpu::DecodeWorkItem& x, const cpu::DecodeWorkItem& y) {
+    return x.u1 - x.u0 > y.u1 - y.u0;
+  });
 }
 
 void check_query(const char* op, const TensorView& q, const TensorView& out, int64_t batch, int64_t n_kv_heads,
@@ -108,13 +136,19 @@ void check_query(const char* op, const TensorView& q, const TensorView& out, int
   check_like(op, "out", out, q, "q");
 }
 
-void run_decode(cpu::DecodeAttnArgs& a, int64_t longest) {
-  a.splits = choose_splits(a.batch, a.n_kv_heads, longest, a.chunk, a.threads);
-  const int64_t G = a.n_heads / a.n_kv_heads, Dp = (a.head_dim + 15) / 16 * 16;
-  a.scratch_floats = (G * (2 * Dp + 48) + 15) / 16 * 16 + 16;  // + 64 bytes between threads
+void run_decode(cpu::DecodeAttnArgs& a, bool all_heads) {
+  std::vector<cpu::DecodeWorkItem> items;
+  std::vector<int32_t> splits;
+  plan_decode(a, all_heads, items, splits);
+  const int64_t rows = (all_heads ? a.n_heads : a.n_heads / a.n_kv_heads);
+  const int64_t Dp = (a.head_dim + 15) / 16 * 16;
+  a.scratch_floats = (rows * (2 * Dp + 48) + 15) / 16 * 16 + 16;  // + 64 bytes between threads
   std::vector<float> scratch(static_cast<size_t>(a.threads * a.scratch_floats));
   std::vector<float> partial;
-  if (a.splits > 1) partial.resize(static_cast<size_t>(a.batch * a.n_heads * a.splits * (a.head_dim + 2)));
+  if (a.max_splits > 1) partial.resize(static_cast<size_t>(a.batch * a.n_heads * a.max_splits * (a.head_dim + 2)));
+  a.items = items.data();
+  a.n_items = static_cast<int64_t>(items.size());
+  a.splits = splits.data();
   a.scratch = scratch.data();
   a.partial = partial.empty() ? nullptr : partial.data();
   LF_CPU_DISPATCH(decode_attention, a);
@@ -194,7 +228,7 @@ void paged_decode_attention(const TensorView& q, const TensorView& k_pool, const
   check_query(kDecode, q, out, batch, k_pool.shape[2], k_pool.shape[3], k_pool, "k_pool");
   check_scale(kDecode, scale);
   check_threads(kDecode, threads);
-  const int64_t longest = check_lengths_and_blocks(kDecode, block_table, seq_lens, k_pool.shape[1], k_pool.shape[0]);
+  check_lengths_and_blocks(kDecode, block_table, seq_lens, k_pool.shape[1], k_pool.shape[0]);
   if (batch == 0) return;
   cpu::DecodeAttnArgs a{};
   a.dtype = q.dtype;
@@ -213,7 +247,7 @@ void paged_decode_attention(const TensorView& q, const TensorView& k_pool, const
   a.chunk = a.block_size;
   a.scale = static_cast<float>(scale);
   a.threads = threads;
-  run_decode(a, longest);
+  run_decode(a, true);
 }
 
 void contiguous_decode_attention(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -226,12 +260,9 @@ void contiguous_decode_attention(const TensorView& q, const TensorView& k, const
   check_scale(kContig, scale);
   check_threads(kContig, threads);
   const int32_t* lens = seq_lens.ptr<int32_t>();
-  int64_t longest = 0;
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b = 0; b < batch; ++b)
     LF_CHECK(lens[b] >= 0 && lens[b] <= max_len, kContig, ": seq_lens[", b, "] = ", lens[b], " is outside [0, ",
              max_len, "]");
-    if (lens[b] > longest) longest = lens[b];
-  }
   cpu::DecodeAttnArgs a{};
   a.dtype = q.dtype;
   a.q = q.data;
@@ -248,7 +279,7 @@ void contiguous_decode_attention(const TensorView& q, const TensorView& k, const
   a.chunk = kContigChunk;
   a.scale = static_cast<float>(scale);
   a.threads = threads;
-  run_decode(a, longest);
+  run_decode(a, false);
 }
 
 }  // namespace lf

@@ -217,61 +217,72 @@ void attend_chunk(const Scratch& sc, int64_t G, int64_t Dp, int64_t D, const T* 
   }
 }
 
-template <class T>
-void attend_item(const DecodeAttnArgs& a, int64_t b, int64_t h, int split, float* scratch) {
-  const int64_t G = a.n_heads / a.n_kv_heads, D = a.head_dim, Dp = (D + kPad - 1) / kPad * kPad;
-  const Scratch sc = carve(scratch, G, Dp);
-  const T* q = static_cast<const T*>(a.q) + (b * a.n_heads + h * G) * D;
-  for (int64_t g = 0; g < G; ++g) {
-    for (int64_t d = 0; d < D; ++d) sc.q[g * Dp + d] = to_f32(q[g * D + d]) * a.scale;
-    for (int64_t d = 0; d < Dp; ++d) sc.acc[g * Dp + d] = 0.f;
-    sc.m[g] = kNegInf;
-    sc.l[g] = 0.f;
+// Element offset of unit u's first K/V row for kv head h, and the row stride.
+inline int64_t unit_offset(const DecodeAttnArgs& a, int64_t b, int64_t h, int64_t u, int64_t* rs) {
+  if (a.table) {  // paged: block table[b][u], slots of kv head h
+    *rs = a.n_kv_heads * a.head_dim;
+    return static_cast<int64_t>(a.table[b * a.max_blocks + u]) * a.block_size * *rs + h * a.head_dim;
   }
-  const int64_t len = a.seq_lens[b];
-  const int64_t units = (len + a.chunk - 1) / a.chunk;
-  const int64_t per = (units + a.splits - 1) / a.splits;
-  const int64_t u0 = split * per, u1 = u0 + per < units ? u0 + per : units;
+  *rs = a.head_dim;  // contiguous (batch, n_kv_heads, max_len, D)
+  return ((b * a.n_kv_heads + h) * a.max_len + u * a.chunk) * a.head_dim;
+}
+
+inline Scratch rows_from(const Scratch& sc, int64_t r0, int64_t Dp) {
+  return Scratch{sc.q + r0 * Dp, sc.acc + r0 * Dp, sc.s + r0 * kChunk, sc.m + r0, sc.l + r0, sc.alpha + r0};
+}
+
+// One work item. In the paged layout an item covers every kv head, page by page: the
+// page's K (then V) rows are read in address order across the heads, which keeps the
+// reads sequential within each 4 KiB page, where hardware prefetchers work.
+template <class T>
+void attend_item(const DecodeAttnArgs& a, const DecodeWorkItem& w, float* scratch) {
+  const int64_t G = a.n_heads / a.n_kv_heads, D = a.head_dim, Dp = (D + kPad - 1) / kPad * kPad;
+  const int64_t rows = (w.h1 - w.h0) * G;
+  const Scratch sc = carve(scratch, rows, Dp);
+  const T* q = static_cast<const T*>(a.q) + (w.b * a.n_heads + w.h0 * G) * D;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < D; ++d) sc.q[r * Dp + d] = to_f32(q[r * D + d]) * a.scale;
+    for (int64_t d = 0; d < Dp; ++d) sc.acc[r * Dp + d] = 0.f;
+    sc.m[r] = kNegInf;
+    sc.l[r] = 0.f;
+  }
+  const int64_t len = a.seq_lens[w.b];
   const T* kbase = static_cast<const T*>(a.k);
   const T* vbase = static_cast<const T*>(a.v);
-  for (int64_t u = u0; u < u1; ++u) {
-    const int64_t tok0 = u * a.chunk;
-    const int64_t n_u = len - tok0 < a.chunk ? len - tok0 : a.chunk;
-    int64_t off, rs;
-    if (a.table) {  // paged: the block's slots for kv head h
-      const int64_t blk = a.table[b * a.max_blocks + u];
-      rs = a.n_kv_heads * D;
-      off = blk * a.block_size * rs + h * D;
-    } else {        // contiguous (batch, n_kv_heads, max_len, D)
-      rs = D;
-      off = ((b * a.n_kv_heads + h) * a.max_len + tok0) * D;
-    }
-    for (int64_t c = 0; c < n_u; c += kChunk) {
-      const int n = static_cast<int>(n_u - c < kChunk ? n_u - c : kChunk);
-      attend_chunk<T>(sc, G, Dp, D, kbase + off + c * rs, vbase + off + c * rs, rs, n);
+  for (int64_t u = w.u0; u < w.u1; ++u) {
+    const int64_t n_u = len - u * a.chunk < a.chunk ? len - u * a.chunk : a.chunk;
+    for (int64_t h = w.h0; h < w.h1; ++h) {
+      int64_t rs = 0;
+      const int64_t off = unit_offset(a, w.b, h, u, &rs);
+      const Scratch hs = rows_from(sc, (h - w.h0) * G, Dp);
+      for (int64_t c = 0; c < n_u; c += kChunk) {
+        const int n = static_cast<int>(n_u - c < kChunk ? n_u - c : kChunk);
+        attend_chunk<T>(hs, G, Dp, D, kbase + off + c * rs, vbase + off + c * rs, rs, n);
+      }
     }
   }
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t hq = h * G + g;
-    const float* acc = sc.acc + g * Dp;
-    if (a.splits == 1) {
-      T* o = static_cast<T*>(a.out) + (b * a.n_heads + hq) * D;
-      const float inv = sc.l[g] > 0.f ? 1.f / sc.l[g] : 0.f;
+  const bool direct = a.splits[w.b] == 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t hq = w.h0 * G + r;
+    const float* acc = sc.acc + r * Dp;
+    if (direct) {
+      T* o = static_cast<T*>(a.out) + (w.b * a.n_heads + hq) * D;
+      const float inv = sc.l[r] > 0.f ? 1.f / sc.l[r] : 0.f;
       for (int64_t d = 0; d < D; ++d) o[d] = from_f32<T>(acc[d] * inv);
     } else {
-      float* part = a.partial + ((b * a.n_heads + hq) * a.splits + split) * (D + 2);
+      float* part = a.partial + ((w.b * a.n_heads + hq) * a.max_splits + w.s) * (D + 2);
       for (int64_t d = 0; d < D; ++d) part[d] = acc[d];
-      part[D] = sc.m[g];
-      part[D + 1] = sc.l[g];
+      part[D] = sc.m[r];
+      part[D + 1] = sc.l[r];
     }
   }
 }
 
-// Log-sum-exp merge of the splits of one (sequence, q head).
+// Log-sum-exp merge of the S partial results of one (sequence, q head).
 template <class T>
-void merge_row(const DecodeAttnArgs& a, int64_t row) {
-  const int64_t D = a.head_dim, S = a.splits;
-  const float* part = a.partial + row * S * (D + 2);
+void merge_row(const DecodeAttnArgs& a, int64_t row, int64_t S) {
+  const int64_t D = a.head_dim;
+  const float* part = a.partial + row * a.max_splits * (D + 2);
   T* o = static_cast<T*>(a.out) + row * D;
   float M = kNegInf;
   for (int64_t s = 0; s < S; ++s) {
@@ -282,38 +293,36 @@ void merge_row(const DecodeAttnArgs& a, int64_t row) {
     for (int64_t d = 0; d < D; ++d) o[d] = from_f32<T>(0.f);
     return;
   }
+  float w[256];  // S <= 256 (the adapter caps it)
   float L = 0.f;
   for (int64_t s = 0; s < S; ++s) {
     const float* p = part + s * (D + 2);
-    if (p[D + 1] > 0.f) L += p[D + 1] * std::exp(p[D] - M);
+    w[s] = p[D + 1] > 0.f ? std::exp(p[D] - M) : 0.f;
+    L += p[D + 1] * w[s];
   }
   const float inv = 1.f / L;
   for (int64_t d = 0; d < D; ++d) {
     float acc = 0.f;
-    for (int64_t s = 0; s < S; ++s) {
-      const float* p = part + s * (D + 2);
-      if (p[D + 1] > 0.f) acc += p[d] * std::exp(p[D] - M);
-    }
+    for (int64_t s = 0; s < S; ++s)
+      if (w[s] != 0.f) acc += part[s * (D + 2) + d] * w[s];
     o[d] = from_f32<T>(acc * inv);
   }
 }
 
 template <class T>
 void decode_impl(const DecodeAttnArgs& a) {
-  const int64_t S = a.splits;
-  const int64_t items = a.batch * a.n_kv_heads * S;
   const int64_t rows = a.batch * a.n_heads;
 #pragma omp parallel num_threads(a.threads)
   {
     float* scratch = a.scratch + omp_get_thread_num() * a.scratch_floats;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t b = it / (a.n_kv_heads * S), h = (it / S) % a.n_kv_heads;
-      attend_item<T>(a, b, h, static_cast<int>(it % S), scratch);
-    }
-    if (S > 1) {
+    for (int64_t it = 0; it < a.n_items; ++it) attend_item<T>(a, a.items[it], scratch);
+    if (a.max_splits > 1) {
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) merge_row<T>(a, r);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t S = a.splits[r / a.n_heads];
+        if (S > 1) merge_row<T>(a, r, S);
+      }
     }
   }
 }

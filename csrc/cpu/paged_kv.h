@@ -12,9 +12,10 @@
 //   decode:  out[b, hq] = softmax(scale * q[b, hq] . K[b, :, hq / G]) V[b, :, hq / G]
 //            over the seq_lens[b] positions (G = n_heads / n_kv_heads; zeros when the
 //            length is 0). Online softmax in fp32 over chunks of at most 32 tokens;
-//            the q heads of one kv head share every K/V row load. Work items are
-//            (sequence, kv head, split); with splits > 1 each split covers a run of
-//            blocks and the partial results are merged by log-sum-exp.
+//            the q heads of one kv head share every K/V row load. The adapter cuts
+//            the work into items (sequence, kv heads, run of pages); when a sequence
+//            is split over several items their partial results are merged by
+//            log-sum-exp.
 //
 // The adapter (csrc/paged_kv.cpp) has checked every block index a call touches:
 // these kernels index the pools without further checks.
@@ -50,6 +51,12 @@ struct PagedGatherArgs {
   int threads;
 };
 
+// One unit of decode work: kv heads [h0, h1) of sequence b over units [u0, u1) (a unit is a
+// page, or `chunk` tokens of the contiguous layout); split s of that sequence's splits.
+struct DecodeWorkItem {
+  int64_t b, h0, h1, u0, u1, s;
+};
+
 struct DecodeAttnArgs {
   DType dtype;              // f32 or bf16 for q, k, v and out
   const void* q;            // (batch, n_heads, head_dim)
@@ -61,12 +68,15 @@ struct DecodeAttnArgs {
   int64_t batch, n_heads, n_kv_heads, head_dim;
   int64_t max_blocks, block_size;  // paged layout
   int64_t max_len;                 // contiguous layout
+  int64_t chunk;            // tokens per unit: block_size (paged) or a fixed run (contiguous)
   float scale;
-  int splits;               // KV-length splits per (sequence, kv head), >= 1
-  int64_t chunk;            // tokens per split unit: block_size (paged) or a fixed run (contiguous)
-  float* partial;           // splits > 1: batch * n_heads * splits * (head_dim + 2) floats
+  const DecodeWorkItem* items;
+  int64_t n_items;
+  const int32_t* splits;    // (batch,): how many items share sequence b's length; 1 = no merge
+  int64_t max_splits;
+  float* partial;           // batch * n_heads * max_splits * (head_dim + 2) floats when max_splits > 1
   float* scratch;           // threads * scratch_floats floats
-  int64_t scratch_floats;   // >= G * (2 * round_up(head_dim, 16) + 48), a multiple of 16
+  int64_t scratch_floats;   // >= rows * (2 * round_up(head_dim, 16) + 48) + 16, rows = q heads of the widest item
   int threads;
 };
 
