@@ -23,6 +23,7 @@ namespace lf::cpu::LF_ISA {
 namespace {
 
 constexpr int kChunk = 32;   // tokens per softmax step (a multiple of every N)
+constexpr int kSlice = 8;    // paged: tokens per pass across the kv heads (measured best of 2..32)
 constexpr int64_t kPad = 16;  // q and acc rows are padded to a multiple of 16 floats
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -73,10 +74,11 @@ void gather_impl(const PagedGatherArgs& a) {
 }
 
 // ---- decode attention: micro-kernels ---------------------------------------------------
-// S[g][t] = q[g] . k[t] for GB query rows (stride qs) and n tokens (row stride ks),
+// S[g][t] = q[g] . k[t] for GB query rows (stride qs) and n tokens (row t at kr[t] + off),
 // TT tokens at a time so that every q load feeds TT FMAs and every k load GB FMAs.
 template <int GB, int TT, class T>
-inline void qk_rows(const float* q, int64_t qs, const T* k, int64_t ks, int n, int64_t D, float* s, int64_t ss) {
+inline void qk_rows(const float* q, int64_t qs, const T* const* kr, int64_t off, int n, int64_t D, float* s,
+                    int64_t ss) {
   const int64_t Dv = D - D % N;
   int t = 0;
   for (; t + TT <= n; t += TT) {
@@ -85,32 +87,32 @@ inline void qk_rows(const float* q, int64_t qs, const T* k, int64_t ks, int n, i
       for (int g = 0; g < GB; ++g) acc[u][g] = vzero();
     for (int64_t d = 0; d < Dv; d += N) {
       V x[TT];
-      for (int u = 0; u < TT; ++u) x[u] = vload(k + (t + u) * ks + d);
+      for (int u = 0; u < TT; ++u) x[u] = vload(kr[t + u] + off + d);
       for (int g = 0; g < GB; ++g) {
         const V qv = vload(q + g * qs + d);
         for (int u = 0; u < TT; ++u) acc[u][g] = vfma(qv, x[u], acc[u][g]);
       }
     }
     for (int u = 0; u < TT; ++u) {
-      const T* kr = k + (t + u) * ks;
+      const T* k = kr[t + u] + off;
       for (int g = 0; g < GB; ++g) {
         float r = vsum(acc[u][g]);
-        for (int64_t d = Dv; d < D; ++d) r += q[g * qs + d] * to_f32(kr[d]);
+        for (int64_t d = Dv; d < D; ++d) r += q[g * qs + d] * to_f32(k[d]);
         s[g * ss + t + u] = r;
       }
     }
   }
   for (; t < n; ++t) {
-    const T* kr = k + t * ks;
+    const T* k = kr[t] + off;
     V acc[GB];
     for (int g = 0; g < GB; ++g) acc[g] = vzero();
     for (int64_t d = 0; d < Dv; d += N) {
-      const V x = vload(kr + d);
+      const V x = vload(k + d);
       for (int g = 0; g < GB; ++g) acc[g] = vfma(vload(q + g * qs + d), x, acc[g]);
     }
     for (int g = 0; g < GB; ++g) {
       float r = vsum(acc[g]);
-      for (int64_t d = Dv; d < D; ++d) r += q[g * qs + d] * to_f32(kr[d]);
+      for (int64_t d = Dv; d < D; ++d) r += q[g * qs + d] * to_f32(k[d]);
       s[g * ss + t] = r;
     }
   }
@@ -119,8 +121,8 @@ inline void qk_rows(const float* q, int64_t qs, const T* k, int64_t ks, int n, i
 // acc[g] = acc[g] * alpha[g] + sum_t p[g][t] v[t] for GB rows; two vectors of the
 // head dimension per pass so that each broadcast of p feeds two FMAs.
 template <int GB, class T>
-inline void pv_rows(const float* p, int64_t ps, const float* alpha, const T* v, int64_t vs, int n, int64_t D,
-                    float* acc, int64_t as) {
+inline void pv_rows(const float* p, int64_t ps, const float* alpha, const T* const* vr, int64_t off, int n,
+                    int64_t D, float* acc, int64_t as) {
   const int64_t Dv = D - D % N;
   int64_t d = 0;
   for (; d + 2 * N <= Dv; d += 2 * N) {
@@ -131,7 +133,8 @@ inline void pv_rows(const float* p, int64_t ps, const float* alpha, const T* v, 
       o1[g] = vmul(vload(acc + g * as + d + N), al);
     }
     for (int t = 0; t < n; ++t) {
-      const V x0 = vload(v + t * vs + d), x1 = vload(v + t * vs + d + N);
+      const T* v = vr[t] + off + d;
+      const V x0 = vload(v), x1 = vload(v + N);
       for (int g = 0; g < GB; ++g) {
         const V pv = vset1(p[g * ps + t]);
         o0[g] = vfma(pv, x0, o0[g]);
@@ -147,7 +150,7 @@ inline void pv_rows(const float* p, int64_t ps, const float* alpha, const T* v, 
     V o[GB];
     for (int g = 0; g < GB; ++g) o[g] = vmul(vload(acc + g * as + d), vset1(alpha[g]));
     for (int t = 0; t < n; ++t) {
-      const V x = vload(v + t * vs + d);
+      const V x = vload(vr[t] + off + d);
       for (int g = 0; g < GB; ++g) o[g] = vfma(vset1(p[g * ps + t]), x, o[g]);
     }
     for (int g = 0; g < GB; ++g) vstore(acc + g * as + d, o[g]);
@@ -155,7 +158,7 @@ inline void pv_rows(const float* p, int64_t ps, const float* alpha, const T* v, 
   for (; d < D; ++d) {
     for (int g = 0; g < GB; ++g) {
       float o = acc[g * as + d] * alpha[g];
-      for (int t = 0; t < n; ++t) o += p[g * ps + t] * to_f32(v[t * vs + d]);
+      for (int t = 0; t < n; ++t) o += p[g * ps + t] * to_f32(vr[t][off + d]);
       acc[g * as + d] = o;
     }
   }
@@ -177,63 +180,67 @@ inline Scratch carve(float* base, int64_t G, int64_t Dp) {
   return sc;
 }
 
-// One softmax step over n <= kChunk tokens whose K/V rows start at k, v (row stride rs).
+// One softmax step over n <= kChunk tokens for `heads` kv heads (G q rows each): K/V row
+// t of local head j is at kr[t] + off0 + j * hs (vr likewise). Tokens go in slices of
+// `slice` across all heads, so that the rows of one token slot (adjacent in a page) are
+// read close together in time.
 template <class T>
-void attend_chunk(const Scratch& sc, int64_t G, int64_t Dp, int64_t D, const T* k, const T* v, int64_t rs, int n) {
-  for (int64_t g0 = 0; g0 < G; g0 += 4) {
-    const float* q = sc.q + g0 * Dp;
-    float* s = sc.s + g0 * kChunk;
-    switch (G - g0 < 4 ? G - g0 : 4) {
-      case 1: qk_rows<1, 4>(q, Dp, k, rs, n, D, s, kChunk); break;
-      case 2: qk_rows<2, 4>(q, Dp, k, rs, n, D, s, kChunk); break;
-      case 3: qk_rows<3, 2>(q, Dp, k, rs, n, D, s, kChunk); break;
-      default: qk_rows<4, 2>(q, Dp, k, rs, n, D, s, kChunk); break;
+void attend_step(const Scratch& sc, int64_t heads, int64_t G, int64_t Dp, int64_t D, const T* const* kr,
+                 const T* const* vr, int64_t off0, int64_t hs, int n, int slice) {
+  for (int i = 0; i < n; i += slice) {
+    const int ni = n - i < slice ? n - i : slice;
+    for (int64_t j = 0; j < heads; ++j) {
+      for (int64_t g0 = 0; g0 < G; g0 += 4) {
+        const int64_t r = j * G + g0;
+        const float* q = sc.q + r * Dp;
+        float* s = sc.s + r * kChunk + i;
+        switch (G - g0 < 4 ? G - g0 : 4) {
+          case 1: qk_rows<1, 4>(q, Dp, kr + i, off0 + j * hs, ni, D, s, kChunk); break;
+          case 2: qk_rows<2, 4>(q, Dp, kr + i, off0 + j * hs, ni, D, s, kChunk); break;
+          case 3: qk_rows<3, 2>(q, Dp, kr + i, off0 + j * hs, ni, D, s, kChunk); break;
+          default: qk_rows<4, 2>(q, Dp, kr + i, off0 + j * hs, ni, D, s, kChunk); break;
+        }
+      }
     }
   }
-  for (int64_t g = 0; g < G; ++g) {
-    float* s = sc.s + g * kChunk;
+  for (int64_t r = 0; r < heads * G; ++r) {
+    float* s = sc.s + r * kChunk;
     float mb = s[0];
     for (int t = 1; t < n; ++t) mb = s[t] > mb ? s[t] : mb;
-    const float m_old = sc.m[g];
+    const float m_old = sc.m[r];
     const float m_new = mb > m_old ? mb : m_old;
     // m_old = -inf: nothing accumulated yet (acc and l are 0).
-    sc.alpha[g] = m_old == kNegInf ? 0.f : std::exp(m_old - m_new);
+    sc.alpha[r] = m_old == kNegInf ? 0.f : std::exp(m_old - m_new);
     const V mv = vset1(m_new);
     for (int t = 0; t < n; t += N) vstore(s + t, vexp(vsub(vload(s + t), mv)));  // lanes >= n unused
     float sum = 0.f;
     for (int t = 0; t < n; ++t) sum += s[t];
-    sc.l[g] = sc.l[g] * sc.alpha[g] + sum;
-    sc.m[g] = m_new;
+    sc.l[r] = sc.l[r] * sc.alpha[r] + sum;
+    sc.m[r] = m_new;
   }
-  for (int64_t g0 = 0; g0 < G; g0 += 4) {
-    const float* p = sc.s + g0 * kChunk;
-    float* acc = sc.acc + g0 * Dp;
-    switch (G - g0 < 4 ? G - g0 : 4) {
-      case 1: pv_rows<1>(p, kChunk, sc.alpha + g0, v, rs, n, D, acc, Dp); break;
-      case 2: pv_rows<2>(p, kChunk, sc.alpha + g0, v, rs, n, D, acc, Dp); break;
-      case 3: pv_rows<3>(p, kChunk, sc.alpha + g0, v, rs, n, D, acc, Dp); break;
-      default: pv_rows<4>(p, kChunk, sc.alpha + g0, v, rs, n, D, acc, Dp); break;
+  static const float kOnes[4] = {1.f, 1.f, 1.f, 1.f};
+  for (int i = 0; i < n; i += slice) {
+    const int ni = n - i < slice ? n - i : slice;
+    for (int64_t j = 0; j < heads; ++j) {
+      for (int64_t g0 = 0; g0 < G; g0 += 4) {
+        const int64_t r = j * G + g0;
+        const float* p = sc.s + r * kChunk + i;
+        const float* al = i == 0 ? sc.alpha + r : kOnes;  // rescale once per step
+        float* acc = sc.acc + r * Dp;
+        switch (G - g0 < 4 ? G - g0 : 4) {
+          case 1: pv_rows<1>(p, kChunk, al, vr + i, off0 + j * hs, ni, D, acc, Dp); break;
+          case 2: pv_rows<2>(p, kChunk, al, vr + i, off0 + j * hs, ni, D, acc, Dp); break;
+          case 3: pv_rows<3>(p, kChunk, al, vr + i, off0 + j * hs, ni, D, acc, Dp); break;
+          default: pv_rows<4>(p, kChunk, al, vr + i, off0 + j * hs, ni, D, acc, Dp); break;
+        }
+      }
     }
   }
 }
 
-// Element offset of unit u's first K/V row for kv head h, and the row stride.
-inline int64_t unit_offset(const DecodeAttnArgs& a, int64_t b, int64_t h, int64_t u, int64_t* rs) {
-  if (a.table) {  // paged: block table[b][u], slots of kv head h
-    *rs = a.n_kv_heads * a.head_dim;
-    return static_cast<int64_t>(a.table[b * a.max_blocks + u]) * a.block_size * *rs + h * a.head_dim;
-  }
-  *rs = a.head_dim;  // contiguous (batch, n_kv_heads, max_len, D)
-  return ((b * a.n_kv_heads + h) * a.max_len + u * a.chunk) * a.head_dim;
-}
-
-inline Scratch rows_from(const Scratch& sc, int64_t r0, int64_t Dp) {
-  return Scratch{sc.q + r0 * Dp, sc.acc + r0 * Dp, sc.s + r0 * kChunk, sc.m + r0, sc.l + r0, sc.alpha + r0};
-}
-
-// One work item. In the paged layout an item covers every kv head, page by page: the
-// page's K (then V) rows are read in address order across the heads, which keeps the
-// reads sequential within each 4 KiB page, where hardware prefetchers work.
+// One work item. In the paged layout an item covers every kv head, kChunk tokens at a
+// time: the pages' rows are then read across all heads within a short window, so the
+// reads stay sequential within each 4 KiB page, where hardware prefetchers work.
 template <class T>
 void attend_item(const DecodeAttnArgs& a, const DecodeWorkItem& w, float* scratch) {
   const int64_t G = a.n_heads / a.n_kv_heads, D = a.head_dim, Dp = (D + kPad - 1) / kPad * kPad;
@@ -246,20 +253,35 @@ void attend_item(const DecodeAttnArgs& a, const DecodeWorkItem& w, float* scratc
     sc.m[r] = kNegInf;
     sc.l[r] = 0.f;
   }
+  // Tokens [t0, t1) in steps of kChunk: the step's row addresses (for kv head 0 in the
+  // paged layout, for kv head h0 in the contiguous one), then every kv head of the item.
   const int64_t len = a.seq_lens[w.b];
+  const int64_t t0 = w.u0 * a.chunk, t1 = w.u1 * a.chunk < len ? w.u1 * a.chunk : len;
   const T* kbase = static_cast<const T*>(a.k);
   const T* vbase = static_cast<const T*>(a.v);
-  for (int64_t u = w.u0; u < w.u1; ++u) {
-    const int64_t n_u = len - u * a.chunk < a.chunk ? len - u * a.chunk : a.chunk;
-    for (int64_t h = w.h0; h < w.h1; ++h) {
-      int64_t rs = 0;
-      const int64_t off = unit_offset(a, w.b, h, u, &rs);
-      const Scratch hs = rows_from(sc, (h - w.h0) * G, Dp);
-      for (int64_t c = 0; c < n_u; c += kChunk) {
-        const int n = static_cast<int>(n_u - c < kChunk ? n_u - c : kChunk);
-        attend_chunk<T>(hs, G, Dp, D, kbase + off + c * rs, vbase + off + c * rs, rs, n);
-      }
+  const T* kr[kChunk];
+  const T* vr[kChunk];
+  int64_t head_stride;  // elements between the rows of kv heads h and h + 1
+  if (a.table) {
+    head_stride = D;
+  } else {
+    head_stride = a.max_len * D;
+    kbase += (w.b * a.n_kv_heads + w.h0) * a.max_len * D;
+    vbase += (w.b * a.n_kv_heads + w.h0) * a.max_len * D;
+  }
+  const int32_t* blocks = a.table ? a.table + w.b * a.max_blocks : nullptr;
+  const int64_t row = a.n_kv_heads * D;  // paged: elements per token slot
+  for (int64_t t = t0; t < t1; t += kChunk) {
+    const int n = static_cast<int>(t1 - t < kChunk ? t1 - t : kChunk);
+    for (int i = 0; i < n; ++i) {
+      const int64_t p = t + i;
+      const int64_t e = blocks ? (static_cast<int64_t>(blocks[p / a.block_size]) * a.block_size + p % a.block_size) * row
+                               : p * D;
+      kr[i] = kbase + e;
+      vr[i] = vbase + e;
     }
+    attend_step<T>(sc, w.h1 - w.h0, G, Dp, D, kr, vr, blocks ? w.h0 * head_stride : 0, head_stride, n,
+                   w.h1 - w.h0 > 1 ? kSlice : kChunk);
   }
   const bool direct = a.splits[w.b] == 1;
   for (int64_t r = 0; r < rows; ++r) {
