@@ -1,5 +1,6 @@
 """Paged KV cache: decode attention from pages vs the same attention on a contiguous cache
-(torch SDPA with enable_gqa, and llmforge's own kernel on a contiguous layout); append and gather.
+(torch SDPA with enable_gqa on (B, Hkv, L, D); llmforge's kernel on contiguous (B, Hkv, L, D)
+and (B, L, Hkv, D) caches); append and gather.
 
     python -m bench paged_kv [--record]
 
@@ -37,10 +38,18 @@ def _decode_rows(rows, case, lens, n_heads, n_kv, d, dtype, device, gen, sdpa=Tr
     kv_bytes = 2 * sum(lens) * n_kv * d * k_pool.element_size()
     rows.append(row(case, "llmforge paged", time_fn(lambda: paged_decode_attention(q, k_pool, v_pool, table, seq_lens)),
                     device, bytes_moved=kv_bytes))
-    k = paged_kv_gather(k_pool, table, seq_lens).transpose(1, 2).contiguous()  # (B, Hkv, L, D)
-    v = paged_kv_gather(v_pool, table, seq_lens).transpose(1, 2).contiguous()
+    k_blhd = paged_kv_gather(k_pool, table, seq_lens)  # (B, L, Hkv, D)
+    v_blhd = paged_kv_gather(v_pool, table, seq_lens)
     del k_pool, v_pool
-    rows.append(row(case, "llmforge contiguous", time_fn(lambda: contiguous_decode_attention(q, k, v, seq_lens)),
+    # the same kernel on a contiguous (B, L, Hkv, D) cache: one block of L tokens per sequence
+    one_block = torch.arange(B, dtype=torch.int32)[:, None]
+    rows.append(row(case, "llmforge contiguous BLHD",
+                    time_fn(lambda: paged_decode_attention(q, k_blhd, v_blhd, one_block, seq_lens)), device,
+                    bytes_moved=kv_bytes))
+    k = k_blhd.transpose(1, 2).contiguous()  # (B, Hkv, L, D), SDPA's layout
+    v = v_blhd.transpose(1, 2).contiguous()
+    del k_blhd, v_blhd
+    rows.append(row(case, "llmforge contiguous BHLD", time_fn(lambda: contiguous_decode_attention(q, k, v, seq_lens)),
                     device, bytes_moved=kv_bytes))
     if sdpa:  # equal lengths only: SDPA has no per-sequence length without a mask
         q4 = q[:, :, None]
@@ -100,11 +109,11 @@ def run(device: str = "cpu", quick: bool = False):
             rows.append(row("gather B16 L1024 Hkv8 D128 float32", "torch index_select",
                             time_fn(lambda: k_pool.index_select(0, table.view(-1)).view(16, 1024, 8, 128)), device,
                             bytes_moved=nbytes))
-    # speedup: vs torch SDPA where it runs, else vs llmforge's contiguous kernel / the torch op
+    # speedup: vs torch SDPA where it runs, else vs llmforge's contiguous BHLD kernel / the torch op
     finish(rows, baseline="torch sdpa contiguous")
     base = {}
     for r in rows:
-        if r.impl in ("llmforge contiguous", "torch index_copy_", "torch index_select"):
+        if r.impl in ("llmforge contiguous BHLD", "torch index_copy_", "torch index_select"):
             base.setdefault(r.case, r.ms)
     for r in rows:
         if r.speedup is None and r.case in base:

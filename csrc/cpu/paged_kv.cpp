@@ -1,13 +1,17 @@
 // paged_kv.cpp — CPU kernels of the paged KV cache: append, gather and decode
 // attention (see paged_kv.h for layouts and maths). Compiled once per ISA (LF_ISA).
 //
-// Decode attention, per work item (sequence b, kv head h, split s):
-//   qs[g]  = scale * q[b, h*G + g]                   (fp32, G rows)
-//   for each chunk of <= 32 consecutive tokens of a page:
-//     S[g][t] = qs[g] . K[t]        each K row is loaded once for all G rows
+// Decode attention, per work item (sequence b, kv heads [h0, h1), pages [u0, u1)):
+//   qs[h][g] = scale * q[b, h*G + g]                 (fp32, G rows per kv head)
+//   for each step of <= 32 consecutive tokens (row addresses looked up in the table):
+//     S[h][g][t] = qs[h][g] . K[t, h]   each K row is loaded once for all G rows
 //     m' = max(m, max_t S), alpha = e^(m - m'), P = e^(S - m')
-//     l = l * alpha + sum_t P;  acc[g] = acc[g] * alpha + sum_t P[g][t] V[t]
-//   out = acc / l, or (acc, m, l) to the partial buffer when the length is split.
+//     l = l * alpha + sum_t P;  acc = acc * alpha + sum_t P[t] V[t, h]
+//   out = acc / l, or (acc, m, l) to the partial buffer when the sequence is split.
+// Paged items take all kv heads and walk each step in slices of 8 tokens across the
+// heads: a token slot's rows for all heads are adjacent in a page, so the reads go
+// through each 4 KiB page in address order. One kv head per item reading rows
+// n_kv_heads * head_dim apart was measured 1.3-1.7x slower (fp32, 16 x 1024 tokens).
 #include "cpu/paged_kv.h"
 
 #include <omp.h>

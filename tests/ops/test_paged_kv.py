@@ -91,16 +91,33 @@ def test_contiguous_decode_matches_float64(cpu_isa, dtype, atol, rtol, heads):
     _close(out, contiguous_decode_attention_reference(q, k, v, lens), atol, rtol)
 
 
+SPLIT_SHAPES = [([1000], 1, 1), ([1000], 8, 32), ([17, 900], 2, 2), ([5, 1, 3], 1, 4), ([1000, 0, 260], 3, 6)]
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
-@pytest.mark.parametrize("shape", [([1000], 1, 1), ([1000], 8, 32), ([17, 900], 2, 2), ([5, 1, 3], 1, 4)])
-def test_decode_split_across_threads(cpu_isa, threads, shape):
-    # few (sequence, kv head) items: the KV length is split and merged by log-sum-exp
+@pytest.mark.parametrize("block_size", [16, 7])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_decode_split_across_threads(cpu_isa, threads, block_size, shape):
+    # few sequences: their lengths are split over the threads and merged by log-sum-exp
     lens, n_kv, n_heads = shape
-    k_pool, v_pool, table, seq_lens = _cache(lens, 16, n_kv, 64, torch.float32)
+    k_pool, v_pool, table, seq_lens = _cache(lens, block_size, n_kv, 64, torch.float32)
     q = torch.randn(len(lens), n_heads, 64)
     out = torch.empty_like(q)
     _C.paged_decode_attention(q, k_pool, v_pool, table, seq_lens, out, 0.125, threads)
     _close(out, paged_decode_attention_reference(q, k_pool, v_pool, table, seq_lens, 0.125), 2e-5, 1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_contiguous_decode_split_across_threads(cpu_isa, threads, shape):
+    lens, n_kv, n_heads = shape
+    k = torch.randn(len(lens), n_kv, max(lens), 48)
+    v = torch.randn(len(lens), n_kv, max(lens), 48)
+    q = torch.randn(len(lens), n_heads, 48)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out = torch.empty_like(q)
+    _C.contiguous_decode_attention(q, k, v, seq_lens, out, 0.2, threads)
+    _close(out, contiguous_decode_attention_reference(q, k, v, seq_lens, 0.2), 2e-5, 1e-4)
 
 
 def test_threads_follow_torch():
