@@ -237,17 +237,16 @@ def paged_kv_gather_reference(pool: Tensor, block_table: Tensor, seq_lens: Tenso
 
 
 def _attention64(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tensor, scale: float | None) -> Tensor:
-    """q (B, H, D); k, v (B, L, Hkv, D): float64 masked softmax attention; zeros for length 0."""
+    """q (B, H, D); k, v (B, L, Hkv, D): float64 masked softmax attention; zeros for length 0.
+    Query head i reads kv head i // (H // Hkv)."""
     B, H, D = q.shape
-    group = H // k.shape[2]
-    qd = q.to(torch.float64)
-    kd = k.to(torch.float64).repeat_interleave(group, dim=2)  # (B, L, H, D)
-    vd = v.to(torch.float64).repeat_interleave(group, dim=2)
-    s = torch.einsum("bhd,blhd->bhl", qd, kd) * _scale(scale, D)
+    Hkv = k.shape[2]
+    qd = q.to(torch.float64).view(B, Hkv, H // Hkv, D)
+    s = torch.einsum("bkgd,blkd->bkgl", qd, k.to(torch.float64)) * _scale(scale, D)
     mask = torch.arange(k.shape[1])[None, :] < seq_lens.long()[:, None]  # (B, L)
-    s = s.masked_fill(~mask[:, None, :], float("-inf"))
+    s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no keys -> 0
-    return torch.einsum("bhl,blhd->bhd", p, vd)
+    return torch.einsum("bkgl,blkd->bkgd", p, v.to(torch.float64)).reshape(B, H, D)
 
 
 def paged_decode_attention_reference(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_lens: Tensor,
