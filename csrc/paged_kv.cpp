@@ -154,6 +154,25 @@ void run_decode(cpu::DecodeAttnArgs& a, bool all_heads) {
   LF_CPU_DISPATCH(decode_attention, a);
 }
 
+// The fields both layouts share; head_dim is k's last dimension.
+cpu::DecodeAttnArgs decode_args(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                                const TensorView& seq_lens, int64_t n_kv_heads, double scale, int threads) {
+  cpu::DecodeAttnArgs a{};
+  a.dtype = q.dtype;
+  a.q = q.data;
+  a.k = k.data;
+  a.v = v.data;
+  a.out = out.data;
+  a.seq_lens = seq_lens.ptr<int32_t>();
+  a.batch = q.shape[0];
+  a.n_heads = q.shape[1];
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = k.shape[3];
+  a.scale = static_cast<float>(scale);
+  a.threads = threads;
+  return a;
+}
+
 void check_scale(const char* op, double scale) {
   LF_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
 }
@@ -230,23 +249,11 @@ void paged_decode_attention(const TensorView& q, const TensorView& k_pool, const
   check_threads(kDecode, threads);
   check_lengths_and_blocks(kDecode, block_table, seq_lens, k_pool.shape[1], k_pool.shape[0]);
   if (batch == 0) return;
-  cpu::DecodeAttnArgs a{};
-  a.dtype = q.dtype;
-  a.q = q.data;
-  a.k = k_pool.data;
-  a.v = v_pool.data;
-  a.out = out.data;
+  cpu::DecodeAttnArgs a = decode_args(q, k_pool, v_pool, out, seq_lens, k_pool.shape[2], scale, threads);
   a.table = block_table.ptr<int32_t>();
-  a.seq_lens = seq_lens.ptr<int32_t>();
-  a.batch = batch;
-  a.n_heads = q.shape[1];
-  a.n_kv_heads = k_pool.shape[2];
-  a.head_dim = k_pool.shape[3];
   a.max_blocks = block_table.shape[1];
   a.block_size = k_pool.shape[1];
   a.chunk = a.block_size;
-  a.scale = static_cast<float>(scale);
-  a.threads = threads;
   run_decode(a, true);
 }
 
@@ -263,22 +270,10 @@ void contiguous_decode_attention(const TensorView& q, const TensorView& k, const
   for (int64_t b = 0; b < batch; ++b)
     LF_CHECK(lens[b] >= 0 && lens[b] <= max_len, kContig, ": seq_lens[", b, "] = ", lens[b], " is outside [0, ",
              max_len, "]");
-  cpu::DecodeAttnArgs a{};
-  a.dtype = q.dtype;
-  a.q = q.data;
-  a.k = k.data;
-  a.v = v.data;
-  a.out = out.data;
+  cpu::DecodeAttnArgs a = decode_args(q, k, v, out, seq_lens, k.shape[1], scale, threads);
   a.table = nullptr;
-  a.seq_lens = lens;
-  a.batch = batch;
-  a.n_heads = q.shape[1];
-  a.n_kv_heads = k.shape[1];
-  a.head_dim = k.shape[3];
   a.max_len = max_len;
   a.chunk = kContigChunk;
-  a.scale = static_cast<float>(scale);
-  a.threads = threads;
   run_decode(a, false);
 }
 
