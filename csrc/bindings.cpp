@@ -283,6 +283,7 @@ PYBIND11_MODULE(_C, m) {
           return out;
         },
         py::arg("pattern"), py::arg("text"), "The pre-tokenizer's pieces of text (bytes), for tests.");
+
   // ---- paged_kv ----------------------------------------------------------------
   m.def("paged_kv_append",
         [](py::handle k_pool, py::handle v_pool, py::handle table, py::handle lens, py::handle k_new,
