@@ -157,13 +157,13 @@ class PagedKVCache:
 
     def append(self, layer: int, batch: PagedBatch, k_new: Tensor, v_new: Tensor) -> None:
         """Write the step's keys/values, (batch, max n_new, n_kv_heads, head_dim), for one layer."""
-        paged_kv_append(self.k_pools[layer], self.v_pools[layer], batch.block_table, batch.seq_lens, k_new, v_new,
-                        batch.n_new if batch.ragged else None)
+        paged_kv_append(self.k_pools[layer], self.v_pools[layer], batch.block_table, batch.seq_lens,
+                        k_new.contiguous(), v_new.contiguous(), batch.n_new if batch.ragged else None)
 
     def attention(self, layer: int, batch: PagedBatch, q: Tensor, scale: float | None = None) -> Tensor:
         """Decode attention of q (batch, n_heads, head_dim) over each sequence including this step's tokens."""
-        return paged_decode_attention(q, self.k_pools[layer], self.v_pools[layer], batch.block_table, batch.new_lens,
-                                      scale)
+        return paged_decode_attention(q.contiguous(), self.k_pools[layer], self.v_pools[layer], batch.block_table,
+                                      batch.new_lens, scale)
 
     def commit(self, batch: PagedBatch) -> None:
         """The step's tokens are now part of the sequences."""
