@@ -9,6 +9,7 @@
 #include "device.h"
 #include "dlpack.h"
 #include "isa.h"
+#include "paged_kv.h"
 #include "rmsnorm.h"
 #include "bpe.h"
 #include "pretokenize.h"
@@ -282,4 +283,44 @@ PYBIND11_MODULE(_C, m) {
           return out;
         },
         py::arg("pattern"), py::arg("text"), "The pre-tokenizer's pieces of text (bytes), for tests.");
+
+  // ---- paged_kv ----------------------------------------------------------------
+  m.def("paged_kv_append",
+        [](py::handle k_pool, py::handle v_pool, py::handle table, py::handle lens, py::handle k_new,
+           py::handle v_new, py::handle counts, int threads) {
+          auto KP = to_view(k_pool, "k_pool"), VP = to_view(v_pool, "v_pool"), T = to_view(table, "block_table");
+          auto L = to_view(lens, "seq_lens"), KN = to_view(k_new, "k_new"), VN = to_view(v_new, "v_new");
+          auto CN = to_view_opt(counts, "counts");
+          py::gil_scoped_release nogil;
+          lf::paged_kv_append(KP.view, VP.view, T.view, L.view, KN.view, VN.view, ptr(CN), threads);
+        },
+        py::arg("k_pool"), py::arg("v_pool"), py::arg("block_table"), py::arg("seq_lens"), py::arg("k_new"),
+        py::arg("v_new"), py::arg("counts"), py::arg("threads"));
+  m.def("paged_kv_gather",
+        [](py::handle pool, py::handle table, py::handle lens, py::handle out, int threads) {
+          auto P = to_view(pool, "pool"), T = to_view(table, "block_table"), L = to_view(lens, "seq_lens");
+          auto O = to_view(out, "out");
+          py::gil_scoped_release nogil;
+          lf::paged_kv_gather(P.view, T.view, L.view, O.view, threads);
+        },
+        py::arg("pool"), py::arg("block_table"), py::arg("seq_lens"), py::arg("out"), py::arg("threads"));
+  m.def("paged_decode_attention",
+        [](py::handle q, py::handle k_pool, py::handle v_pool, py::handle table, py::handle lens, py::handle out,
+           double scale, int threads) {
+          auto Q = to_view(q, "q"), KP = to_view(k_pool, "k_pool"), VP = to_view(v_pool, "v_pool");
+          auto T = to_view(table, "block_table"), L = to_view(lens, "seq_lens"), O = to_view(out, "out");
+          py::gil_scoped_release nogil;
+          lf::paged_decode_attention(Q.view, KP.view, VP.view, T.view, L.view, O.view, scale, threads);
+        },
+        py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_table"), py::arg("seq_lens"),
+        py::arg("out"), py::arg("scale"), py::arg("threads"));
+  m.def("contiguous_decode_attention",
+        [](py::handle q, py::handle k, py::handle v, py::handle lens, py::handle out, double scale, int threads) {
+          auto Q = to_view(q, "q"), K = to_view(k, "k"), V = to_view(v, "v"), L = to_view(lens, "seq_lens");
+          auto O = to_view(out, "out");
+          py::gil_scoped_release nogil;
+          lf::contiguous_decode_attention(Q.view, K.view, V.view, L.view, O.view, scale, threads);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"),
+        py::arg("threads"));
 }

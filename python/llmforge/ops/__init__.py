@@ -7,3 +7,10 @@ pure-torch reference (``<op>_reference``) that the tests compare against.
 from .rmsnorm import rmsnorm, rmsnorm_reference, rmsnorm_residual, rmsnorm_residual_reference
 
 __all__ = ["rmsnorm", "rmsnorm_reference", "rmsnorm_residual", "rmsnorm_residual_reference"]
+from .paged_kv import (contiguous_decode_attention, contiguous_decode_attention_reference, paged_decode_attention,
+                       paged_decode_attention_reference, paged_kv_append, paged_kv_append_reference, paged_kv_gather,
+                       paged_kv_gather_reference)
+
+__all__ += ["paged_kv_append", "paged_kv_gather", "paged_decode_attention", "contiguous_decode_attention",
+            "paged_kv_append_reference", "paged_kv_gather_reference", "paged_decode_attention_reference",
+            "contiguous_decode_attention_reference"]
