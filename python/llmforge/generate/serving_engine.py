@@ -1,0 +1,172 @@
+"""Continuous batching over a paged KV cache: requests join and leave the running batch at
+every step, so a short answer never waits for a long one.
+
+    eng = Engine(model, num_blocks=1024, block_size=16, max_batch=16)
+    rid = eng.submit(prompt_ids, max_new_tokens=64, params=SamplingParams(temperature=0), stop_ids={eos}, seed=0)
+    results = eng.run()                  # {rid: Result(tokens, finish_reason)}
+    for rid, tok in eng.stream(): ...    # tokens as they are produced
+
+Each step: admit waiting requests while the block pool and max_batch allow and prefill
+them (the prompt's keys/values written to its pages, attention over the prompt itself),
+then one decode step for every running request (keys/values appended to the pages,
+decode attention straight from the pages). Finished requests free their blocks at once.
+Per-request seeded generators make sampling reproducible whatever else is in the batch.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..model.llama import apply_rope, rope_cos_sin
+from .paged_cache import OutOfBlocksError, PagedKVCache
+from .sampling import SamplingParams, sample
+
+
+@dataclass
+class Request:
+    rid: int
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+    stop_ids: set
+    generator: torch.Generator
+    out: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Result:
+    tokens: list[int]
+    finish_reason: str          # "stop" | "length"
+
+
+class Engine:
+    def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
+                 dtype: torch.dtype = torch.float32):
+        self.model = model.eval()
+        c = model.cfg
+        self.cfg = c
+        self.cache = PagedKVCache(num_blocks, c.n_kv_heads, c.head_dim, c.n_layers, block_size, dtype=dtype)
+        self.max_batch = max_batch
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.done: dict[int, Result] = {}
+        self._ids = itertools.count()
+        self._events: list[tuple[int, int]] = []
+
+    def submit(self, prompt: list[int], max_new_tokens: int = 64, params: SamplingParams | None = None,
+               stop_ids=(), seed: int = 0) -> int:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if len(prompt) + max_new_tokens > self.cfg.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if any(not 0 <= t < self.cfg.vocab_size for t in prompt):
+            raise ValueError("prompt has token ids outside the vocabulary")
+        need = -(-(len(prompt) + max_new_tokens) // self.cache.block_size)
+        if need > self.cache.num_blocks:
+            raise ValueError(f"request needs {need} blocks; the pool has {self.cache.num_blocks}")
+        g = torch.Generator().manual_seed(seed)
+        r = Request(next(self._ids), list(prompt), max_new_tokens, params or SamplingParams(), set(stop_ids), g)
+        self.waiting.append(r)
+        return r.rid
+
+    # ---- model pieces ------------------------------------------------------------------
+    def _qkv(self, attn, x, pos):
+        c = self.cfg
+        B, T, _ = x.shape
+        q = attn.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        cos, sin = rope_cos_sin(c, pos, x.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    @torch.no_grad()
+    def _prefill(self, req: Request) -> torch.Tensor:
+        m, c = self.model, self.cfg
+        self.cache.add_sequence(req.rid)
+        T = len(req.prompt)
+        step = self.cache.prepare([req.rid], T)
+        x = m.model.embed_tokens(torch.tensor([req.prompt]))
+        pos = torch.arange(T)[None]
+        for i, layer in enumerate(m.model.layers):
+            h = layer.input_layernorm(x)
+            q, k, v = self._qkv(layer.self_attn, h, pos)
+            self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_kv_heads != c.n_heads)
+            x = x + layer.self_attn.o_proj(y.transpose(1, 2).reshape(1, T, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.cache.commit(step)
+        return m.logits(m.model.norm(x[:, -1:]))[0, 0]
+
+    @torch.no_grad()
+    def _decode(self, reqs: list[Request]) -> torch.Tensor:
+        m = self.model
+        ids = [r.rid for r in reqs]
+        step = self.cache.prepare(ids, 1)
+        x = m.model.embed_tokens(torch.tensor([[r.out[-1]] for r in reqs]))
+        pos = step.seq_lens.long()[:, None]
+        for i, layer in enumerate(m.model.layers):
+            h = layer.input_layernorm(x)
+            q, k, v = self._qkv(layer.self_attn, h, pos)
+            self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
+            y = self.cache.attention(i, step, q[:, :, 0].contiguous())          # (B, n_heads, hd)
+            x = x + layer.self_attn.o_proj(y.reshape(len(reqs), 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.cache.commit(step)
+        return m.logits(m.model.norm(x))[:, 0]
+
+    def _emit(self, req: Request, logits_row: torch.Tensor) -> None:
+        hist = torch.tensor([req.prompt + req.out])
+        tok = int(sample(logits_row[None], req.params, req.generator, hist)[0])
+        req.out.append(tok)
+        self._events.append((req.rid, tok))
+        if tok in req.stop_ids:
+            req.finish_reason = "stop"
+        elif len(req.out) >= req.max_new_tokens:
+            req.finish_reason = "length"
+
+    def _retire(self) -> None:
+        for r in [r for r in self.running if r.finish_reason]:
+            self.running.remove(r)
+            self.cache.free_sequence(r.rid)
+            self.done[r.rid] = Result(r.out, r.finish_reason)
+
+    def step(self) -> None:
+        # admit: reserve the whole request's blocks up front so a running request never starves
+        while self.waiting and len(self.running) < self.max_batch:
+            r = self.waiting[0]
+            need = -(-(len(r.prompt) + r.max_new_tokens) // self.cache.block_size)
+            reserved = sum(-(-(len(x.prompt) + x.max_new_tokens) // self.cache.block_size)
+                           - len(self.cache.blocks_of(x.rid)) for x in self.running)
+            if need > self.cache.num_free_blocks - reserved:
+                break
+            self.waiting.popleft()
+            self._emit(r, self._prefill(r))
+            self.running.append(r)
+        self._retire()
+        active = [r for r in self.running if not r.finish_reason]
+        if active:
+            logits = self._decode(active)
+            for r, row in zip(active, logits):
+                self._emit(r, row)
+        self._retire()
+        if not self.running and self.waiting:
+            raise OutOfBlocksError("a waiting request does not fit the block pool")
+
+    def run(self) -> dict[int, Result]:
+        while self.waiting or self.running:
+            self.step()
+        return self.done
+
+    def stream(self):
+        """Yield (request id, token) as tokens are produced, until all requests finish."""
+        while self.waiting or self.running:
+            self.step()
+            events, self._events = self._events, []
+            yield from events
