@@ -139,6 +139,7 @@ class Engine:
 
     def step(self) -> None:
         # admit: reserve the whole request's blocks up front so a running request never starves
+        admitted = 0
         while self.waiting and len(self.running) < self.max_batch:
             r = self.waiting[0]
             need = -(-(len(r.prompt) + r.max_new_tokens) // self.cache.block_size)
@@ -149,6 +150,7 @@ class Engine:
             self.waiting.popleft()
             self._emit(r, self._prefill(r))
             self.running.append(r)
+            admitted += 1
         self._retire()
         active = [r for r in self.running if not r.finish_reason]
         if active:
@@ -156,7 +158,7 @@ class Engine:
             for r, row in zip(active, logits):
                 self._emit(r, row)
         self._retire()
-        if not self.running and self.waiting:
+        if not admitted and not active and self.waiting:
             raise OutOfBlocksError("a waiting request does not fit the block pool")
 
     def run(self) -> dict[int, Result]:

@@ -1,0 +1,41 @@
+"""Generation throughput: continuous batching of 16 requests vs the same requests one by one.
+
+    python -m bench engine [--record]
+
+~11M-parameter model (random weights: throughput does not depend on them), prompts of
+16-48 tokens, 64 new tokens each, greedy; tokens/s counts generated tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.harness import finish, row, time_fn
+from llmforge.generate.sampling import SamplingParams
+from llmforge.generate.serving_engine import Engine
+from llmforge.model import ModelConfig, Transformer
+
+
+def run(device: str = "cpu", quick: bool = False):
+    if device != "cpu":
+        return []
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024,
+                      tie_embeddings=True, max_seq_len=256)
+    model = Transformer(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    n_req, new = 16, 32 if quick else 64
+    prompts = [torch.randint(0, 4096, (int(torch.randint(16, 49, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n_req)]
+    greedy = SamplingParams(temperature=0)
+    rows = []
+    for name, max_batch in (("one by one", 1), ("continuous batching (max 16)", 16)):
+        def go():
+            eng = Engine(model, num_blocks=512, block_size=16, max_batch=max_batch)
+            for p in prompts:
+                eng.submit(p, new, greedy)
+            eng.run()
+
+        t = time_fn(go, warmup=1, iters=2 if quick else 3, min_time_s=0)
+        rows.append(row(f"{n_req} requests x {new} new tokens, 11M model", name, t,
+                        tokens_per_s=f"{n_req * new / (t[0] * 1e-3):,.0f}"))
+    return finish(rows, baseline="one by one")
