@@ -10,6 +10,7 @@
 #include "dlpack.h"
 #include "isa.h"
 #include "rmsnorm.h"
+#include "rope.h"
 #include "tensor.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "runtime.cuh"
@@ -141,4 +142,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_y"), py::arg("h"), py::arg("weight"), py::arg("rstd"), py::arg("grad_h_out"),
         py::arg("grad_x"), py::arg("grad_weight"), py::arg("workspace"), py::arg("threads"), py::arg("stream") = 0);
   m.def("rmsnorm_bwd_workspace_rows", &lf::rmsnorm_bwd_workspace_rows, py::arg("rows"), py::arg("device"));
+
+  // ---- rope --------------------------------------------------------------------
+  m.def("rope_apply",
+        [](py::handle x, py::handle cos, py::handle sin, py::handle pos, py::handle y, const std::string& style,
+           bool inverse, int threads) {
+          auto X = to_view(x, "x"), Cs = to_view(cos, "cos"), Sn = to_view(sin, "sin"), Y = to_view(y, "y");
+          auto P = to_view_opt(pos, "positions");
+          py::gil_scoped_release nogil;
+          lf::rope_apply(X.view, Cs.view, Sn.view, ptr(P), Y.view, style.c_str(), inverse, threads);
+        },
+        py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("positions"), py::arg("y"), py::arg("style"),
+        py::arg("inverse"), py::arg("threads"));
 }

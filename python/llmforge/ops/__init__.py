@@ -7,3 +7,6 @@ pure-torch reference (``<op>_reference``) that the tests compare against.
 from .rmsnorm import rmsnorm, rmsnorm_reference, rmsnorm_residual, rmsnorm_residual_reference
 
 __all__ = ["rmsnorm", "rmsnorm_reference", "rmsnorm_residual", "rmsnorm_residual_reference"]
+from .rope import apply_rope, apply_rope_reference, rope_cos_sin
+
+__all__ += ["apply_rope", "apply_rope_reference", "rope_cos_sin"]
