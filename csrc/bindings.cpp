@@ -11,6 +11,7 @@
 #include "isa.h"
 #include "rmsnorm.h"
 #include "rope.h"
+#include "swiglu.h"
 #include "tensor.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "runtime.cuh"
@@ -154,4 +155,36 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("positions"), py::arg("y"), py::arg("style"),
         py::arg("inverse"), py::arg("threads"));
+
+  // ---- swiglu ------------------------------------------------------------------
+  m.def("swiglu_fwd",
+        [](py::handle gate, py::handle up, py::handle y, int threads) {
+          auto G = to_view(gate, "gate"), U = to_view(up, "up"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::swiglu_fwd(G.view, U.view, Y.view, threads);
+        },
+        py::arg("gate"), py::arg("up"), py::arg("y"), py::arg("threads"));
+  m.def("swiglu_bwd",
+        [](py::handle dy, py::handle gate, py::handle up, py::handle dgate, py::handle dup, int threads) {
+          auto DY = to_view(dy, "grad_y"), G = to_view(gate, "gate"), U = to_view(up, "up");
+          auto DG = to_view(dgate, "grad_gate"), DU = to_view(dup, "grad_up");
+          py::gil_scoped_release nogil;
+          lf::swiglu_bwd(DY.view, G.view, U.view, DG.view, DU.view, threads);
+        },
+        py::arg("grad_y"), py::arg("gate"), py::arg("up"), py::arg("grad_gate"), py::arg("grad_up"),
+        py::arg("threads"));
+  m.def("swiglu_packed_fwd",
+        [](py::handle x, py::handle y, int threads) {
+          auto X = to_view(x, "x"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::swiglu_packed_fwd(X.view, Y.view, threads);
+        },
+        py::arg("x"), py::arg("y"), py::arg("threads"));
+  m.def("swiglu_packed_bwd",
+        [](py::handle dy, py::handle x, py::handle dx, int threads) {
+          auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), DX = to_view(dx, "grad_x");
+          py::gil_scoped_release nogil;
+          lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads);
+        },
+        py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"));
 }

@@ -10,3 +10,6 @@ __all__ = ["rmsnorm", "rmsnorm_reference", "rmsnorm_residual", "rmsnorm_residual
 from .rope import apply_rope, apply_rope_reference, rope_cos_sin
 
 __all__ += ["apply_rope", "apply_rope_reference", "rope_cos_sin"]
+from .swiglu import swiglu, swiglu_packed, swiglu_packed_reference, swiglu_reference
+
+__all__ += ["swiglu", "swiglu_packed", "swiglu_packed_reference", "swiglu_reference"]
