@@ -10,6 +10,7 @@
 #include "dlpack.h"
 #include "isa.h"
 #include "rmsnorm.h"
+#include "rmsnorm_gemm.h"
 #include "rope.h"
 #include "swiglu.h"
 #include "tensor.h"
@@ -187,4 +188,16 @@ PYBIND11_MODULE(_C, m) {
           lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads);
         },
         py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"));
+
+  // ---- rmsnorm_gemm ------------------------------------------------------------
+  m.def("rmsnorm_gemm_fwd",
+        [](py::handle x, py::handle g, py::handle w, py::handle y, py::handle rstd, double eps, int threads,
+           int path) {
+          auto X = to_view(x, "x"), G = to_view(g, "norm_weight"), W = to_view(w, "weight"), Y = to_view(y, "y");
+          auto R = to_view(rstd, "rstd");
+          py::gil_scoped_release nogil;
+          lf::rmsnorm_gemm_fwd(X.view, G.view, W.view, Y.view, R.view, eps, threads, path);
+        },
+        py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("y"), py::arg("rstd"), py::arg("eps"),
+        py::arg("threads"), py::arg("path") = 0);
 }

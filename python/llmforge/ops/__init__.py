@@ -13,3 +13,6 @@ __all__ += ["apply_rope", "apply_rope_reference", "rope_cos_sin"]
 from .swiglu import swiglu, swiglu_packed, swiglu_packed_reference, swiglu_reference
 
 __all__ += ["swiglu", "swiglu_packed", "swiglu_packed_reference", "swiglu_reference"]
+from .rmsnorm_gemm import rmsnorm_linear, rmsnorm_linear_reference
+
+__all__ += ["rmsnorm_linear", "rmsnorm_linear_reference"]
