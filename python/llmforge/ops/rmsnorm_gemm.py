@@ -6,7 +6,7 @@
 The forward (csrc/cpu/rmsnorm_gemm.cpp; float32, bfloat16, float64) computes each row's
 rstd in a first pass and applies x * rstd * norm_weight while packing the GEMM's A panels,
 so the normalised activations are never written out as an (M, K) tensor. Two paths:
-M < 32 rows (decode) stream weight rows straight from memory as dot products; larger M
+M < 48 rows (decode) stream weight rows straight from memory as dot products; larger M
 runs a BLIS-style packed GEMM (6 x 16 AVX2 FMA micro-kernel). bfloat16 is computed in
 float32 and rounded once.
 
