@@ -200,4 +200,15 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("y"), py::arg("rstd"), py::arg("eps"),
         py::arg("threads"), py::arg("path") = 0);
+  m.def("rmsnorm_gemm_bwd",
+        [](py::handle dy, py::handle x, py::handle g, py::handle w, py::handle rstd, py::handle da, py::handle dw,
+           int threads) {
+          auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), G = to_view(g, "norm_weight");
+          auto W = to_view(w, "weight"), R = to_view(rstd, "rstd");
+          auto DA = to_view_opt(da, "grad_a"), DW = to_view_opt(dw, "grad_weight");
+          py::gil_scoped_release nogil;
+          lf::rmsnorm_gemm_bwd(DY.view, X.view, G.view, W.view, R.view, ptr(DA), ptr(DW), threads);
+        },
+        py::arg("grad_y"), py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("rstd"),
+        py::arg("grad_a"), py::arg("grad_weight"), py::arg("threads"));
 }

@@ -11,4 +11,9 @@ namespace lf {
 void rmsnorm_gemm_fwd(const TensorView& x, const TensorView& g, const TensorView& w, const TensorView& y,
                       const TensorView& rstd, double eps, int threads, int path);
 
+// Backward GEMMs: da = grad_y @ w (M, K) and dw = grad_y^T @ (x * rstd * g) (N, K); either
+// output may be null. rstd is the forward's. grad_x and grad_g follow from da with rmsnorm_bwd.
+void rmsnorm_gemm_bwd(const TensorView& dy, const TensorView& x, const TensorView& g, const TensorView& w,
+                      const TensorView& rstd, const TensorView* da, const TensorView* dw, int threads);
+
 }  // namespace lf

@@ -11,6 +11,8 @@
 //    panels of x with rstd[m] * g[k] applied, and runs the MR x NR micro-kernel
 //    (rmsnorm_gemm_kernel.h). bf16 output accumulates across k blocks in an f32 buffer and
 //    is rounded once, in the last k block's epilogue.
+// Backward: the same packed GEMM computes da = dy @ w and dw = dy^T @ (x * rstd * g), the
+// latter with the normalisation applied while packing its B panels.
 #include "cpu/rmsnorm_gemm.h"
 
 #include <omp.h>
@@ -38,14 +40,6 @@ inline int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 int choose_path(const RmsNormGemmArgs& a) {
   if (a.path == 1 || a.path == 2) return a.path;
   return a.M < kDotMaxM ? 1 : 2;
-}
-
-// thread grid for the packed path: split N when it is wide enough, else M
-void grid(const RmsNormGemmArgs& a, int* tm, int* tn) {
-  const int T = a.threads;
-  int n_parts = static_cast<int>(a.N / (4 * NR));
-  *tn = n_parts >= T ? T : (n_parts < 1 ? 1 : n_parts);
-  *tm = T / *tn;
 }
 
 template <class T>
@@ -136,45 +130,58 @@ void dot_path(const RmsNormGemmArgs& a) {
 }
 
 // ---- packed path -------------------------------------------------------------------------
+// C (M x N, ldc) = A (M x K) B (K x N); operand layouts and scales as pack_a / pack_b take them.
+struct GemmOp {
+  const void* a;
+  int64_t a_rs, a_cs;
+  const float* a_si;
+  const float* a_sk;
+  const void* b;
+  int64_t b_rs, b_cs;
+  const float* b_sk;
+  const float* b_sj;
+  void* c;
+  int64_t ldc;
+  float* c32;  // (M x N) f32 partial sums: bf16 output with K > KC
+  int64_t M, N, K;
+};
+
 template <class T>
-void packed_block(const RmsNormGemmArgs& a, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, float* ap,
-                  float* bp, float* c32) {
-  const int64_t N = a.N, K = a.K;
-  const T* x = static_cast<const T*>(a.x);
-  const T* g = static_cast<const T*>(a.g);
-  const T* w = static_cast<const T*>(a.w);
-  T* y = static_cast<T*>(a.y);
-  const float* rstd = static_cast<const float*>(a.rstd);
+void packed_block(const GemmOp& op, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, float* ap, float* bp) {
+  const int64_t K = op.K;
+  const T* A = static_cast<const T*>(op.a);
+  const T* B = static_cast<const T*>(op.b);
+  T* Cm = static_cast<T*>(op.c);
   constexpr bool f32_out = std::is_same_v<T, float>;
-  // Few rows (one MC block): pack each KC x NR panel of w just before its use, into an
-  // L1-resident buffer, so w is read once from memory and the packed copy is never
-  // written back. More rows: pack a KC x NC block of w once and reuse it for every MC block.
+  // Few rows (one MC block): pack each KC x NR panel of B just before its use, into an
+  // L1-resident buffer, so B is read once from memory and the packed copy is never
+  // written back. More rows: pack a KC x NC block of B once and reuse it for every MC block.
   const bool jit_b = m_hi - m_lo <= MC;
   for (int64_t jc = n_lo; jc < n_hi; jc += NC) {
     const int64_t nc = n_hi - jc < NC ? n_hi - jc : NC;
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = K - pc < KC ? K - pc : KC;
       const bool first = pc == 0, last = pc + kc == K;
-      if (!jit_b) gemm::pack_b<T>(w, K, jc, nc, pc, kc, bp);
+      if (!jit_b) gemm::pack_b<T>(B, op.b_rs, op.b_cs, op.b_sk, op.b_sj, jc, nc, pc, kc, bp);
       for (int64_t ic = m_lo; ic < m_hi; ic += MC) {
         const int64_t mc = m_hi - ic < MC ? m_hi - ic : MC;
-        gemm::pack_a<T>(x, K, rstd, g, ic, mc, pc, kc, ap);
+        gemm::pack_a<T>(A, op.a_rs, op.a_cs, op.a_si, op.a_sk, ic, mc, pc, kc, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int nr = static_cast<int>(nc - jr < NR ? nc - jr : NR);
           const float* bpan = bp + (jr / NR) * kc * NR;
           if (jit_b) {
-            gemm::pack_b<T>(w, K, jc + jr, nr, pc, kc, bp);
+            gemm::pack_b<T>(B, op.b_rs, op.b_cs, op.b_sk, op.b_sj, jc + jr, nr, pc, kc, bp);
             bpan = bp;
           }
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int mr = static_cast<int>(mc - ir < MR ? mc - ir : MR);
-            const int64_t off = (ic + ir) * N + jc + jr;
+            const int64_t i = ic + ir, j = jc + jr;
+            const float* apan = ap + (ir / MR) * kc * MR;
             if constexpr (f32_out) {
-              gemm::micro_kernel<float>(kc, ap + (ir / MR) * kc * MR, bpan, y + off, N, nullptr, 0, first, last, mr,
-                                        nr);
+              gemm::micro_kernel<float>(kc, apan, bpan, Cm + i * op.ldc + j, op.ldc, nullptr, 0, first, last, mr, nr);
             } else {
-              gemm::micro_kernel<T>(kc, ap + (ir / MR) * kc * MR, bpan, c32 ? c32 + off : nullptr, N, y + off, N,
-                                    first, last, mr, nr);
+              gemm::micro_kernel<T>(kc, apan, bpan, op.c32 ? op.c32 + i * op.N + j : nullptr, op.N,
+                                    Cm + i * op.ldc + j, op.ldc, first, last, mr, nr);
             }
           }
         }
@@ -185,28 +192,107 @@ void packed_block(const RmsNormGemmArgs& a, int64_t m_lo, int64_t m_hi, int64_t 
 
 int64_t packed_floats_per_thread() { return MC * KC + KC * align_up(NC, NR) + 16; }
 
+// The per-thread part of a packed GEMM; call inside `omp parallel num_threads(nt)`.
+// Threads own blocks of a tm x tn grid over (M, N): N is split when it is wide enough.
+template <class T>
+void gemm_in_parallel(const GemmOp& op, int nt, float* ws) {
+  int tn = static_cast<int>(op.N / (4 * NR));
+  tn = tn >= nt ? nt : (tn < 1 ? 1 : tn);
+  const int tm = nt / tn;
+  const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
+  float* ap = ws + packed_floats_per_thread() * t;
+  float* bp = ap + MC * KC;
+  const int64_t mu = (op.M + MR - 1) / MR, nu = (op.N + NR - 1) / NR;
+  for (int part = t; part < tm * tn; part += n_threads) {
+    const int pm = part / tn, pn = part % tn;
+    const int64_t m_lo = mu * pm / tm * MR, m_hi_u = mu * (pm + 1) / tm * MR;
+    const int64_t n_lo = nu * pn / tn * NR, n_hi_u = nu * (pn + 1) / tn * NR;
+    const int64_t m_hi = m_hi_u < op.M ? m_hi_u : op.M, n_hi = n_hi_u < op.N ? n_hi_u : op.N;
+    if (m_lo < m_hi && n_lo < n_hi) packed_block<T>(op, m_lo, m_hi, n_lo, n_hi, ap, bp);
+  }
+}
+
+// workspace: [per-thread packing buffers][g as f32: K][c32: M x N when needed]
 template <class T>
 void packed_path(const RmsNormGemmArgs& a) {
-  const int64_t M = a.M, N = a.N;
+  const int64_t M = a.M, N = a.N, K = a.K;
   const int nt = a.threads;
-  int tm, tn;
-  grid(a, &tm, &tn);
-  const int64_t per = packed_floats_per_thread();
-  float* c32 = (!std::is_same_v<T, float> && a.K > KC) ? a.workspace + per * nt : nullptr;
+  float* gf = a.workspace + packed_floats_per_thread() * nt;
+  float* c32 = (!std::is_same_v<T, float> && K > KC) ? gf + align_up(K, 16) : nullptr;
+  const T* g = static_cast<const T*>(a.g);
+  const GemmOp op{a.x, K, 1, static_cast<const float*>(a.rstd), gf, a.w, 1, K, nullptr, nullptr,
+                  a.y, N, c32, M, N, K};
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t k = 0; k < K; ++k) gf[k] = to_f32(g[k]);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) rstd_rows<T>(a, m, nullptr);
+    gemm_in_parallel<T>(op, nt, a.workspace);
+  }
+}
+
+int64_t bwd_floats(const RmsNormGemmBwdArgs& a) {
+  int64_t c32 = 0;
+  if (a.dtype != DType::f32) {
+    if (a.da && a.N > KC) c32 = a.M * a.K;
+    if (a.dw && a.M > KC && a.N * a.K > c32) c32 = a.N * a.K;
+  }
+  return packed_floats_per_thread() * a.threads + align_up(a.K, 16) + c32;
+}
+
+template <class T>
+void bwd_packed(const RmsNormGemmBwdArgs& a) {
+  const int64_t M = a.M, N = a.N, K = a.K;
+  const int nt = a.threads;
+  float* gf = a.workspace + packed_floats_per_thread() * nt;
+  float* c32 = gf + align_up(K, 16);
+  const bool bf = !std::is_same_v<T, float>;
+  const T* g = static_cast<const T*>(a.g);
+  // da (M x K) = dy (M x N, row-major) @ w (N x K, row-major)
+  const GemmOp op_da{a.dy, N, 1, nullptr, nullptr, a.w, K, 1, nullptr, nullptr,
+                     a.da, K, (bf && N > KC) ? c32 : nullptr, M, K, N};
+  // dw (N x K) = dy^T (N x M: dy read column-major) @ (x * rstd[m] * g[k]) (M x K)
+  const GemmOp op_dw{a.dy, 1, N, nullptr, nullptr, a.x, K, 1, static_cast<const float*>(a.rstd), gf,
+                     a.dw, K, (bf && M > KC) ? c32 : nullptr, N, K, M};
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) rstd_rows<T>(a, m, nullptr);
-    const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
-    float* ap = a.workspace + per * t;
-    float* bp = ap + MC * KC;
-    const int64_t mu = (M + MR - 1) / MR, nu = (N + NR - 1) / NR;
-    for (int part = t; part < tm * tn; part += n_threads) {
-      const int pm = part / tn, pn = part % tn;
-      const int64_t m_lo = mu * pm / tm * MR, m_hi_u = mu * (pm + 1) / tm * MR;
-      const int64_t n_lo = nu * pn / tn * NR, n_hi_u = nu * (pn + 1) / tn * NR;
-      const int64_t m_hi = m_hi_u < M ? m_hi_u : M, n_hi = n_hi_u < N ? n_hi_u : N;
-      if (m_lo < m_hi && n_lo < n_hi) packed_block<T>(a, m_lo, m_hi, n_lo, n_hi, ap, bp, c32);
+    for (int64_t k = 0; k < K; ++k) gf[k] = to_f32(g[k]);
+    if (a.da) gemm_in_parallel<T>(op_da, nt, a.workspace);
+#pragma omp barrier
+    if (a.dw) gemm_in_parallel<T>(op_dw, nt, a.workspace);
+  }
+}
+
+void bwd_f64(const RmsNormGemmBwdArgs& a) {
+  const int64_t M = a.M, N = a.N, K = a.K;
+  const double* dy = static_cast<const double*>(a.dy);
+  const double* x = static_cast<const double*>(a.x);
+  const double* g = static_cast<const double*>(a.g);
+  const double* w = static_cast<const double*>(a.w);
+  const double* rstd = static_cast<const double*>(a.rstd);
+  double* da = static_cast<double*>(a.da);
+  double* dw = static_cast<double*>(a.dw);
+#pragma omp parallel num_threads(a.threads)
+  {
+    if (da) {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t k = 0; k < K; ++k) da[m * K + k] = 0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t k = 0; k < K; ++k) da[m * K + k] += dy[m * N + n] * w[n * K + k];
+      }
+    }
+    if (dw) {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t k = 0; k < K; ++k) dw[n * K + k] = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          const double d = dy[m * N + n] * rstd[m];
+          for (int64_t k = 0; k < K; ++k) dw[n * K + k] += d * x[m * K + k] * g[k];
+        }
+      }
     }
   }
 }
@@ -244,7 +330,7 @@ void rmsnorm_gemm_plan(const RmsNormGemmArgs& a, RmsNormGemmPlan* plan) {
   if (plan->path == 1) {
     plan->floats = a.M * a.K;
   } else if (plan->path == 2) {
-    plan->floats = packed_floats_per_thread() * a.threads;
+    plan->floats = packed_floats_per_thread() * a.threads + align_up(a.K, 16);
     if (a.dtype != DType::f32 && a.K > KC) plan->floats += a.M * a.N;
   } else {
     plan->floats = 0;
@@ -260,6 +346,19 @@ void rmsnorm_gemm_fwd(const RmsNormGemmArgs& a) {
   switch (a.dtype) {
     case DType::f32: path == 1 ? dot_path<float>(a) : packed_path<float>(a); break;
     case DType::bf16: path == 1 ? dot_path<bf16>(a) : packed_path<bf16>(a); break;
+    default: break;  // the adapter (csrc/rmsnorm_gemm.cpp) has checked the dtype
+  }
+}
+
+int64_t rmsnorm_gemm_bwd_workspace(const RmsNormGemmBwdArgs& a) {
+  return a.dtype == DType::f64 ? 0 : bwd_floats(a);
+}
+
+void rmsnorm_gemm_bwd(const RmsNormGemmBwdArgs& a) {
+  switch (a.dtype) {
+    case DType::f32: bwd_packed<float>(a); break;
+    case DType::bf16: bwd_packed<bf16>(a); break;
+    case DType::f64: bwd_f64(a); break;
     default: break;  // the adapter (csrc/rmsnorm_gemm.cpp) has checked the dtype
   }
 }

@@ -5,9 +5,9 @@
 // packed k-major). Per k the micro-kernel loads NV vectors of B and broadcasts MR
 // values of A: MR * NV FMAs on MR * NV accumulator registers (AVX2: 6 x 16 floats =
 // 12 ymm accumulators + 2 B vectors + 1 broadcast).
-//   pack_b: w rows n0..n0+nc, columns k0..k0+kc -> NR-wide panels, zero padded
-//   pack_a: x rows m0..m0+mc, columns k0..k0+kc, times rstd[m] * g[k] (the RMSNorm
-//           prologue) -> MR-high panels, zero padded
+//   pack_b: a kc x nc block of B (either layout, optional scales) -> NR-wide panels
+//   pack_a: an mc x kc block of A (either layout, optional row/k scales: the RMSNorm
+//           prologue multiplies by rstd[m] * g[k] here) -> MR-high panels
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -50,46 +50,87 @@ inline void transpose8(__m256 r[8]) {
 }
 #endif
 
+// B(k, j) = src[k * rs + j * cs] * (sk ? sk[k] : 1) * (sj ? sj[j] : 1), for j in [j0, j0 + nc)
+// and k in [k0, k0 + kc), into NR-wide panels (zero padded). rs == 1 (w in the forward: each
+// column contiguous along k) or cs == 1 (each row contiguous along j).
 template <class T>
-inline void pack_b(const T* w, int64_t ldw, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* bp) {
-  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
-    float* panel = bp + (j0 / NR) * kc * NR;
-    const int64_t cols = nc - j0 < NR ? nc - j0 : NR;
+inline void pack_b(const T* src, int64_t rs, int64_t cs, const float* sk, const float* sj, int64_t j0, int64_t nc,
+                   int64_t k0, int64_t kc, float* bp) {
+  for (int64_t p0 = 0; p0 < nc; p0 += NR) {
+    float* panel = bp + (p0 / NR) * kc * NR;
+    const int64_t cols = nc - p0 < NR ? nc - p0 : NR;
+    const int64_t jb = j0 + p0;
+    if (cs == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* s = src + (k0 + k) * rs + jb;
+        float* o = panel + k * NR;
+        const float fk = sk ? sk[k0 + k] : 1.f;
+        const V fv = vset1(fk);
+        int64_t c = 0;
+        for (; c + N <= cols; c += N) {
+          V v = vmul(vload(s + c), fv);
+          if (sj) v = vmul(v, vload(sj + jb + c));
+          vstore(o + c, v);
+        }
+        for (; c < cols; ++c) o[c] = to_f32(s[c]) * fk * (sj ? sj[jb + c] : 1.f);
+        for (; c < NR; ++c) o[c] = 0.f;
+      }
+      continue;
+    }
     int64_t c = 0;
 #if defined(__AVX2__)
-    // 8 rows of w at a time, 8 x 8 transposes: 8 full-vector stores per 64 elements
-    for (; c + 8 <= cols; c += 8) {
-      const T* src = w + (n0 + j0 + c) * ldw + k0;
-      int64_t k = 0;
-      for (; k + 8 <= kc; k += 8) {
-        __m256 r[8];
-        for (int i = 0; i < 8; ++i) r[i] = load8(src + i * ldw + k);
-        transpose8(r);
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (k + i) * NR + c, r[i]);
+    // 8 columns (contiguous along k) at a time through 8 x 8 transposes
+    if (!sk && !sj) {
+      for (; c + 8 <= cols; c += 8) {
+        const T* s = src + (jb + c) * cs + k0;
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8) {
+          __m256 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = load8(s + i * cs + k);
+          transpose8(r);
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (k + i) * NR + c, r[i]);
+        }
+        for (; k < kc; ++k)
+          for (int i = 0; i < 8; ++i) panel[k * NR + c + i] = to_f32(s[i * cs + k]);
       }
-      for (; k < kc; ++k)
-        for (int i = 0; i < 8; ++i) panel[k * NR + c + i] = to_f32(src[i * ldw + k]);
     }
 #endif
     for (; c < cols; ++c) {
-      const T* src = w + (n0 + j0 + c) * ldw + k0;
-      for (int64_t k = 0; k < kc; ++k) panel[k * NR + c] = to_f32(src[k]);
+      const T* s = src + (jb + c) * cs + k0;
+      const float fj = sj ? sj[jb + c] : 1.f;
+      for (int64_t k = 0; k < kc; ++k) panel[k * NR + c] = to_f32(s[k]) * fj * (sk ? sk[k0 + k] : 1.f);
     }
     for (c = cols; c < NR; ++c)
       for (int64_t k = 0; k < kc; ++k) panel[k * NR + c] = 0.f;
   }
 }
 
+// A(i, k) = src[i * rs + k * cs] * (si ? si[i] : 1) * (sk ? sk[k] : 1), for i in [i0, i0 + mc)
+// and k in [k0, k0 + kc), into MR-high panels (zero padded). In the forward si = rstd and
+// sk = the norm weight: this is where RMSNorm happens. cs == 1 or rs == 1.
 template <class T>
-inline void pack_a(const T* x, int64_t ldx, const float* rstd, const T* g, int64_t m0, int64_t mc, int64_t k0,
-                   int64_t kc, float* ap) {
-  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
-    float* panel = ap + (i0 / MR) * kc * MR;
-    const int64_t rows = mc - i0 < MR ? mc - i0 : MR;
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* src = x + (m0 + i0 + r) * ldx + k0;
-      const float s = rstd[m0 + i0 + r];
-      for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = to_f32(src[k]) * s * to_f32(g[k0 + k]);
+inline void pack_a(const T* src, int64_t rs, int64_t cs, const float* si, const float* sk, int64_t i0, int64_t mc,
+                   int64_t k0, int64_t kc, float* ap) {
+  for (int64_t p0 = 0; p0 < mc; p0 += MR) {
+    float* panel = ap + (p0 / MR) * kc * MR;
+    const int64_t rows = mc - p0 < MR ? mc - p0 : MR;
+    const int64_t ib = i0 + p0;
+    if (cs == 1) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* s = src + (ib + r) * rs + k0;
+        const float f = si ? si[ib + r] : 1.f;
+        if (sk) {
+          for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f * sk[k0 + k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f;
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* s = src + (k0 + k) * cs + ib;
+        const float fk = sk ? sk[k0 + k] : 1.f;
+        for (int64_t r = 0; r < rows; ++r) panel[k * MR + r] = to_f32(s[r]) * fk * (si ? si[ib + r] : 1.f);
+      }
     }
     for (int64_t r = rows; r < MR; ++r)
       for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = 0.f;

@@ -106,7 +106,7 @@ def test_nan_stays_in_its_row():
 
 # ---- autograd ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("shape", [(1, 17, 97), (17, 97, 257), (40, 9, 33)])
+@pytest.mark.parametrize("shape", [(1, 17, 97), (17, 97, 257), (40, 9, 33), (300, 270, 65)])
 def test_backward(cpu_isa, shape, dtype):
     M, N, K = shape
     x, g, w = _inputs(M, N, K, dtype)
@@ -142,6 +142,33 @@ def test_opcheck():
     w = torch.randn(19, 67, requires_grad=True)
     for path in (0, 1, 2):
         torch.library.opcheck(torch.ops.llmforge.rmsnorm_linear_fwd.default, (x, g, w, 1e-6, path))
+    _, rstd = torch.ops.llmforge.rmsnorm_linear_fwd(x.detach(), g.detach(), w.detach(), 1e-6, 0)
+    dy = torch.randn(5, 3, 19)
+    args = (dy, x.detach(), g.detach(), w.detach(), rstd)
+    torch.library.opcheck(torch.ops.llmforge.rmsnorm_linear_bwd_a.default, args)
+    torch.library.opcheck(torch.ops.llmforge.rmsnorm_linear_bwd_weight.default, args)
+
+
+def test_backward_gemms_against_float64():
+    # the two backward GEMMs on their own, bf16 with both f32 partial-sum buffers in use
+    M, N, K = 290, 300, 40
+    for dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2**-8)):
+        x, g, w = _inputs(M, N, K, dtype)
+        dy = torch.randn(M, N, dtype=torch.float64).to(dtype)
+        _, rstd = torch.ops.llmforge.rmsnorm_linear_fwd(x, g, w, EPS, 0)
+        da = torch.ops.llmforge.rmsnorm_linear_bwd_a(dy, x, g, w, rstd)
+        dw = torch.ops.llmforge.rmsnorm_linear_bwd_weight(dy, x, g, w, rstd)
+        ref_da = dy.double() @ w.double()
+        ref_dw = dy.double().t() @ (x.double() * rstd.double()[:, None] * g.double())
+        torch.testing.assert_close(da.double(), ref_da, atol=rel * ref_da.abs().max().item(), rtol=0)
+        torch.testing.assert_close(dw.double(), ref_dw, atol=rel * ref_dw.abs().max().item(), rtol=0)
+
+
+def test_backward_with_no_rows():
+    x, g, w = _inputs(1, 4, 8, torch.float32)
+    xs, ws = x[:0].clone().requires_grad_(True), w.clone().requires_grad_(True)
+    rmsnorm_linear(xs, g, ws).sum().backward()
+    assert torch.equal(ws.grad, torch.zeros_like(w)) and xs.grad.shape == (0, 8)
 
 
 def test_torch_compile_fullgraph():

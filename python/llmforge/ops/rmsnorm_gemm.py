@@ -10,10 +10,12 @@ M < 48 rows (decode) stream weight rows straight from memory as dot products; la
 runs a BLIS-style packed GEMM (6 x 16 AVX2 FMA micro-kernel). bfloat16 is computed in
 float32 and rounded once.
 
-Backward (what is fused and what is not): the normalised input is recomputed with the
-llmforge rmsnorm kernel, grad_weight = grad_y.T @ xhat and grad_a = grad_y @ weight are
-torch matmuls, and grad_x / grad_norm_weight come from the fused llmforge rmsnorm backward
-kernel applied to grad_a. Gradients flow to x, norm_weight and weight; no double backward.
+Backward (what is fused and what is not): the same packed GEMM computes
+grad_weight = grad_y.T @ (x * rstd * norm_weight) with the normalisation applied while
+packing its panels (the normalised x is not materialised in the backward either), and
+grad_a = grad_y @ weight (materialised, (M, K)); grad_x and grad_norm_weight then come from
+the llmforge rmsnorm backward kernel applied to grad_a (one extra pass over (M, K)).
+Gradients flow to x, norm_weight and weight; there is no double backward.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from torch import Tensor
 
 from ._native import C, arg, require, same_device, threads
 from .rmsnorm import rmsnorm_bwd as _rmsnorm_bwd
-from .rmsnorm import rmsnorm_fwd as _rmsnorm_fwd
 
 
 def _check(x: Tensor, norm_weight: Tensor, weight: Tensor) -> tuple[int, int]:
@@ -62,24 +63,59 @@ def _(x, norm_weight, weight, eps, path):
     return x.new_empty(*x.shape[:-1], N), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
 
 
+@torch.library.custom_op("llmforge::rmsnorm_linear_bwd_a", mutates_args=())
+def rmsnorm_linear_bwd_a(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor, rstd: Tensor) -> Tensor:
+    """grad_a = grad_y @ weight: the gradient at the norm's output, (..., K)."""
+    K, N = _check(x, norm_weight, weight)
+    x2 = x.view(-1, K)
+    da = torch.empty_like(x2)
+    if x2.shape[0] == 0:
+        return da.view(x.shape)
+    C.rmsnorm_gemm_bwd(arg(grad_y.contiguous().view(-1, N)), arg(x2), arg(norm_weight), arg(weight),
+                       arg(rstd.reshape(-1)), da, None, threads())
+    return da.view(x.shape)
+
+
+@rmsnorm_linear_bwd_a.register_fake
+def _(grad_y, x, norm_weight, weight, rstd):
+    _check(x, norm_weight, weight)
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("llmforge::rmsnorm_linear_bwd_weight", mutates_args=())
+def rmsnorm_linear_bwd_weight(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor,
+                              rstd: Tensor) -> Tensor:
+    """grad_weight = grad_y.T @ (x * rstd * norm_weight), (N, K); the normalised x only in packed panels."""
+    K, N = _check(x, norm_weight, weight)
+    if x.numel() == 0:
+        return torch.zeros_like(weight)
+    dw = torch.empty_like(weight)
+    C.rmsnorm_gemm_bwd(arg(grad_y.contiguous().view(-1, N)), arg(x.view(-1, K)), arg(norm_weight), arg(weight),
+                       arg(rstd.reshape(-1)), None, dw, threads())
+    return dw
+
+
+@rmsnorm_linear_bwd_weight.register_fake
+def _(grad_y, x, norm_weight, weight, rstd):
+    _check(x, norm_weight, weight)
+    return torch.empty_like(weight)
+
+
 def _setup(ctx, inputs, output):
-    x, norm_weight, weight, eps, _ = inputs
+    x, norm_weight, weight, _, _ = inputs
     ctx.save_for_backward(x, norm_weight, weight, output[1])
-    ctx.eps = eps
 
 
 def _backward(ctx, grad_y, _grad_rstd):
     x, g, w, rstd = ctx.saved_tensors
-    K, N = x.shape[-1], w.shape[0]
-    x2, dy = x.view(-1, K), grad_y.reshape(-1, N)
     need_x, need_g, need_w = ctx.needs_input_grad[:3]
-    dw = dx = dg = None
+    dx = dg = dw = None
     if need_w:
-        xhat, _ = _rmsnorm_fwd(x2, g, ctx.eps)  # recomputed: the forward never stored it
-        dw = dy.t() @ xhat
+        dw = rmsnorm_linear_bwd_weight(grad_y, x, g, w, rstd)
     if need_x or need_g:
-        da = dy @ w
-        dx, dg = _rmsnorm_bwd(da, x2, g, rstd.reshape(-1), None)
+        K = x.shape[-1]
+        da = rmsnorm_linear_bwd_a(grad_y, x, g, w, rstd)
+        dx, dg = _rmsnorm_bwd(da.view(-1, K), x.view(-1, K), g, rstd.reshape(-1), None)
         dx = dx.view(x.shape)
     return dx, dg, dw, None, None
 
