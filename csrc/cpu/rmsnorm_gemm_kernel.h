@@ -16,6 +16,9 @@
 
 namespace lf::cpu::LF_ISA {
 namespace gemm {
+// Internal linkage: a template emitted as a weak symbol could be merged across ISA builds
+// (tests/test_build.py checks). This header is included by rmsnorm_gemm.cpp only.
+namespace {
 
 constexpr int NV = N == 1 ? 8 : 2;  // vectors per B row of a tile (scalar build: 8 floats)
 constexpr int NR = NV * N;          // tile width
@@ -195,5 +198,6 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
 }
 
+}  // namespace
 }  // namespace gemm
 }  // namespace lf::cpu::LF_ISA
