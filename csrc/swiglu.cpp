@@ -32,6 +32,15 @@ void check_like(const char* op, const char* arg, const TensorView& t, const Tens
   check_contiguous(op, arg, t);
 }
 
+// The packed operand x (..., 2 * ffn): checks it and returns ffn.
+int64_t check_packed(const char* op, const TensorView& x) {
+  check_main(op, "x", x);
+  const int64_t F2 = x.shape[x.ndim - 1];
+  LF_CHECK(F2 % 2 == 0, op, ": the last dimension of x holds [gate, up] and must be even, got shape ",
+           x.shape_str());
+  return F2 / 2;
+}
+
 cpu::SwigluArgs base_args(const TensorView& ref, int64_t cols, int threads) {
   cpu::SwigluArgs a{};
   a.dtype = ref.dtype;
@@ -71,11 +80,7 @@ void swiglu_bwd(const TensorView& dy, const TensorView& gate, const TensorView& 
 }
 
 void swiglu_packed_fwd(const TensorView& x, const TensorView& y, int threads) {
-  check_main(kFwd, "x", x);
-  const int64_t F2 = x.shape[x.ndim - 1];
-  LF_CHECK(F2 % 2 == 0, kFwd, ": the last dimension of x holds [gate, up] and must be even, got shape ",
-           x.shape_str());
-  const int64_t F = F2 / 2;
+  const int64_t F = check_packed(kFwd, x), F2 = 2 * F;
   check_like(kFwd, "y", y, x, "x", F);
   check_threads(kFwd, threads);
   cpu::SwigluArgs a = base_args(x, F, threads);
@@ -87,11 +92,7 @@ void swiglu_packed_fwd(const TensorView& x, const TensorView& y, int threads) {
 }
 
 void swiglu_packed_bwd(const TensorView& dy, const TensorView& x, const TensorView& dx, int threads) {
-  check_main(kBwd, "x", x);
-  const int64_t F2 = x.shape[x.ndim - 1];
-  LF_CHECK(F2 % 2 == 0, kBwd, ": the last dimension of x holds [gate, up] and must be even, got shape ",
-           x.shape_str());
-  const int64_t F = F2 / 2;
+  const int64_t F = check_packed(kBwd, x), F2 = 2 * F;
   check_like(kBwd, "grad_y", dy, x, "x", F);
   check_like(kBwd, "grad_x", dx, x, "x", F2);
   check_threads(kBwd, threads);
