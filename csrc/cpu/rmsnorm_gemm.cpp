@@ -43,7 +43,7 @@ int choose_path(const RmsNormGemmArgs& a) {
 }
 
 template <class T>
-void rstd_rows(const RmsNormGemmArgs& a, int64_t m, float* xhat) {
+void rstd_rows(const RmsNormGemmArgs& a, int64_t m, float* xhat, bool write_rstd = true) {
   const int64_t K = a.K;
   const T* x = static_cast<const T*>(a.x) + m * K;
   V s0 = vzero(), s1 = vzero();
@@ -61,7 +61,7 @@ void rstd_rows(const RmsNormGemmArgs& a, int64_t m, float* xhat) {
   for (; k < K; ++k) tail += to_f32(x[k]) * to_f32(x[k]);
   const float ss = vsum(vadd(s0, s1)) + tail;
   const float inv = 1.f / std::sqrt(ss / static_cast<float>(K) + static_cast<float>(a.eps));
-  static_cast<float*>(a.rstd)[m] = inv;
+  if (write_rstd) static_cast<float*>(a.rstd)[m] = inv;
   if (xhat) {  // dot path: the packed A operand, normalised
     const T* g = static_cast<const T*>(a.g);
     float* o = xhat + m * K;
@@ -105,23 +105,23 @@ inline void dot_columns(const float* xh, const T* w, T* y, int64_t M, int64_t K,
   for (; m < M; ++m) dot_tile<1, NB, T>(xh + m * K, w, y + m * N, K, N);
 }
 
+// Every thread normalises its own copy of the M (< kDotMaxM) rows, so no thread waits for
+// another; w's rows are then handed out in chunks, dynamically (robust to a busy machine).
 template <class T>
 void dot_path(const RmsNormGemmArgs& a) {
   const int64_t M = a.M, N = a.N, K = a.K;
-  float* xhat = a.workspace;
   const T* w = static_cast<const T*>(a.w);
   T* y = static_cast<T*>(a.y);
-  const int nt = a.threads;
-#pragma omp parallel num_threads(nt)
+  constexpr int64_t kChunk = 16 * DNB;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+#pragma omp parallel num_threads(a.threads)
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) rstd_rows<T>(a, m, xhat);
-    const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
-    const int64_t units = (N + DNB - 1) / DNB;
-    for (int part = t; part < nt; part += n_threads) {
-      const int64_t lo = units * part / nt * DNB;
-      const int64_t hi_u = units * (part + 1) / nt * DNB;
-      const int64_t hi = hi_u < N ? hi_u : N;
+    const int t = omp_get_thread_num();
+    float* xhat = a.workspace + static_cast<int64_t>(t) * M * K;
+    for (int64_t m = 0; m < M; ++m) rstd_rows<T>(a, m, xhat, t == 0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t lo = ch * kChunk, hi = lo + kChunk < N ? lo + kChunk : N;
       int64_t n = lo;
       for (; n + DNB <= hi; n += DNB) dot_columns<DNB, T>(xhat, w + n * K, y + n, M, K, N);
       for (; n < hi; ++n) dot_columns<1, T>(xhat, w + n * K, y + n, M, K, N);
@@ -193,17 +193,20 @@ void packed_block(const GemmOp& op, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
 int64_t packed_floats_per_thread() { return MC * KC + KC * align_up(NC, NR) + 16; }
 
 // The per-thread part of a packed GEMM; call inside `omp parallel num_threads(nt)`.
-// Threads own blocks of a tm x tn grid over (M, N): N is split when it is wide enough.
+// The work is a tm x tn grid of blocks over (M, N), handed out dynamically: N is cut into
+// 2 blocks per thread when it is wide enough (each block re-packs its A panels, a few % of
+// the work, and a descheduled thread's block is taken by another), else M is split.
 template <class T>
 void gemm_in_parallel(const GemmOp& op, int nt, float* ws) {
   int tn = static_cast<int>(op.N / (4 * NR));
-  tn = tn >= nt ? nt : (tn < 1 ? 1 : tn);
-  const int tm = nt / tn;
-  const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
+  tn = tn >= 2 * nt ? 2 * nt : (tn < 1 ? 1 : tn);
+  const int tm = tn >= nt ? 1 : nt / tn;
+  const int t = omp_get_thread_num();
   float* ap = ws + packed_floats_per_thread() * t;
   float* bp = ap + MC * KC;
   const int64_t mu = (op.M + MR - 1) / MR, nu = (op.N + NR - 1) / NR;
-  for (int part = t; part < tm * tn; part += n_threads) {
+#pragma omp for schedule(dynamic, 1)
+  for (int part = 0; part < tm * tn; ++part) {
     const int pm = part / tn, pn = part % tn;
     const int64_t m_lo = mu * pm / tm * MR, m_hi_u = mu * (pm + 1) / tm * MR;
     const int64_t n_lo = nu * pn / tn * NR, n_hi_u = nu * (pn + 1) / tn * NR;
@@ -328,7 +331,7 @@ void fwd_f64(const RmsNormGemmArgs& a) {
 void rmsnorm_gemm_plan(const RmsNormGemmArgs& a, RmsNormGemmPlan* plan) {
   plan->path = a.dtype == DType::f64 ? 0 : choose_path(a);
   if (plan->path == 1) {
-    plan->floats = a.M * a.K;
+    plan->floats = a.M * a.K * a.threads;
   } else if (plan->path == 2) {
     plan->floats = packed_floats_per_thread() * a.threads + align_up(a.K, 16);
     if (a.dtype != DType::f32 && a.K > KC) plan->floats += a.M * a.N;
