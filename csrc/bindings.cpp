@@ -13,6 +13,9 @@
 #include "rmsnorm.h"
 #include "bpe.h"
 #include "pretokenize.h"
+#include "rmsnorm_gemm.h"
+#include "rope.h"
+#include "swiglu.h"
 #include "tensor.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "runtime.cuh"
@@ -323,4 +326,70 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("seq_lens"), py::arg("out"), py::arg("scale"),
         py::arg("threads"));
+  // ---- rope --------------------------------------------------------------------
+  m.def("rope_apply",
+        [](py::handle x, py::handle cos, py::handle sin, py::handle pos, py::handle y, const std::string& style,
+           bool inverse, int threads) {
+          auto X = to_view(x, "x"), Cs = to_view(cos, "cos"), Sn = to_view(sin, "sin"), Y = to_view(y, "y");
+          auto P = to_view_opt(pos, "positions");
+          py::gil_scoped_release nogil;
+          lf::rope_apply(X.view, Cs.view, Sn.view, ptr(P), Y.view, style.c_str(), inverse, threads);
+        },
+        py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("positions"), py::arg("y"), py::arg("style"),
+        py::arg("inverse"), py::arg("threads"));
+
+  // ---- swiglu ------------------------------------------------------------------
+  m.def("swiglu_fwd",
+        [](py::handle gate, py::handle up, py::handle y, int threads) {
+          auto G = to_view(gate, "gate"), U = to_view(up, "up"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::swiglu_fwd(G.view, U.view, Y.view, threads);
+        },
+        py::arg("gate"), py::arg("up"), py::arg("y"), py::arg("threads"));
+  m.def("swiglu_bwd",
+        [](py::handle dy, py::handle gate, py::handle up, py::handle dgate, py::handle dup, int threads) {
+          auto DY = to_view(dy, "grad_y"), G = to_view(gate, "gate"), U = to_view(up, "up");
+          auto DG = to_view(dgate, "grad_gate"), DU = to_view(dup, "grad_up");
+          py::gil_scoped_release nogil;
+          lf::swiglu_bwd(DY.view, G.view, U.view, DG.view, DU.view, threads);
+        },
+        py::arg("grad_y"), py::arg("gate"), py::arg("up"), py::arg("grad_gate"), py::arg("grad_up"),
+        py::arg("threads"));
+  m.def("swiglu_packed_fwd",
+        [](py::handle x, py::handle y, int threads) {
+          auto X = to_view(x, "x"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::swiglu_packed_fwd(X.view, Y.view, threads);
+        },
+        py::arg("x"), py::arg("y"), py::arg("threads"));
+  m.def("swiglu_packed_bwd",
+        [](py::handle dy, py::handle x, py::handle dx, int threads) {
+          auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), DX = to_view(dx, "grad_x");
+          py::gil_scoped_release nogil;
+          lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads);
+        },
+        py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"));
+
+  // ---- rmsnorm_gemm ------------------------------------------------------------
+  m.def("rmsnorm_gemm_fwd",
+        [](py::handle x, py::handle g, py::handle w, py::handle y, py::handle rstd, double eps, int threads,
+           int path) {
+          auto X = to_view(x, "x"), G = to_view(g, "norm_weight"), W = to_view(w, "weight"), Y = to_view(y, "y");
+          auto R = to_view(rstd, "rstd");
+          py::gil_scoped_release nogil;
+          lf::rmsnorm_gemm_fwd(X.view, G.view, W.view, Y.view, R.view, eps, threads, path);
+        },
+        py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("y"), py::arg("rstd"), py::arg("eps"),
+        py::arg("threads"), py::arg("path") = 0);
+  m.def("rmsnorm_gemm_bwd",
+        [](py::handle dy, py::handle x, py::handle g, py::handle w, py::handle rstd, py::handle da, py::handle dw,
+           int threads) {
+          auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), G = to_view(g, "norm_weight");
+          auto W = to_view(w, "weight"), R = to_view(rstd, "rstd");
+          auto DA = to_view_opt(da, "grad_a"), DW = to_view_opt(dw, "grad_weight");
+          py::gil_scoped_release nogil;
+          lf::rmsnorm_gemm_bwd(DY.view, X.view, G.view, W.view, R.view, ptr(DA), ptr(DW), threads);
+        },
+        py::arg("grad_y"), py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("rstd"),
+        py::arg("grad_a"), py::arg("grad_weight"), py::arg("threads"));
 }
