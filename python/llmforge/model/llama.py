@@ -15,8 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..ops import rmsnorm
 from .config import ModelConfig
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    """llmforge's fused CPU kernels (RoPE, SwiGLU, attention) run on CPU tensors of these dtypes;
+    elsewhere (CUDA until its kernels land) the model uses the equivalent torch ops."""
+    return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES
 
 
 # ---- RoPE ----------------------------------------------------------------------------------
@@ -62,6 +71,29 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
+class Rope:
+    """The rotation for one forward pass, applied to (B, T, heads, hd) projections: the fused
+    kernel (half-width tables indexed by position) on CPU, the torch formula elsewhere."""
+
+    def __init__(self, cfg: ModelConfig, position_ids: torch.Tensor | None, B: int, T: int, dtype, device):
+        self.kernel = device.type == "cpu" and dtype in KERNEL_DTYPES
+        inv = rope_inv_freq(cfg).to(device)
+        if self.kernel:
+            rows = T if position_ids is None else int(position_ids.max()) + 1
+            ang = torch.arange(rows, device=device, dtype=torch.float64)[:, None] * inv
+            tdt = torch.float64 if dtype == torch.float64 else torch.float32
+            self.cos, self.sin = ang.cos().to(tdt), ang.sin().to(tdt)
+            self.positions = position_ids
+        else:
+            pos = torch.arange(T, device=device).expand(B, T) if position_ids is None else position_ids
+            self.cos, self.sin = rope_cos_sin(cfg, pos, dtype)          # (B, T, hd)
+
+    def __call__(self, x):  # (B, T, H, hd)
+        if self.kernel:
+            return ops.apply_rope(x.contiguous(), self.cos, self.sin, self.positions)
+        return x * self.cos[:, :, None] + _rotate_half(x) * self.sin[:, :, None]
+
+
 # ---- blocks --------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -85,15 +117,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(h * hd, d, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0):
+    def forward(self, x, rope, mask, cache=None, layer: int = 0):
         B, T, _ = x.shape
         h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
         if cache is not None:
-            return self._forward_cached(x, cos, sin, cache, layer)
-        q = self.q_proj(x).view(B, T, h, hd).transpose(1, 2)    # (B, h, T, hd)
-        k = self.k_proj(x).view(B, T, kv, hd).transpose(1, 2)   # (B, kv, T, hd)
+            return self._forward_cached(x, *rope, cache, layer)
+        q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
+        k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
         else:
@@ -120,7 +151,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g, u = self.gate_proj(x), self.up_proj(x)
+        if use_kernels(g) and g.dtype == u.dtype:
+            return self.down_proj(ops.swiglu(g, u))
+        return self.down_proj(F.silu(g) * u)
 
 
 class MoE(nn.Module):
@@ -158,8 +192,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer: int = 0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, rope, mask, cache=None, layer: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -222,12 +256,12 @@ class Transformer(nn.Module):
             if position_ids.shape != tokens.shape:
                 raise ValueError("position_ids must have the shape of tokens")
             mask = document_mask(position_ids)
-        cos, sin = rope_cos_sin(self.cfg, position_ids, x.dtype)
+        rope = Rope(self.cfg, None if mask is None else position_ids, B, T, x.dtype, x.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask)
+                x = layer(x, rope, mask)
         return self.model.norm(x)
 
     @torch.no_grad()
@@ -237,7 +271,7 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(tokens)
         cos, sin = rope_cos_sin(self.cfg, position_ids, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None, cache, i)
+            x = layer(x, (cos, sin), None, cache, i)
         cache.advance(tokens.shape[1])
         return self.logits(self.model.norm(x))
 
