@@ -3,6 +3,7 @@
     llmforge info                                   build and machine information
     llmforge pretrain recipes/pretrain_shakespeare.toml
     llmforge sft recipes/sft_chitchat.toml
+    llmforge align recipes/dpo_synthetic.toml        (dpo | orpo | kto | reward)
     llmforge pipeline recipes/tiny.toml
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("recipe")
     st = sub.add_parser("sft", help="supervised fine-tuning (full, LoRA, QLoRA) from a TOML recipe")
     st.add_argument("recipe")
+    al = sub.add_parser("align", help="preference alignment (DPO, ORPO, KTO, reward model) from a TOML recipe")
+    al.add_argument("recipe")
     a = p.parse_args(argv)
     if a.cmd == "info":
         print(json.dumps(info(), indent=2))
@@ -58,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         from .recipes import load_recipe, run_sft
 
         print(json.dumps(run_sft(load_recipe(a.recipe)), indent=2))
+        return 0
+    if a.cmd == "align":
+        from .recipes import load_recipe, run_align
+
+        print(json.dumps(run_align(load_recipe(a.recipe)), indent=2))
         return 0
     return 2
 

@@ -163,3 +163,61 @@ def run_sft(recipe: dict) -> dict:
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def load_preferences(spec: str, n: int | None = None) -> list[dict]:
+    """'synthetic' (align.data.synthetic_preferences), 'champ' (human-labelled champ pairs), or a
+    JSON(L) path of {prompt, chosen, rejected} records."""
+    from .align.data import synthetic_preferences
+    from .data.corpora import champ_preferences
+    from .data.io import read_json_records
+
+    if spec == "synthetic":
+        return synthetic_preferences(n or 400)
+    if spec == "champ":
+        return champ_preferences()
+    return list(read_json_records(spec, required=("prompt", "chosen", "rejected")))
+
+
+def run_align(recipe: dict) -> dict:
+    """[align] method = dpo | orpo | kto | reward; base = model dir; data = synthetic | champ | path;
+    heldout = n; plus the method's config fields in [align.config]."""
+    from .align.dpo import DPOConfig, dpo
+    from .align.kto import KTOConfig, kto, kto_records_from_pairs
+    from .align.orpo import ORPOConfig, orpo
+    from .align.reward import RewardConfig, RewardModel, train_reward_model
+    from .model import load_hf, save_hf
+    from .tokenizer import Tokenizer
+
+    a = dict(recipe.get("align", {}))
+    method, base = a.get("method"), a.get("base")
+    if method not in ("dpo", "orpo", "kto", "reward"):
+        raise ValueError(f"[align] method must be dpo, orpo, kto or reward, got {method!r}")
+    if not base:
+        raise ValueError("[align] needs base = a model directory")
+    recs = load_preferences(a.get("data", "synthetic"), a.get("n"))
+    held = int(a.get("heldout", max(1, len(recs) // 10)))
+    if len(recs) <= held:
+        raise ValueError(f"only {len(recs)} preference records for heldout={held}")
+    train, evals = recs[:-held], recs[-held:]
+    tok_file = os.path.join(base, "llmforge_tokenizer.json")
+    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    model = load_hf(base)
+    cls = {"dpo": DPOConfig, "orpo": ORPOConfig, "kto": KTOConfig, "reward": RewardConfig}[method]
+    cfg = cls(**_fields(cls, recipe.get("config", a.get("config", {})), "config"))
+    if method == "dpo":
+        res = dpo(model, tok, train, cfg, evals)
+    elif method == "orpo":
+        res = orpo(model, tok, train, cfg, evals)
+    elif method == "kto":
+        res = kto(model, tok, kto_records_from_pairs(train), cfg, kto_records_from_pairs(evals))
+    else:
+        res = train_reward_model(RewardModel(model), tok, train, cfg, evals)
+    if method != "reward":
+        save_hf(model, os.path.join(cfg.out_dir, "model"))
+        tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
+        tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    out = {k: v for k, v in res.items() if k in ("before", "after", "accuracy_before", "accuracy_after")}
+    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    return out

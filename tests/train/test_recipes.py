@@ -95,6 +95,29 @@ progress = false
     assert s["eval_loss"] < s["eval_loss_before"]
     assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists()
     assert (tmp_path / "sft" / "model" / "model.safetensors").exists()
+    # DPO on the synthetic preference through the CLI
+    dpo_recipe = tmp_path / "d.toml"
+    dpo_recipe.write_text(f"""# llmforge align d.toml
+[align]
+method = "dpo"
+base = "{tmp_path / 'sft' / 'model'}"
+data = "synthetic"
+n = 60
+heldout = 12
+[config]
+out_dir = "{tmp_path / 'dpo'}"
+beta = 0.5
+steps = 8
+batch_size = 4
+lr = 2e-3
+warmup = 2
+progress = false
+""")
+    r = subprocess.run([sys.executable, "-m", "llmforge.cli", "align", str(dpo_recipe)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads((tmp_path / "dpo" / "summary.json").read_text())
+    assert d["after"]["reward_margin"] > d["before"]["reward_margin"]
 
 
 def test_bad_recipes(tmp_path):
