@@ -1,0 +1,77 @@
+"""AWQ (Lin et al. 2024): activation-aware weight quantisation. Input channels that see large
+activations matter more; scaling them up before quantisation (and the activations down by the
+same factor) protects them. Per group of linears sharing one input, search alpha in [0, 1]:
+s = mean|x|^alpha (normalised), minimise || x W^T - (x / s) Q(W s)^T || on calibration data.
+
+    quantize_model_awq(model, calib_batches, bits=4, group_size=64)     # in place
+
+The 1/s is folded into the op that produces the shared input, so the model stays a plain
+Llama: into input_layernorm for q/k/v, into post_attention_layernorm for gate/up, and into
+up_proj's rows for down_proj. o_proj (whose input comes from attention) is quantised with
+round-to-nearest.
+"""
+from __future__ import annotations
+
+import torch
+
+from .rtn import rtn
+
+
+@torch.no_grad()
+def _inputs(model, modules, calib_batches):
+    """Input activations (rows) seen by each module, concatenated over calibration batches."""
+    store = {id(m): [] for m in modules}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: store[id(mod)].append(
+        inp[0].reshape(-1, inp[0].shape[-1]).float())) for m in modules]
+    try:
+        for t in calib_batches:
+            model(t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v) for k, v in store.items()}
+
+
+@torch.no_grad()
+def search_scales(x, linears, bits, group_size, symmetric, grid: int = 20):
+    """The best per-input-channel scale for linears sharing input x (rows, in)."""
+    act = x.abs().mean(0).clamp(min=1e-8)
+    ref = [x @ l.weight.float().t() for l in linears]
+    best, best_err = torch.ones_like(act), float("inf")
+    for i in range(grid + 1):
+        a = i / grid
+        s = act.pow(a)
+        s = s / (s.max() * s.min()).sqrt()
+        err = 0.0
+        for l, r in zip(linears, ref):
+            wq = rtn(l.weight.float() * s, bits, group_size, symmetric) / s
+            err += float(((x @ wq.t()) - r).pow(2).mean())
+        if err < best_err:
+            best, best_err = s, err
+    return best
+
+
+@torch.no_grad()
+def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64, symmetric: bool = False,
+                       grid: int = 20) -> dict:
+    model.eval()
+    chosen = {}
+    for bi, block in enumerate(model.model.layers):
+        at, mlp = block.self_attn, block.mlp
+        # down before gate/up: its 1/s folds into up_proj's rows, which must happen before
+        # up_proj is itself quantised (so its codes stay on the integer grid)
+        groups = [((at.q_proj, at.k_proj, at.v_proj), block.input_layernorm.weight, None, "qkv"),
+                  ((mlp.down_proj,), None, mlp.up_proj.weight, "down"),
+                  ((mlp.gate_proj, mlp.up_proj), block.post_attention_layernorm.weight, None, "gate_up")]
+        for linears, norm_w, prev_rows, tag in groups:
+            x = _inputs(model, [linears[0]], calib_batches)[id(linears[0])]
+            s = search_scales(x, linears, bits, group_size, symmetric, grid)
+            for l in linears:
+                l.weight.data.copy_(rtn((l.weight.float() * s), bits, group_size, symmetric).to(l.weight.dtype))
+            if norm_w is not None:
+                norm_w.data.div_(s.to(norm_w.dtype))
+            else:
+                prev_rows.data.div_(s.to(prev_rows.dtype)[:, None])
+            chosen[f"{bi}.{tag}"] = s
+        at.o_proj.weight.data.copy_(rtn(at.o_proj.weight.float(), bits, group_size, symmetric).to(at.o_proj.weight.dtype))
+    return chosen
