@@ -10,6 +10,7 @@
 #include "dlpack.h"
 #include "isa.h"
 #include "paged_kv.h"
+#include "qmatmul.h"
 #include "rmsnorm.h"
 #include "bpe.h"
 #include "pretokenize.h"
@@ -392,4 +393,41 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("grad_y"), py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("rstd"),
         py::arg("grad_a"), py::arg("grad_weight"), py::arg("threads"));
+
+  // ---- quantized matmul (int4, int8, W8A8) ---------------------------------------
+  m.def("int4_matmul",
+        [](py::handle x, py::handle packed, py::handle scales, py::handle zeros, py::handle y, int64_t group_size,
+           int threads) {
+          auto X = to_view(x, "x"), P = to_view(packed, "packed"), S = to_view(scales, "scales");
+          auto Z = to_view(zeros, "zeros"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::int4_matmul(X.view, P.view, S.view, Z.view, Y.view, group_size, threads);
+        },
+        py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("y"), py::arg("group_size"),
+        py::arg("threads"));
+  m.def("int4_dequant",
+        [](py::handle packed, py::handle scales, py::handle zeros, py::handle w, int64_t row0, int64_t group_size,
+           int threads) {
+          auto P = to_view(packed, "packed"), S = to_view(scales, "scales"), Z = to_view(zeros, "zeros");
+          auto W = to_view(w, "w");
+          py::gil_scoped_release nogil;
+          lf::int4_dequant(P.view, S.view, Z.view, W.view, row0, group_size, threads);
+        },
+        py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("w"), py::arg("row0"), py::arg("group_size"),
+        py::arg("threads"));
+  m.def("int8_matmul",
+        [](py::handle x, py::handle q, py::handle scale, py::handle y, int threads) {
+          auto X = to_view(x, "x"), Q = to_view(q, "q"), S = to_view(scale, "scale"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::int8_matmul(X.view, Q.view, S.view, Y.view, threads);
+        },
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("threads"));
+  m.def("w8a8_matmul",
+        [](py::handle xq, py::handle xscale, py::handle q, py::handle scale, py::handle y, int threads) {
+          auto XQ = to_view(xq, "xq"), XS = to_view(xscale, "xscale"), Q = to_view(q, "q");
+          auto S = to_view(scale, "scale"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::w8a8_matmul(XQ.view, XS.view, Q.view, S.view, Y.view, threads);
+        },
+        py::arg("xq"), py::arg("xscale"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("threads"));
 }

@@ -23,3 +23,10 @@ __all__ += ["swiglu", "swiglu_packed", "swiglu_packed_reference", "swiglu_refere
 from .rmsnorm_gemm import rmsnorm_linear, rmsnorm_linear_reference
 
 __all__ += ["rmsnorm_linear", "rmsnorm_linear_reference"]
+from .int4_matmul import dequantize_int4, int4_linear, int4_linear_reference, quantize_int4
+from .int8_matmul import (dequantize_int8, int8_linear, int8_linear_reference, quantize_activations_int8,
+                          quantize_int8, w8a8_linear, w8a8_linear_reference)
+
+__all__ += ["quantize_int4", "dequantize_int4", "int4_linear", "int4_linear_reference", "quantize_int8",
+            "dequantize_int8", "int8_linear", "int8_linear_reference", "quantize_activations_int8", "w8a8_linear",
+            "w8a8_linear_reference"]
