@@ -1,0 +1,77 @@
+"""Quantized linear modules that run on the quantized-matmul ops (frozen weights).
+
+    layer = Int4Linear.from_linear(linear, group_size=64, symmetric=True)
+    layer = Int8Linear.from_linear(linear)
+    swap_linears(model, Int4Linear, targets=("q_proj", ...), group_size=64)   # in place
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import dequantize_int4, dequantize_int8, int4_linear, int8_linear, quantize_int4, quantize_int8
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = int(q["group_size"])
+        self.register_buffer("packed", q["packed"])
+        self.register_buffer("scales", q["scales"])
+        self.register_buffer("zeros", q["zeros"])
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 64, symmetric: bool = True) -> "Int4Linear":
+        q = quantize_int4(linear.weight.detach().float(), group_size, symmetric)
+        return cls(q, linear.in_features, linear.out_features, linear.bias)
+
+    def _q(self):
+        return {"packed": self.packed, "scales": self.scales, "zeros": self.zeros, "group_size": self.group_size}
+
+    def forward(self, x):
+        dt = x.dtype
+        y = int4_linear(x if dt in (torch.float32, torch.bfloat16) else x.float(), self._q(), self.bias)
+        return y.to(dt)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize_int4(self._q())
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.zeros))
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("q", q["q"])
+        self.register_buffer("scale", q["scale"])
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(quantize_int8(linear.weight.detach().float()), linear.in_features, linear.out_features, linear.bias)
+
+    def forward(self, x):
+        dt = x.dtype
+        return int8_linear(x if dt in (torch.float32, torch.bfloat16) else x.float(),
+                           {"q": self.q, "scale": self.scale}, self.bias).to(dt)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize_int8({"q": self.q, "scale": self.scale})
+
+    def weight_bytes(self) -> int:
+        return self.q.numel() + self.scale.numel() * 4
+
+
+def swap_linears(model: nn.Module, cls, targets=None, **kw) -> list[str]:
+    """Replace nn.Linear children whose attribute name is in targets (all when None) by cls.from_linear."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and (targets is None or child_name in targets):
+                setattr(module, child_name, cls.from_linear(child, **kw))
+                swapped.append(f"{name}.{child_name}" if name else child_name)
+    return swapped
