@@ -7,3 +7,6 @@ pure-torch reference (``<op>_reference``) that the tests compare against.
 from .rmsnorm import rmsnorm, rmsnorm_reference, rmsnorm_residual, rmsnorm_residual_reference
 
 __all__ = ["rmsnorm", "rmsnorm_reference", "rmsnorm_residual", "rmsnorm_residual_reference"]
+from .attention import attention, attention_reference, attention_with_lse
+
+__all__ += ["attention", "attention_reference", "attention_with_lse"]

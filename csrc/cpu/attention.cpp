@@ -1,0 +1,507 @@
+// attention.cpp — CPU fused attention, forward and backward (see attention.h for the maths).
+// Compiled once per ISA (LF_ISA).
+//
+// float32 / bfloat16:
+//   forward   K is packed once per (batch, kv head) into transposed key blocks (D x Bc)
+//             and V into padded row blocks (Bc x D), all float32. Each OpenMP task is one
+//             (batch, head, 64-row query tile): S = Q K^T per key block with a register-blocked
+//             FMA micro-kernel, masks on boundary blocks only, online softmax with a vector
+//             exp2 (Q is pre-scaled by scale * log2 e), O += P V; then O / l and lse.
+//   backward  FlashAttention-2 order: Di = rowsum(dO * O) first; the (kv head, key block)
+//             work items are cut into `nchunks` contiguous chunks of equal estimated cost,
+//             one per thread. A chunk keeps dK, dV of its key block in registers/L1 tiles
+//             and adds dQ into float32 accumulators: a kv head whose items all sit in one
+//             chunk writes its own accumulator; a kv head split across chunks gets one
+//             partial per chunk, summed afterwards in chunk order. No atomics, so results
+//             are deterministic for a given thread count.
+// float64: plain row loops (the gradcheck path).
+#include "cpu/attention.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/attention_simd.h"
+#include "cpu/vec.h"
+
+namespace lf::cpu::LF_ISA {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline float fmaxf_(float a, float b) { return a > b ? a : b; }
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// One row of T (length D) -> float32 (length Dp, zero padded), times mul.
+template <class T>
+void load_row(const T* src, int64_t D, int64_t Dp, float mul, float* dst) {
+  int64_t d = 0;
+  const V vm = vset1(mul);
+  for (; d + N <= D; d += N) vstore(dst + d, vmul(vload(src + d), vm));
+  for (; d < D; ++d) dst[d] = to_f32(src[d]) * mul;
+  for (; d < Dp; ++d) dst[d] = 0.f;
+}
+
+// dst[0:D] = src[0:D] * mul, float32 -> T.
+template <class T>
+void store_row(const float* src, int64_t D, float mul, T* dst) {
+  int64_t d = 0;
+  const V vm = vset1(mul);
+  for (; d + N <= D; d += N) vstore(dst + d, vmul(vload(src + d), vm));
+  for (; d < D; ++d) dst[d] = from_f32<T>(src[d] * mul);
+}
+
+// Key block [j0, j0 + jn) of one kv head: transposed (Dp x Bc) into kt, rows (Bc x Dp) into rows.
+template <class T>
+void pack_keys_t(const T* src, int64_t jn, int64_t D, int64_t Dp, float* kt) {
+  constexpr int64_t Bc = kAttnBc;
+  if (jn < Bc || D < Dp) std::memset(kt, 0, sizeof(float) * Dp * Bc);
+  for (int64_t jj = 0; jj < jn; ++jj) {
+    const T* r = src + jj * D;
+    for (int64_t d = 0; d < D; ++d) kt[d * Bc + jj] = to_f32(r[d]);
+  }
+}
+
+template <class T>
+void pack_rows(const T* src, int64_t jn, int64_t rows, int64_t D, int64_t Dp, float* dst) {
+  for (int64_t jj = 0; jj < jn; ++jj) load_row(src + jj * D, D, Dp, 1.f, dst + jj * Dp);
+  if (jn < rows) std::memset(dst + jn * Dp, 0, sizeof(float) * (rows - jn) * Dp);
+}
+
+// Sets S[r][jj] = -inf where query row i0 + r may not see key j0 + jj.
+void apply_mask(float* S, int64_t M, int64_t i0, int64_t j0, const AttnShape& s) {
+  constexpr int64_t Bc = kAttnBc;
+  const int64_t off = s.Sk - s.Sq;
+  for (int64_t r = 0; r < M; ++r) {
+    const int64_t ipos = i0 + r + off;
+    int64_t hi = s.Sk - 1;
+    if (s.causal) hi = imin(hi, ipos);
+    const int64_t lo = s.window >= 0 ? ipos - s.window : INT64_MIN;
+    float* row = S + r * Bc;
+    for (int64_t jj = 0; jj < Bc; ++jj) {
+      const int64_t j = j0 + jj;
+      if (j > hi || j < lo) row[jj] = -INFINITY;
+    }
+  }
+}
+
+bool block_needs_mask(int64_t i0, int64_t M, int64_t j0, const AttnShape& s) {
+  const int64_t off = s.Sk - s.Sq;
+  constexpr int64_t Bc = kAttnBc;
+  return j0 + Bc > s.Sk || (s.causal && j0 + Bc - 1 > i0 + off) ||
+         (s.window >= 0 && j0 < i0 + M - 1 + off - s.window);
+}
+
+// ---- forward, float32 / bfloat16 ----------------------------------------------------
+template <class T>
+void fwd_vec(const AttnFwdArgs& a) {
+  const AttnShape& s = a.s;
+  constexpr int64_t Br = kAttnBr, Bc = kAttnBc;
+  const int64_t D = s.D, Dp = round_up(D, kNR), G = s.Hq / s.Hkv, off = s.Sk - s.Sq;
+  const int64_t nblk = (s.Sk + Bc - 1) / Bc, blk_f = Bc * Dp;
+  const float c2 = static_cast<float>(s.scale) * kLog2e;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  T* out = static_cast<T*>(a.out);
+  float* lse = static_cast<float*>(a.lse);
+
+  // 1. pack K^T and V, once per (batch, kv head, key block)
+  const int64_t npack = s.B * s.Hkv * nblk;
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t t = 0; t < npack; ++t) {
+    const int64_t bkv = t / nblk, blk = t % nblk, j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
+    float* kt = a.kv_pack + bkv * 2 * nblk * blk_f + blk * blk_f;
+    float* vp = kt + nblk * blk_f;
+    pack_keys_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kt);
+    pack_rows(v + (bkv * s.Sk + j0) * D, jn, Bc, D, Dp, vp);
+  }
+
+  // 2. one task per (batch, head, query tile); the heaviest (last, when causal) tiles first
+  const int64_t nqt = (s.Sq + Br - 1) / Br, ntask = s.B * s.Hq * nqt;
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t task = 0; task < ntask; ++task) {
+    const int64_t bh = task / nqt, qt = nqt - 1 - task % nqt;
+    const int64_t b = bh / s.Hq, h = bh % s.Hq, bkv = b * s.Hkv + h / G;
+    const int64_t i0 = qt * Br, M = imin(Br, s.Sq - i0);
+    float* ws = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
+    float* Qs = ws;
+    float* O = Qs + Br * Dp;
+    float* S = O + Br * Dp;
+    float* m = S + Br * Bc;
+    float* l = m + Br;
+    for (int64_t r = 0; r < M; ++r) {
+      load_row(q + (bh * s.Sq + i0 + r) * D, D, Dp, c2, Qs + r * Dp);
+      m[r] = -INFINITY;
+      l[r] = 0.f;
+    }
+    std::memset(O, 0, sizeof(float) * M * Dp);
+    const int64_t jlo = s.window >= 0 ? imax(0, i0 + off - s.window) : 0;
+    const int64_t jhi = s.causal ? imin(s.Sk, i0 + M + off) : s.Sk;
+    const float* kv_base = a.kv_pack + bkv * 2 * nblk * blk_f;
+    for (int64_t blk = jlo / Bc; jlo < jhi && blk * Bc < jhi; ++blk) {
+      const int64_t j0 = blk * Bc;
+      const float* kt = kv_base + blk * blk_f;
+      const float* vp = kv_base + nblk * blk_f + blk * blk_f;
+      gemm(M, Bc, Dp, Qs, Dp, 1, kt, Bc, S, Bc, false);
+      if (block_needs_mask(i0, M, j0, s)) apply_mask(S, M, i0, j0, s);
+      for (int64_t r = 0; r < M; ++r) {
+        float* row = S + r * Bc;
+        V mx = vload(row);
+        for (int64_t j = N; j < Bc; j += N) mx = vmax(mx, vload(row + j));
+        const float mnew = fmaxf_(m[r], vhmax(mx));
+        if (mnew == -INFINITY) {  // nothing visible yet in this row
+          std::memset(row, 0, sizeof(float) * Bc);
+          continue;
+        }
+        const float alpha = m[r] == -INFINITY ? 0.f : exp2f(m[r] - mnew);
+        const V vm = vset1(mnew);
+        V sum = vzero();
+        for (int64_t j = 0; j < Bc; j += N) {
+          V p = vexp2(vsub(vload(row + j), vm));
+          vstore(row + j, p);
+          sum = vadd(sum, p);
+        }
+        l[r] = l[r] * alpha + vsum(sum);
+        if (alpha != 1.f) {
+          float* o = O + r * Dp;
+          const V va = vset1(alpha);
+          for (int64_t d = 0; d < Dp; d += N) vstore(o + d, vmul(vload(o + d), va));
+        }
+        m[r] = mnew;
+      }
+      gemm(M, Dp, Bc, S, Bc, 1, vp, Dp, O, Dp, true);
+    }
+    for (int64_t r = 0; r < M; ++r) {
+      T* orow = out + (bh * s.Sq + i0 + r) * D;
+      if (l[r] > 0.f) {
+        store_row(O + r * Dp, D, 1.f / l[r], orow);
+        lse[bh * s.Sq + i0 + r] = (m[r] + log2f(l[r])) * kLn2;
+      } else {  // no visible key (or NaN): zeros, lse = -inf (NaN l propagates below)
+        const float fill = l[r] == l[r] ? 0.f : l[r];
+        for (int64_t d = 0; d < D; ++d) orow[d] = from_f32<T>(fill);
+        lse[bh * s.Sq + i0 + r] = l[r] == l[r] ? -INFINITY : l[r];
+      }
+    }
+  }
+}
+
+// ---- backward, float32 / bfloat16 ---------------------------------------------------
+struct BwdCtx {
+  int64_t D, Dp, G, off, nblk;
+  float c2;
+};
+
+// Rows [ilo, ihi) of every query head that see at least one key of block [j0, j0 + jn).
+inline void block_rows(const AttnShape& s, int64_t j0, int64_t jn, int64_t* ilo, int64_t* ihi) {
+  const int64_t off = s.Sk - s.Sq;
+  *ilo = s.causal ? imax(0, j0 - off) : 0;
+  *ihi = s.window >= 0 ? imin(s.Sq, j0 + jn - off + s.window) : s.Sq;
+  if (*ilo > *ihi) *ihi = *ilo;
+}
+
+template <class T>
+void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, float* dqa, float* ws) {
+  const AttnShape& s = a.s;
+  constexpr int64_t Br = kAttnBrB, Bc = kAttnBc;
+  const int64_t D = c.D, Dp = c.Dp;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const T* dout = static_cast<const T*>(a.dout);
+  const float* lse = static_cast<const float*>(a.lse);
+  float* Kt = ws;
+  float* Kb = Kt + Bc * Dp;
+  float* Vt = Kb + Bc * Dp;
+  float* dKa = Vt + Bc * Dp;
+  float* dVa = dKa + Bc * Dp;
+  float* Qs = dVa + Bc * Dp;
+  float* dOp = Qs + Br * Dp;
+  float* P = dOp + Br * Dp;
+  float* dS = P + Br * Bc;
+  float* lse2 = dS + Br * Bc;
+  float* Dr = lse2 + Br;
+
+  const int64_t j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
+  const T* kb = k + (bkv * s.Sk + j0) * D;
+  const T* vb = v + (bkv * s.Sk + j0) * D;
+  pack_keys_t(kb, jn, D, Dp, Kt);
+  pack_rows(kb, jn, Bc, D, Dp, Kb);
+  pack_keys_t(vb, jn, D, Dp, Vt);
+  std::memset(dKa, 0, sizeof(float) * 2 * Bc * Dp);
+  int64_t ilo, ihi;
+  block_rows(s, j0, jn, &ilo, &ihi);
+  const int64_t b = bkv / s.Hkv, hkv = bkv % s.Hkv;
+  for (int64_t g = 0; g < c.G; ++g) {
+    const int64_t bh = b * s.Hq + hkv * c.G + g;
+    for (int64_t i0 = ilo; i0 < ihi; i0 += Br) {
+      const int64_t M = imin(Br, ihi - i0);
+      for (int64_t r = 0; r < M; ++r) {
+        const int64_t row = bh * s.Sq + i0 + r;
+        load_row(q + row * D, D, Dp, c.c2, Qs + r * Dp);
+        load_row(dout + row * D, D, Dp, 1.f, dOp + r * Dp);
+        const float L = lse[row];
+        lse2[r] = L == -INFINITY ? INFINITY : L * kLog2e;  // an empty row gets p = 0
+        Dr[r] = a.delta[row];
+      }
+      gemm(M, Bc, Dp, Qs, Dp, 1, Kt, Bc, P, Bc, false);
+      if (block_needs_mask(i0, M, j0, s)) apply_mask(P, M, i0, j0, s);
+      for (int64_t r = 0; r < M; ++r) {
+        float* pr = P + r * Bc;
+        const V vl = vset1(lse2[r]);
+        for (int64_t j = 0; j < Bc; j += N) vstore(pr + j, vexp2(vsub(vload(pr + j), vl)));
+      }
+      gemm(M, Bc, Dp, dOp, Dp, 1, Vt, Bc, dS, Bc, false);
+      for (int64_t r = 0; r < M; ++r) {
+        float* pr = P + r * Bc;
+        float* dr = dS + r * Bc;
+        const V vd = vset1(Dr[r]);
+        for (int64_t j = 0; j < Bc; j += N) vstore(dr + j, vmul(vload(pr + j), vsub(vload(dr + j), vd)));
+      }
+      gemm(Bc, Dp, M, P, 1, Bc, dOp, Dp, dVa, Dp, true);   // dV += P^T dO
+      gemm(Bc, Dp, M, dS, 1, Bc, Qs, Dp, dKa, Dp, true);   // dK += dS^T Qs
+      gemm(M, Dp, Bc, dS, Bc, 1, Kb, Dp, dqa + (g * s.Sq + i0) * Dp, Dp, true);  // dQ += dS K
+    }
+  }
+  T* dk = static_cast<T*>(a.dk) + (bkv * s.Sk + j0) * D;
+  T* dv = static_cast<T*>(a.dv) + (bkv * s.Sk + j0) * D;
+  for (int64_t jj = 0; jj < jn; ++jj) {
+    store_row(dKa + jj * Dp, D, kLn2, dk + jj * D);  // Qs carries scale * log2 e; dK needs scale
+    store_row(dVa + jj * Dp, D, 1.f, dv + jj * D);
+  }
+}
+
+template <class T>
+void bwd_vec(const AttnBwdArgs& a) {
+  const AttnShape& s = a.s;
+  constexpr int64_t Bc = kAttnBc;
+  BwdCtx c;
+  c.D = s.D;
+  c.Dp = round_up(s.D, kNR);
+  c.G = s.Hq / s.Hkv;
+  c.off = s.Sk - s.Sq;
+  c.nblk = (s.Sk + Bc - 1) / Bc;
+  c.c2 = static_cast<float>(s.scale) * kLog2e;
+  const int64_t D = c.D, Dp = c.Dp, head_f = c.G * s.Sq * Dp;
+
+  // 1. Di = rowsum(dO * O) - dlse
+  {
+    const T* o = static_cast<const T*>(a.out);
+    const T* dout = static_cast<const T*>(a.dout);
+    const float* dlse = static_cast<const float*>(a.dlse);
+    const int64_t rows = s.B * s.Hq * s.Sq;
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* x = o + r * D;
+      const T* y = dout + r * D;
+      V acc = vzero();
+      int64_t d = 0;
+      for (; d + N <= D; d += N) acc = vfma(vload(x + d), vload(y + d), acc);
+      float t = vsum(acc);
+      for (; d < D; ++d) t += to_f32(x[d]) * to_f32(y[d]);
+      a.delta[r] = t - (dlse ? dlse[r] : 0.f);
+    }
+  }
+
+  // 2. cut the (kv head, key block) items into chunks of equal estimated cost
+  const int64_t nitems = s.B * s.Hkv * c.nblk;
+  const int nch = a.nchunks;
+  {
+    int64_t total = 0;
+    for (int64_t it = 0; it < nitems; ++it) {
+      int64_t ilo, ihi, j0 = (it % c.nblk) * Bc;
+      block_rows(s, j0, imin(Bc, s.Sk - j0), &ilo, &ihi);
+      total += c.G * (ihi - ilo) + 8;
+    }
+    int64_t acc = 0, it = 0;
+    a.chunk_bounds[0] = 0;
+    for (int ch = 1; ch < nch; ++ch) {
+      const int64_t target = (total * ch + nch - 1) / nch;
+      while (it < nitems && acc < target) {
+        int64_t ilo, ihi, j0 = (it % c.nblk) * Bc;
+        block_rows(s, j0, imin(Bc, s.Sk - j0), &ilo, &ihi);
+        acc += c.G * (ihi - ilo) + 8;
+        ++it;
+      }
+      a.chunk_bounds[ch] = it;
+    }
+    a.chunk_bounds[nch] = nitems;
+  }
+  const int64_t* bounds = a.chunk_bounds;
+  auto chunk_of = [&](int64_t it) {
+    int ch = 0;
+    while (bounds[ch + 1] <= it) ++ch;
+    return ch;
+  };
+  auto shared_head = [&](int64_t bkv) { return chunk_of(bkv * c.nblk) != chunk_of(bkv * c.nblk + c.nblk - 1); };
+
+  // 3. the chunks
+#pragma omp parallel for num_threads(a.threads) schedule(static, 1)
+  for (int ch = 0; ch < nch; ++ch) {
+    float* ws = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
+    const int64_t first_bkv = bounds[ch] / c.nblk;
+    for (int64_t it = bounds[ch]; it < bounds[ch + 1]; ++it) {
+      const int64_t bkv = it / c.nblk, blk = it % c.nblk;
+      float* dqa = shared_head(bkv) ? a.dq_part + (int64_t{2} * ch + (bkv == first_bkv ? 0 : 1)) * head_f
+                                    : a.dq_acc + bkv * head_f;
+      if (it == bounds[ch] || blk == 0) std::memset(dqa, 0, sizeof(float) * head_f);
+      bwd_block<T>(a, c, bkv, blk, dqa, ws);
+    }
+  }
+
+  // 4. dq = scale * (accumulator, or the chunks' partials summed in chunk order)
+  const float scale = static_cast<float>(s.scale);
+  T* dq = static_cast<T*>(a.dq);
+  const int64_t nbkv = s.B * s.Hkv, rows_per = c.G * s.Sq;
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t t = 0; t < nbkv * rows_per; ++t) {
+    const int64_t bkv = t / rows_per, r = t % rows_per;
+    T* dst = dq + (bkv * rows_per + r) * D;
+    if (!shared_head(bkv)) {
+      store_row(a.dq_acc + bkv * head_f + r * Dp, D, scale, dst);
+      continue;
+    }
+    float* tmp = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
+    std::memset(tmp, 0, sizeof(float) * Dp);
+    const int c0 = chunk_of(bkv * c.nblk), c1 = chunk_of(bkv * c.nblk + c.nblk - 1);
+    for (int ch = c0; ch <= c1; ++ch) {
+      if (bounds[ch] == bounds[ch + 1]) continue;
+      const int slot = bkv == bounds[ch] / c.nblk ? 0 : 1;
+      const float* src = a.dq_part + (int64_t{2} * ch + slot) * head_f + r * Dp;
+      for (int64_t d = 0; d < Dp; d += N) vstore(tmp + d, vadd(vload(tmp + d), vload(src + d)));
+    }
+    store_row(tmp, D, scale, dst);
+  }
+}
+
+// ---- float64: plain loops -------------------------------------------------------------
+inline void row_range(const AttnShape& s, int64_t i, int64_t* lo, int64_t* hi) {
+  const int64_t ipos = i + s.Sk - s.Sq;
+  *lo = s.window >= 0 ? imax(0, ipos - s.window) : 0;
+  *hi = s.causal ? imin(s.Sk - 1, ipos) : s.Sk - 1;
+}
+
+inline double dot64(const double* x, const double* y, int64_t D) {
+  double t = 0;
+  for (int64_t d = 0; d < D; ++d) t += x[d] * y[d];
+  return t;
+}
+
+void fwd_f64(const AttnFwdArgs& a) {
+  const AttnShape& s = a.s;
+  const int64_t D = s.D, G = s.Hq / s.Hkv, rows = s.B * s.Hq * s.Sq;
+  const double* q = static_cast<const double*>(a.q);
+  const double* k = static_cast<const double*>(a.k);
+  const double* v = static_cast<const double*>(a.v);
+  double* out = static_cast<double*>(a.out);
+  double* lse = static_cast<double*>(a.lse);
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    double* sc = reinterpret_cast<double*>(a.scratch + omp_get_thread_num() * a.scratch_per_thread);
+    const int64_t bh = r / s.Sq, i = r % s.Sq, bkv = (bh / s.Hq) * s.Hkv + (bh % s.Hq) / G;
+    const double* qi = q + r * D;
+    const double* kh = k + bkv * s.Sk * D;
+    const double* vh = v + bkv * s.Sk * D;
+    double* o = out + r * D;
+    int64_t lo, hi;
+    row_range(s, i, &lo, &hi);
+    for (int64_t d = 0; d < D; ++d) o[d] = 0;
+    if (lo > hi) {
+      lse[r] = -INFINITY;
+      continue;
+    }
+    double mx = -INFINITY;
+    for (int64_t j = lo; j <= hi; ++j) {
+      sc[j] = s.scale * dot64(qi, kh + j * D, D);
+      mx = sc[j] > mx ? sc[j] : mx;
+    }
+    double l = 0;
+    for (int64_t j = lo; j <= hi; ++j) {
+      const double p = std::exp(sc[j] - mx);
+      l += p;
+      for (int64_t d = 0; d < D; ++d) o[d] += p * vh[j * D + d];
+    }
+    for (int64_t d = 0; d < D; ++d) o[d] /= l;
+    lse[r] = mx + std::log(l);
+  }
+}
+
+void bwd_f64(const AttnBwdArgs& a) {
+  const AttnShape& s = a.s;
+  const int64_t D = s.D, G = s.Hq / s.Hkv, nbkv = s.B * s.Hkv;
+  const double* q = static_cast<const double*>(a.q);
+  const double* k = static_cast<const double*>(a.k);
+  const double* v = static_cast<const double*>(a.v);
+  const double* o = static_cast<const double*>(a.out);
+  const double* dout = static_cast<const double*>(a.dout);
+  const double* lse = static_cast<const double*>(a.lse);
+  const double* dlse = static_cast<const double*>(a.dlse);
+  double* dq = static_cast<double*>(a.dq);
+  double* dk = static_cast<double*>(a.dk);
+  double* dv = static_cast<double*>(a.dv);
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
+  for (int64_t bkv = 0; bkv < nbkv; ++bkv) {
+    double* pr = reinterpret_cast<double*>(a.scratch + omp_get_thread_num() * a.scratch_per_thread);
+    double* dsr = pr + s.Sk;
+    const double* kh = k + bkv * s.Sk * D;
+    const double* vh = v + bkv * s.Sk * D;
+    double* dkh = dk + bkv * s.Sk * D;
+    double* dvh = dv + bkv * s.Sk * D;
+    for (int64_t x = 0; x < s.Sk * D; ++x) dkh[x] = dvh[x] = 0;
+    const int64_t b = bkv / s.Hkv, hkv = bkv % s.Hkv;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t bh = b * s.Hq + hkv * G + g;
+      for (int64_t i = 0; i < s.Sq; ++i) {
+        const int64_t r = bh * s.Sq + i;
+        const double* qi = q + r * D;
+        const double* doi = dout + r * D;
+        double* dqi = dq + r * D;
+        for (int64_t d = 0; d < D; ++d) dqi[d] = 0;
+        int64_t lo, hi;
+        row_range(s, i, &lo, &hi);
+        if (lo > hi) continue;
+        const double Di = dot64(doi, o + r * D, D) - (dlse ? dlse[r] : 0.0);
+        for (int64_t j = lo; j <= hi; ++j) {
+          const double p = std::exp(s.scale * dot64(qi, kh + j * D, D) - lse[r]);
+          pr[j] = p;
+          dsr[j] = p * (dot64(doi, vh + j * D, D) - Di);
+        }
+        for (int64_t j = lo; j <= hi; ++j) {
+          const double ds = dsr[j] * s.scale, p = pr[j];
+          for (int64_t d = 0; d < D; ++d) {
+            dqi[d] += ds * kh[j * D + d];
+            dkh[j * D + d] += ds * qi[d];
+            dvh[j * D + d] += p * doi[d];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void attention_fwd(const AttnFwdArgs& a) {
+  switch (a.dtype) {
+    case DType::f32: fwd_vec<float>(a); break;
+    case DType::bf16: fwd_vec<bf16>(a); break;
+    case DType::f64: fwd_f64(a); break;
+    default: break;  // the adapter (csrc/attention.cpp) has checked the dtype
+  }
+}
+
+void attention_bwd(const AttnBwdArgs& a) {
+  switch (a.dtype) {
+    case DType::f32: bwd_vec<float>(a); break;
+    case DType::bf16: bwd_vec<bf16>(a); break;
+    case DType::f64: bwd_f64(a); break;
+    default: break;  // the adapter (csrc/attention.cpp) has checked the dtype
+  }
+}
+
+}  // namespace lf::cpu::LF_ISA
