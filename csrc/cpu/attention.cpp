@@ -155,7 +155,9 @@ void fwd_vec(const AttnFwdArgs& a) {
         V mx = vload(row);
         for (int64_t j = N; j < Bc; j += N) mx = vmax(mx, vload(row + j));
         const float mnew = fmaxf_(m[r], vhmax(mx));
-        if (mnew == -INFINITY) {  // nothing visible yet in this row
+        if (mnew == -INFINITY) {  // nothing visible yet in this row (or only NaN: poison l)
+          for (int64_t j = 0; j < Bc; ++j)
+            if (row[j] != row[j]) l[r] = row[j];
           std::memset(row, 0, sizeof(float) * Bc);
           continue;
         }
