@@ -59,6 +59,14 @@ void check_lse(const char* op, const char* arg, const TensorView& t, const Tenso
 
 int64_t dpad(int64_t D) { return (D + cpu::kAttnDPad - 1) / cpu::kAttnDPad * cpu::kAttnDPad; }
 
+// Threads worth waking for this much work (about 1 MFLOP each at least): small calls stay
+// on one thread, where an OpenMP fork/join would cost more than the work.
+int useful_threads(int threads, const cpu::AttnShape& s) {
+  const double flops = 4.0 * s.B * s.Hq * s.Sq * s.Sk * s.D;
+  const double t = flops / 1e6;
+  return t < 1 ? 1 : t < threads ? static_cast<int>(t) : threads;
+}
+
 std::unique_ptr<float[]> floats(int64_t n) { return std::unique_ptr<float[]>(new float[n > 0 ? n : 1]); }
 
 }  // namespace
@@ -68,6 +76,7 @@ void attention_fwd(const TensorView& q, const TensorView& k, const TensorView& v
   const cpu::AttnShape s = check_qkv(kFwd, q, k, v, causal, scale, window, threads);
   check_like(kFwd, "out", out, q, "q");
   check_lse(kFwd, "lse", lse, q);
+  threads = useful_threads(threads, s);
   const int64_t Dp = dpad(s.D), Bc = cpu::kAttnBc, Br = cpu::kAttnBr;
   const int64_t nblk = (s.Sk + Bc - 1) / Bc;
   std::unique_ptr<float[]> pack, scratch;
@@ -96,6 +105,7 @@ void attention_bwd(const TensorView& dout, const TensorView& q, const TensorView
   check_like(kBwd, "grad_q", dq, q, "q");
   check_like(kBwd, "grad_k", dk, k, "k");
   check_like(kBwd, "grad_v", dv, v, "v");
+  threads = useful_threads(threads, s);
   const int64_t Dp = dpad(s.D), Bc = cpu::kAttnBc, Br = cpu::kAttnBrB;
   const int64_t nblk = (s.Sk + Bc - 1) / Bc, G = s.Hq / s.Hkv;
   cpu::AttnBwdArgs a{};

@@ -65,17 +65,13 @@ inline V vexp2(V x) { return x < -125.f ? 0.f : std::exp2(x); }
 constexpr int kMR = 6;
 constexpr int kNR = 2 * N;
 
-template <int MR>
+template <int MR, bool ACC>
 inline void mk(int64_t K, const float* A, int64_t sar, int64_t sak, const float* B, int64_t ldb, float* C,
-               int64_t ldc, bool accumulate) {
+               int64_t ldc) {
   V c0[MR], c1[MR];
-  if (accumulate) {
-    for (int r = 0; r < MR; ++r) {
-      c0[r] = vload(C + r * ldc);
-      c1[r] = vload(C + r * ldc + N);
-    }
-  } else {
-    for (int r = 0; r < MR; ++r) c0[r] = c1[r] = vzero();
+  for (int r = 0; r < MR; ++r) {
+    c0[r] = ACC ? vload(C + r * ldc) : vzero();
+    c1[r] = ACC ? vload(C + r * ldc + N) : vzero();
   }
   for (int64_t k = 0; k < K; ++k) {
     const V b0 = vload(B + k * ldb), b1 = vload(B + k * ldb + N);
@@ -93,22 +89,29 @@ inline void mk(int64_t K, const float* A, int64_t sar, int64_t sak, const float*
 }
 
 // C[M x ncols] (+)= sum_k a(i, k) * B[k][0:ncols], ncols a multiple of kNR.
-inline void gemm(int64_t M, int64_t ncols, int64_t K, const float* A, int64_t sar, int64_t sak, const float* B,
-                 int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+template <bool ACC>
+inline void gemm_t(int64_t M, int64_t ncols, int64_t K, const float* A, int64_t sar, int64_t sak, const float* B,
+                   int64_t ldb, float* C, int64_t ldc) {
   for (int64_t j = 0; j < ncols; j += kNR) {
     int64_t i = 0;
-    for (; i + kMR <= M; i += kMR) mk<kMR>(K, A + i * sar, sar, sak, B + j, ldb, C + i * ldc + j, ldc, accumulate);
+    for (; i + kMR <= M; i += kMR) mk<kMR, ACC>(K, A + i * sar, sar, sak, B + j, ldb, C + i * ldc + j, ldc);
     const float* a = A + i * sar;
     float* c = C + i * ldc + j;
     switch (M - i) {
-      case 5: mk<5>(K, a, sar, sak, B + j, ldb, c, ldc, accumulate); break;
-      case 4: mk<4>(K, a, sar, sak, B + j, ldb, c, ldc, accumulate); break;
-      case 3: mk<3>(K, a, sar, sak, B + j, ldb, c, ldc, accumulate); break;
-      case 2: mk<2>(K, a, sar, sak, B + j, ldb, c, ldc, accumulate); break;
-      case 1: mk<1>(K, a, sar, sak, B + j, ldb, c, ldc, accumulate); break;
+      case 5: mk<5, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
+      case 4: mk<4, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
+      case 3: mk<3, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
+      case 2: mk<2, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
+      case 1: mk<1, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
       default: break;
     }
   }
+}
+
+inline void gemm(int64_t M, int64_t ncols, int64_t K, const float* A, int64_t sar, int64_t sak, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (accumulate) gemm_t<true>(M, ncols, K, A, sar, sak, B, ldb, C, ldc);
+  else gemm_t<false>(M, ncols, K, A, sar, sak, B, ldb, C, ldc);
 }
 
 }  // namespace lf::cpu::LF_ISA
