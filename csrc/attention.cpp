@@ -127,15 +127,17 @@ void attention_bwd(const TensorView& dout, const TensorView& q, const TensorView
   if (q.dtype == DType::f64) {
     a.scratch_per_thread = 4 * s.Sk + 16;
   } else {
-    // One chunk of work per thread; fewer when the per-chunk dq partials would be large.
-    const int64_t head_f = G * s.Sq * Dp, items = s.B * s.Hkv * nblk;
-    int64_t nch = threads < items ? threads : items;
+    // One chunk per kv head when that balances over the threads; otherwise a few chunks of
+    // equal cost per thread, fewer when the per-chunk dq partials would be large.
+    const int64_t head_f = G * s.Sq * Dp, items = s.B * s.Hkv * nblk, heads = s.B * s.Hkv;
+    int64_t nch = heads >= 2 * threads || heads % threads == 0 ? heads : 4 * int64_t{threads};
+    if (nch > items) nch = items;
     const int64_t budget = (int64_t{256} << 20) / 4;  // floats
-    while (nch > 1 && nch * 2 * head_f > budget && nch * 2 * head_f > 4 * s.B * s.Hq * s.Sq * Dp) nch /= 2;
+    while (nch > 1 && nch != heads && nch * 2 * head_f > budget && nch * 2 * head_f > 4 * s.B * s.Hq * s.Sq * Dp) nch /= 2;
     a.nchunks = static_cast<int>(nch);
     delta = floats(s.B * s.Hq * s.Sq);
     dq_acc = floats(s.B * s.Hq * s.Sq * Dp);
-    dq_part = floats(nch > 1 ? nch * 2 * head_f : 1);
+    dq_part = floats(nch > 1 && nch != heads ? nch * 2 * head_f : 1);
     bounds = std::unique_ptr<int64_t[]>(new int64_t[nch + 1]);
     a.delta = delta.get();
     a.dq_acc = dq_acc.get();

@@ -8,12 +8,12 @@
 //             FMA micro-kernel, masks on boundary blocks only, online softmax with a vector
 //             exp2 (Q is pre-scaled by scale * log2 e), O += P V; then O / l and lse.
 //   backward  FlashAttention-2 order: Di = rowsum(dO * O) first; the (kv head, key block)
-//             work items are cut into `nchunks` contiguous chunks of equal estimated cost,
-//             one per thread. A chunk keeps dK, dV of its key block in registers/L1 tiles
+//             work items are cut into `nchunks` contiguous chunks: one per kv head when
+//             there are enough heads, else chunks of equal estimated cost. A chunk keeps dK, dV of its key block in registers/L1 tiles
 //             and adds dQ into float32 accumulators: a kv head whose items all sit in one
 //             chunk writes its own accumulator; a kv head split across chunks gets one
 //             partial per chunk, summed afterwards in chunk order. No atomics, so results
-//             are deterministic for a given thread count.
+//             are deterministic (and independent of the thread count when chunks are heads).
 // float64: plain row loops (the gradcheck path).
 #include "cpu/attention.h"
 
@@ -313,7 +313,9 @@ void bwd_vec(const AttnBwdArgs& a) {
   // 2. cut the (kv head, key block) items into chunks of equal estimated cost
   const int64_t nitems = s.B * s.Hkv * c.nblk;
   const int nch = a.nchunks;
-  {
+  if (nch == s.B * s.Hkv) {  // one chunk per kv head: no partial dq at all
+    for (int ch = 0; ch <= nch; ++ch) a.chunk_bounds[ch] = ch * c.nblk;
+  } else {
     int64_t total = 0;
     for (int64_t it = 0; it < nitems; ++it) {
       int64_t ilo, ihi, j0 = (it % c.nblk) * Bc;
@@ -343,7 +345,7 @@ void bwd_vec(const AttnBwdArgs& a) {
   auto shared_head = [&](int64_t bkv) { return chunk_of(bkv * c.nblk) != chunk_of(bkv * c.nblk + c.nblk - 1); };
 
   // 3. the chunks
-#pragma omp parallel for num_threads(a.threads) schedule(static, 1)
+#pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
   for (int ch = 0; ch < nch; ++ch) {
     float* ws = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
     const int64_t first_bkv = bounds[ch] / c.nblk;
