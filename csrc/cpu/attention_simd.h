@@ -20,18 +20,23 @@ constexpr float kExp2C1 = 0.6931471805599453f, kExp2C2 = 0.2402265069591007f, kE
                 kExp2C4 = 0.009618129107628477f, kExp2C5 = 0.0013333558146428443f,
                 kExp2C6 = 0.00015403530393381606f, kExp2C7 = 1.525273380405984e-05f;
 
-#if defined(__AVX512F__)
-inline V vexp2(V x) {
-  V xc = _mm512_min_ps(_mm512_max_ps(x, vset1(-125.f)), vset1(127.f));
-  V n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  V f = _mm512_sub_ps(xc, n);
+// 2^f for |f| <= 1/2 (Horner).
+inline V exp2_poly(V f) {
   V p = vfma(vset1(kExp2C7), f, vset1(kExp2C6));
   p = vfma(p, f, vset1(kExp2C5));
   p = vfma(p, f, vset1(kExp2C4));
   p = vfma(p, f, vset1(kExp2C3));
   p = vfma(p, f, vset1(kExp2C2));
   p = vfma(p, f, vset1(kExp2C1));
-  p = vfma(p, f, vset1(1.f));
+  return vfma(p, f, vset1(1.f));
+}
+
+#if defined(__AVX512F__)
+inline V vexp2(V x) {
+  V xc = _mm512_min_ps(_mm512_max_ps(x, vset1(-125.f)), vset1(127.f));
+  V n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V f = _mm512_sub_ps(xc, n);
+  V p = exp2_poly(f);
   __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
   V r = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
   __mmask16 tiny = _mm512_cmp_ps_mask(x, vset1(-125.f), _CMP_LT_OQ);
@@ -44,13 +49,7 @@ inline V vexp2(V x) {
   V xc = _mm256_min_ps(_mm256_max_ps(x, vset1(-125.f)), vset1(127.f));
   V n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   V f = _mm256_sub_ps(xc, n);
-  V p = vfma(vset1(kExp2C7), f, vset1(kExp2C6));
-  p = vfma(p, f, vset1(kExp2C5));
-  p = vfma(p, f, vset1(kExp2C4));
-  p = vfma(p, f, vset1(kExp2C3));
-  p = vfma(p, f, vset1(kExp2C2));
-  p = vfma(p, f, vset1(kExp2C1));
-  p = vfma(p, f, vset1(1.f));
+  V p = exp2_poly(f);
   __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
   V r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
   r = _mm256_andnot_ps(_mm256_cmp_ps(x, vset1(-125.f), _CMP_LT_OQ), r);
