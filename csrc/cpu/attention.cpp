@@ -3,7 +3,8 @@
 //
 // float32 / bfloat16:
 //   forward   K is packed once per (batch, kv head) into transposed key blocks (D x Bc)
-//             and V into padded row blocks (Bc x D), all float32. Each OpenMP task is one
+//             and V into padded row blocks (Bc x D), all float32, each stored as contiguous
+//             panels of 2 vectors' width, the order the micro-kernel reads them. Each OpenMP task is one
 //             (batch, head, 64-row query tile): S = Q K^T per key block with a register-blocked
 //             FMA micro-kernel, masks on boundary blocks only, online softmax with a vector
 //             exp2 (Q is pre-scaled by scale * log2 e), O += P V; then O / l and lse.
@@ -56,21 +57,37 @@ void store_row(const float* src, int64_t D, float mul, T* dst) {
   for (; d < D; ++d) dst[d] = from_f32<T>(src[d] * mul);
 }
 
-// Key block [j0, j0 + jn) of one kv head: transposed (Dp x Bc) into kt, rows (Bc x Dp) into rows.
+// Packed B panels (see gemm in attention_simd.h) from rows src[0:jn][0:D] of T, zero padded:
+//   pack_panels_t:    B(d, jj) = src[jj][d], K = Dp rows by Bc columns   (K^T, V^T)
+//   pack_panels_rows: B(jj, d) = src[jj][d], K = Bc rows by Dp columns   (V, K)
 template <class T>
-void pack_keys_t(const T* src, int64_t jn, int64_t D, int64_t Dp, float* kt) {
+void pack_panels_t(const T* src, int64_t jn, int64_t D, int64_t Dp, float* dst) {
   constexpr int64_t Bc = kAttnBc;
-  if (jn < Bc || D < Dp) std::memset(kt, 0, sizeof(float) * Dp * Bc);
+  if (jn < Bc || D < Dp) std::memset(dst, 0, sizeof(float) * Dp * Bc);
   for (int64_t jj = 0; jj < jn; ++jj) {
     const T* r = src + jj * D;
-    for (int64_t d = 0; d < D; ++d) kt[d * Bc + jj] = to_f32(r[d]);
+    float* col = dst + (jj / kNR) * Dp * kNR + jj % kNR;
+    for (int64_t d = 0; d < D; ++d) col[d * kNR] = to_f32(r[d]);
   }
 }
 
 template <class T>
-void pack_rows(const T* src, int64_t jn, int64_t rows, int64_t D, int64_t Dp, float* dst) {
-  for (int64_t jj = 0; jj < jn; ++jj) load_row(src + jj * D, D, Dp, 1.f, dst + jj * Dp);
-  if (jn < rows) std::memset(dst + jn * Dp, 0, sizeof(float) * (rows - jn) * Dp);
+void pack_panels_rows(const T* src, int64_t jn, int64_t D, int64_t Dp, float* dst) {
+  constexpr int64_t Bc = kAttnBc;
+  for (int64_t p = 0; p < Dp / kNR; ++p) {
+    float* panel = dst + p * Bc * kNR;
+    const int64_t d0 = p * kNR, w = imin(kNR, D - d0);
+    for (int64_t jj = 0; jj < jn; ++jj) {
+      float* o = panel + jj * kNR;
+      const T* r = src + jj * D + d0;
+      int64_t c = 0;
+      if (w == kNR)
+        for (; c < kNR; c += N) vstore(o + c, vload(r + c));
+      for (; c < w; ++c) o[c] = to_f32(r[c]);
+      for (; c < kNR; ++c) o[c] = 0.f;
+    }
+    if (jn < Bc) std::memset(panel + jn * kNR, 0, sizeof(float) * (Bc - jn) * kNR);
+  }
 }
 
 // Sets S[r][jj] = -inf where query row i0 + r may not see key j0 + jj.
@@ -118,8 +135,8 @@ void fwd_vec(const AttnFwdArgs& a) {
     const int64_t bkv = t / nblk, blk = t % nblk, j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
     float* kt = a.kv_pack + bkv * 2 * nblk * blk_f + blk * blk_f;
     float* vp = kt + nblk * blk_f;
-    pack_keys_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kt);
-    pack_rows(v + (bkv * s.Sk + j0) * D, jn, Bc, D, Dp, vp);
+    pack_panels_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kt);
+    pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, vp);
   }
 
   // 2. one task per (batch, head, query tile); the heaviest (last, when causal) tiles first
@@ -148,7 +165,7 @@ void fwd_vec(const AttnFwdArgs& a) {
       const int64_t j0 = blk * Bc;
       const float* kt = kv_base + blk * blk_f;
       const float* vp = kv_base + nblk * blk_f + blk * blk_f;
-      gemm(M, Bc, Dp, Qs, Dp, 1, kt, Bc, S, Bc, false);
+      gemm(M, Bc, Dp, Qs, Dp, 1, kt, kNR, Dp * kNR, S, Bc, false);
       if (block_needs_mask(i0, M, j0, s)) apply_mask(S, M, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* row = S + r * Bc;
@@ -177,7 +194,7 @@ void fwd_vec(const AttnFwdArgs& a) {
         }
         m[r] = mnew;
       }
-      gemm(M, Dp, Bc, S, Bc, 1, vp, Dp, O, Dp, true);
+      gemm(M, Dp, Bc, S, Bc, 1, vp, kNR, Bc * kNR, O, Dp, true);
     }
     for (int64_t r = 0; r < M; ++r) {
       T* orow = out + (bh * s.Sq + i0 + r) * D;
@@ -232,9 +249,9 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
   const int64_t j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
   const T* kb = k + (bkv * s.Sk + j0) * D;
   const T* vb = v + (bkv * s.Sk + j0) * D;
-  pack_keys_t(kb, jn, D, Dp, Kt);
-  pack_rows(kb, jn, Bc, D, Dp, Kb);
-  pack_keys_t(vb, jn, D, Dp, Vt);
+  pack_panels_t(kb, jn, D, Dp, Kt);
+  pack_panels_rows(kb, jn, D, Dp, Kb);
+  pack_panels_t(vb, jn, D, Dp, Vt);
   std::memset(dKa, 0, sizeof(float) * 2 * Bc * Dp);
   int64_t ilo, ihi;
   block_rows(s, j0, jn, &ilo, &ihi);
@@ -251,23 +268,23 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
         lse2[r] = L == -INFINITY ? INFINITY : L * kLog2e;  // an empty row gets p = 0
         Dr[r] = a.delta[row];
       }
-      gemm(M, Bc, Dp, Qs, Dp, 1, Kt, Bc, P, Bc, false);
+      gemm(M, Bc, Dp, Qs, Dp, 1, Kt, kNR, Dp * kNR, P, Bc, false);
       if (block_needs_mask(i0, M, j0, s)) apply_mask(P, M, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* pr = P + r * Bc;
         const V vl = vset1(lse2[r]);
         for (int64_t j = 0; j < Bc; j += N) vstore(pr + j, vexp2(vsub(vload(pr + j), vl)));
       }
-      gemm(M, Bc, Dp, dOp, Dp, 1, Vt, Bc, dS, Bc, false);
+      gemm(M, Bc, Dp, dOp, Dp, 1, Vt, kNR, Dp * kNR, dS, Bc, false);
       for (int64_t r = 0; r < M; ++r) {
         float* pr = P + r * Bc;
         float* dr = dS + r * Bc;
         const V vd = vset1(Dr[r]);
         for (int64_t j = 0; j < Bc; j += N) vstore(dr + j, vmul(vload(pr + j), vsub(vload(dr + j), vd)));
       }
-      gemm(Bc, Dp, M, P, 1, Bc, dOp, Dp, dVa, Dp, true);   // dV += P^T dO
-      gemm(Bc, Dp, M, dS, 1, Bc, Qs, Dp, dKa, Dp, true);   // dK += dS^T Qs
-      gemm(M, Dp, Bc, dS, Bc, 1, Kb, Dp, dqa + (g * s.Sq + i0) * Dp, Dp, true);  // dQ += dS K
+      gemm(Bc, Dp, M, P, 1, Bc, dOp, Dp, kNR, dVa, Dp, true);   // dV += P^T dO
+      gemm(Bc, Dp, M, dS, 1, Bc, Qs, Dp, kNR, dKa, Dp, true);   // dK += dS^T Qs
+      gemm(M, Dp, Bc, dS, Bc, 1, Kb, kNR, Bc * kNR, dqa + (g * s.Sq + i0) * Dp, Dp, true);  // dQ += dS K
     }
   }
   T* dk = static_cast<T*>(a.dk) + (bkv * s.Sk + j0) * D;

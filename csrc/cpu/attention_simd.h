@@ -87,30 +87,33 @@ inline void mk(int64_t K, const float* A, int64_t sar, int64_t sak, const float*
   }
 }
 
-// C[M x ncols] (+)= sum_k a(i, k) * B[k][0:ncols], ncols a multiple of kNR.
+// C[M x ncols] (+)= sum_k a(i, k) * B(k, 0:ncols), ncols a multiple of kNR. B is read as
+// panels of kNR columns: panel p starts at B + p * bps and its row k at + k * ldb. A row-major
+// B has ldb = its row stride and bps = kNR; a packed one (pack_panels_*) ldb = kNR, bps = K * kNR.
 template <bool ACC>
 inline void gemm_t(int64_t M, int64_t ncols, int64_t K, const float* A, int64_t sar, int64_t sak, const float* B,
-                   int64_t ldb, float* C, int64_t ldc) {
+                   int64_t ldb, int64_t bps, float* C, int64_t ldc) {
   for (int64_t j = 0; j < ncols; j += kNR) {
+    const float* b = B + (j / kNR) * bps;
     int64_t i = 0;
-    for (; i + kMR <= M; i += kMR) mk<kMR, ACC>(K, A + i * sar, sar, sak, B + j, ldb, C + i * ldc + j, ldc);
+    for (; i + kMR <= M; i += kMR) mk<kMR, ACC>(K, A + i * sar, sar, sak, b, ldb, C + i * ldc + j, ldc);
     const float* a = A + i * sar;
     float* c = C + i * ldc + j;
     switch (M - i) {
-      case 5: mk<5, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
-      case 4: mk<4, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
-      case 3: mk<3, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
-      case 2: mk<2, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
-      case 1: mk<1, ACC>(K, a, sar, sak, B + j, ldb, c, ldc); break;
+      case 5: mk<5, ACC>(K, a, sar, sak, b, ldb, c, ldc); break;
+      case 4: mk<4, ACC>(K, a, sar, sak, b, ldb, c, ldc); break;
+      case 3: mk<3, ACC>(K, a, sar, sak, b, ldb, c, ldc); break;
+      case 2: mk<2, ACC>(K, a, sar, sak, b, ldb, c, ldc); break;
+      case 1: mk<1, ACC>(K, a, sar, sak, b, ldb, c, ldc); break;
       default: break;
     }
   }
 }
 
 inline void gemm(int64_t M, int64_t ncols, int64_t K, const float* A, int64_t sar, int64_t sak, const float* B,
-                 int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  if (accumulate) gemm_t<true>(M, ncols, K, A, sar, sak, B, ldb, C, ldc);
-  else gemm_t<false>(M, ncols, K, A, sar, sak, B, ldb, C, ldc);
+                 int64_t ldb, int64_t bps, float* C, int64_t ldc, bool accumulate) {
+  if (accumulate) gemm_t<true>(M, ncols, K, A, sar, sak, B, ldb, bps, C, ldc);
+  else gemm_t<false>(M, ncols, K, A, sar, sak, B, ldb, bps, C, ldc);
 }
 
 }  // namespace lf::cpu::LF_ISA
