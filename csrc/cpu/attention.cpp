@@ -165,7 +165,17 @@ void fwd_vec(const AttnFwdArgs& a) {
       const int64_t j0 = blk * Bc;
       const float* kt = kv_base + blk * blk_f;
       const float* vp = kv_base + nblk * blk_f + blk * blk_f;
-      gemm(M, Bc, Dp, Qs, Dp, 1, kt, kNR, Dp * kNR, S, Bc, false);
+      // Causal diagonal block: a row block sees only its first `lim` keys; skip the rest.
+      const bool diag = s.causal && j0 + Bc - 1 > i0 + off;
+      if (diag) {
+        for (int64_t i = 0; i < M; i += kMR) {
+          const int64_t mr = imin(kMR, M - i), lim = i0 + i + mr + off - j0;
+          if (lim > 0)
+            gemm(mr, imin(Bc, round_up(lim, kNR)), Dp, Qs + i * Dp, Dp, 1, kt, kNR, Dp * kNR, S + i * Bc, Bc, false);
+        }
+      } else {
+        gemm(M, Bc, Dp, Qs, Dp, 1, kt, kNR, Dp * kNR, S, Bc, false);
+      }
       if (block_needs_mask(i0, M, j0, s)) apply_mask(S, M, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* row = S + r * Bc;
@@ -194,7 +204,14 @@ void fwd_vec(const AttnFwdArgs& a) {
         }
         m[r] = mnew;
       }
-      gemm(M, Dp, Bc, S, Bc, 1, vp, kNR, Bc * kNR, O, Dp, true);
+      if (diag) {
+        for (int64_t i = 0; i < M; i += kMR) {
+          const int64_t mr = imin(kMR, M - i), lim = i0 + i + mr + off - j0;
+          if (lim > 0) gemm(mr, Dp, imin(Bc, lim), S + i * Bc, Bc, 1, vp, kNR, Bc * kNR, O + i * Dp, Dp, true);
+        }
+      } else {
+        gemm(M, Dp, Bc, S, Bc, 1, vp, kNR, Bc * kNR, O, Dp, true);
+      }
     }
     for (int64_t r = 0; r < M; ++r) {
       T* orow = out + (bh * s.Sq + i0 + r) * D;
