@@ -90,12 +90,13 @@ void pack_panels_rows(const T* src, int64_t jn, int64_t D, int64_t Dp, float* ds
   }
 }
 
-// Sets S[r][jj] = -inf where query row i0 + r may not see key j0 + jj.
-void apply_mask(float* S, int64_t M, int64_t i0, int64_t j0, const AttnShape& s) {
+// Sets S[r][jj] = -inf where query row i0 + r % Mh may not see key j0 + jj (Mh: rows per
+// head; several heads' rows are stacked when Mh < M).
+void apply_mask(float* S, int64_t M, int64_t Mh, int64_t i0, int64_t j0, const AttnShape& s) {
   constexpr int64_t Bc = kAttnBc;
   const int64_t off = s.Sk - s.Sq;
   for (int64_t r = 0; r < M; ++r) {
-    const int64_t ipos = i0 + r + off;
+    const int64_t ipos = i0 + r % Mh + off;
     int64_t hi = s.Sk - 1;
     if (s.causal) hi = imin(hi, ipos);
     const int64_t lo = s.window >= 0 ? ipos - s.window : INT64_MIN;
@@ -128,8 +129,10 @@ void fwd_vec(const AttnFwdArgs& a) {
   T* out = static_cast<T*>(a.out);
   float* lse = static_cast<float*>(a.lse);
 
-  // 1. pack K^T and V, once per (batch, kv head, key block)
-  const int64_t npack = s.B * s.Hkv * nblk;
+  // 1. pack K^T and V, once per (batch, kv head, key block); a stacked call (decode-like:
+  //    all G heads' rows of a kv head fit one tile) packs each block in its task instead.
+  const bool stacked = a.stack_heads;
+  const int64_t npack = stacked ? 0 : s.B * s.Hkv * nblk;
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t t = 0; t < npack; ++t) {
     const int64_t bkv = t / nblk, blk = t % nblk, j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
@@ -139,34 +142,49 @@ void fwd_vec(const AttnFwdArgs& a) {
     pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, vp);
   }
 
-  // 2. one task per (batch, head, query tile); the heaviest (last, when causal) tiles first
-  const int64_t nqt = (s.Sq + Br - 1) / Br, ntask = s.B * s.Hq * nqt;
+  // 2. one task per (batch, head, query tile), the heaviest (last, when causal) tiles first;
+  //    or, stacked, one per (batch, kv head) with its G heads' rows one after another.
+  //    Row r of a task is flat row base + r (of (B, Hq, Sq)) at query position i0 + r % Mh.
+  const int64_t nqt = (s.Sq + Br - 1) / Br, ntask = stacked ? s.B * s.Hkv : s.B * s.Hq * nqt;
 #pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < ntask; ++task) {
-    const int64_t bh = task / nqt, qt = nqt - 1 - task % nqt;
-    const int64_t b = bh / s.Hq, h = bh % s.Hq, bkv = b * s.Hkv + h / G;
-    const int64_t i0 = qt * Br, M = imin(Br, s.Sq - i0);
+    int64_t bkv, i0, M, Mh, base;
+    if (stacked) {
+      bkv = task, i0 = 0, Mh = s.Sq, M = G * s.Sq, base = bkv * G * s.Sq;
+    } else {
+      const int64_t bh = task / nqt, qt = nqt - 1 - task % nqt;
+      bkv = (bh / s.Hq) * s.Hkv + (bh % s.Hq) / G;
+      i0 = qt * Br, M = Mh = imin(Br, s.Sq - i0), base = bh * s.Sq + i0;
+    }
     float* ws = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
     float* Qs = ws;
     float* O = Qs + Br * Dp;
     float* S = O + Br * Dp;
     float* m = S + Br * Bc;
     float* l = m + Br;
+    float* kv_local = l + Br;  // stacked: this block's K^T and V panels
     for (int64_t r = 0; r < M; ++r) {
-      load_row(q + (bh * s.Sq + i0 + r) * D, D, Dp, c2, Qs + r * Dp);
+      load_row(q + (base + r) * D, D, Dp, c2, Qs + r * Dp);
       m[r] = -INFINITY;
       l[r] = 0.f;
     }
     std::memset(O, 0, sizeof(float) * M * Dp);
     const int64_t jlo = s.window >= 0 ? imax(0, i0 + off - s.window) : 0;
-    const int64_t jhi = s.causal ? imin(s.Sk, i0 + M + off) : s.Sk;
+    const int64_t jhi = s.causal ? imin(s.Sk, i0 + Mh + off) : s.Sk;
     const float* kv_base = a.kv_pack + bkv * 2 * nblk * blk_f;
     for (int64_t blk = jlo / Bc; jlo < jhi && blk * Bc < jhi; ++blk) {
       const int64_t j0 = blk * Bc;
       const float* kt = kv_base + blk * blk_f;
       const float* vp = kv_base + nblk * blk_f + blk * blk_f;
+      if (stacked) {
+        const int64_t jn = imin(Bc, s.Sk - j0);
+        pack_panels_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kv_local);
+        pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, kv_local + blk_f);
+        kt = kv_local;
+        vp = kv_local + blk_f;
+      }
       // Causal diagonal block: a row block sees only its first `lim` keys; skip the rest.
-      const bool diag = s.causal && j0 + Bc - 1 > i0 + off;
+      const bool diag = !stacked && s.causal && j0 + Bc - 1 > i0 + off;
       if (diag) {
         for (int64_t i = 0; i < M; i += kMR) {
           const int64_t mr = imin(kMR, M - i), lim = i0 + i + mr + off - j0;
@@ -176,7 +194,7 @@ void fwd_vec(const AttnFwdArgs& a) {
       } else {
         gemm(M, Bc, Dp, Qs, Dp, 1, kt, kNR, Dp * kNR, S, Bc, false);
       }
-      if (block_needs_mask(i0, M, j0, s)) apply_mask(S, M, i0, j0, s);
+      if (block_needs_mask(i0, Mh, j0, s)) apply_mask(S, M, Mh, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* row = S + r * Bc;
         V mx = vload(row);
@@ -214,14 +232,14 @@ void fwd_vec(const AttnFwdArgs& a) {
       }
     }
     for (int64_t r = 0; r < M; ++r) {
-      T* orow = out + (bh * s.Sq + i0 + r) * D;
+      T* orow = out + (base + r) * D;
       if (l[r] > 0.f) {
         store_row(O + r * Dp, D, 1.f / l[r], orow);
-        lse[bh * s.Sq + i0 + r] = (m[r] + log2f(l[r])) * kLn2;
+        lse[base + r] = (m[r] + log2f(l[r])) * kLn2;
       } else {  // no visible key (or NaN): zeros, lse = -inf (NaN l propagates below)
         const float fill = l[r] == l[r] ? 0.f : l[r];
         for (int64_t d = 0; d < D; ++d) orow[d] = from_f32<T>(fill);
-        lse[bh * s.Sq + i0 + r] = l[r] == l[r] ? -INFINITY : l[r];
+        lse[base + r] = l[r] == l[r] ? -INFINITY : l[r];
       }
     }
   }
@@ -286,7 +304,7 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
         Dr[r] = a.delta[row];
       }
       gemm(M, Bc, Dp, Qs, Dp, 1, Kt, kNR, Dp * kNR, P, Bc, false);
-      if (block_needs_mask(i0, M, j0, s)) apply_mask(P, M, i0, j0, s);
+      if (block_needs_mask(i0, M, j0, s)) apply_mask(P, M, M, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* pr = P + r * Bc;
         const V vl = vset1(lse2[r]);

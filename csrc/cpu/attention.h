@@ -42,10 +42,11 @@ struct AttnFwdArgs {
   const void* v;
   void* out;
   void* lse;          // (B, Hq, Sq): f32 (f64 for f64)
-  float* kv_pack;     // f32/bf16: B*Hkv * 2 * nblk * kAttnBc * Dpad floats
-  float* scratch;     // threads * attn_fwd_scratch_floats(Dpad)
+  float* kv_pack;     // f32/bf16 unless stack_heads: B*Hkv * 2 * nblk * kAttnBc * Dpad floats
+  float* scratch;     // threads * scratch_per_thread floats
   int64_t scratch_per_thread;
   int threads;
+  bool stack_heads;   // Hq / Hkv * Sq <= kAttnBr: one task per kv head packs its own blocks
 };
 
 struct AttnBwdArgs {

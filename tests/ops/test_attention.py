@@ -26,6 +26,8 @@ CASES = [
     (1, 2, 1, 1025, 1025, 64, True, 100),   # sliding window, MQA
     (1, 2, 1, 200, 150, 59, False, 17),     # odd head dim, window without causal
     (2, 2, 2, 65, 65, 3, True, 0),          # window 0: only the diagonal
+    (1, 8, 2, 7, 300, 64, True, -1),        # GQA decode chunk: 4 heads x 7 rows stacked in one tile
+    (2, 4, 1, 5, 200, 80, True, 50),        # stacked rows with a window
 ]
 
 
