@@ -3,7 +3,8 @@
     python -m bench attention [--quick]
 
 Both sides take the (B, H, S, D) layout, contiguous, so no transposes are timed on
-either side. TFLOP/s counts the matmul work only: forward 4*B*H*Sq*Sk*D (halved when
+either side; grouped-query cases pass enable_gqa=True to torch. The decode row reads a
+4096-long float32 KV cache once (GB/s counts those bytes). TFLOP/s counts the matmul work only: forward 4*B*H*Sq*Sk*D (halved when
 causal), backward 2.5x that (five matmuls to the forward's two).
 """
 from __future__ import annotations
@@ -52,4 +53,13 @@ def run(device: str = "cpu", quick: bool = False):
             t = time_fn(lambda: torch.autograd.grad(o, (qg, kg, vg), dout, retain_graph=True), device,
                         warmup=1, iters=n, min_time_s=0.2 if n > 1 else 0.0)
             rows.append(row(f"bwd {name}", impl, t, device, flops=2.5 * flops))
+    if not quick:  # decode step: 1 query row per head against a 4096-long GQA cache (forward only)
+        q = torch.randn(1, 32, 1, 128)
+        k, v = torch.randn(1, 8, 4096, 128), torch.randn(1, 8, 4096, 128)
+        name = "fwd decode 1x32/8 q1 kv4096x128 float32"
+        with torch.no_grad():
+            for impl, fn in (("llmforge", lambda: attention(q, k, v, causal=True)),
+                             ("torch sdpa", lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))):
+                rows.append(row(name, impl, time_fn(fn, device), device, bytes_moved=2 * k.numel() * 4,
+                                flops=4 * 32 * 4096 * 128))
     return finish(rows, baseline="torch sdpa")
