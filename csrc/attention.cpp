@@ -82,16 +82,20 @@ void attention_fwd(const TensorView& q, const TensorView& k, const TensorView& v
   // Decode-like calls (all q heads of a kv head fit one tile) read each K/V block once, in one task.
   const bool stacked = s.Hq / s.Hkv * s.Sq <= Br;
   std::unique_ptr<float[]> pack, scratch;
+  std::unique_ptr<int[]> pack_state;
   int64_t per_thread;
   if (q.dtype == DType::f64) {
     per_thread = 2 * s.Sk + 16;
   } else {
-    if (!stacked) pack = floats(s.B * s.Hkv * 2 * nblk * Bc * Dp);
+    if (!stacked) {
+      pack = floats(s.B * s.Hkv * 2 * nblk * Bc * Dp);
+      pack_state = std::unique_ptr<int[]>(new int[s.B * s.Hkv * nblk]());
+    }
     per_thread = 2 * Br * Dp + Br * Bc + 2 * Br + 2 * Bc * Dp + 16;
   }
   scratch = floats(per_thread * threads);
-  cpu::AttnFwdArgs a{q.dtype, s,         q.data,     k.data,  v.data,  out.data, lse.data, pack.get(),
-                     scratch.get(), per_thread, threads, stacked};
+  cpu::AttnFwdArgs a{q.dtype,    s,          q.data,           k.data,        v.data,     out.data, lse.data,
+                     pack.get(), pack_state.get(), scratch.get(), per_thread, threads,  stacked};
   LF_CPU_DISPATCH(attention_fwd, a);
 }
 

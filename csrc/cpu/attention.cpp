@@ -2,12 +2,15 @@
 // Compiled once per ISA (LF_ISA).
 //
 // float32 / bfloat16:
-//   forward   K is packed once per (batch, kv head) into transposed key blocks (D x Bc)
-//             and V into padded row blocks (Bc x D), all float32, each stored as contiguous
-//             panels of 2 vectors' width, the order the micro-kernel reads them. Each OpenMP task is one
-//             (batch, head, 64-row query tile): S = Q K^T per key block with a register-blocked
-//             FMA micro-kernel, masks on boundary blocks only, online softmax with a vector
-//             exp2 (Q is pre-scaled by scale * log2 e), O += P V; then O / l and lse.
+//   forward   K and V are packed (float32, head dim padded) into transposed key blocks
+//             (D x Bc) and row blocks (Bc x D), stored as contiguous panels of 2 vectors'
+//             width, the order the micro-kernel reads them; a block is packed by the first
+//             task that needs it and shared. Each OpenMP task is one (batch, head, 64-row
+//             query tile) -- or, for decode-like calls, one kv head with its G heads' rows
+//             stacked: S = Q K^T per key block with a register-blocked FMA micro-kernel
+//             (skipping the masked half of causal diagonal blocks), masks on boundary blocks
+//             only, online softmax with a vector exp2 (Q is pre-scaled by scale * log2 e),
+//             O += P V; then O / l and lse.
 //   backward  FlashAttention-2 order: Di = rowsum(dO * O) first; the (kv head, key block)
 //             work items are cut into `nchunks` contiguous chunks: one per kv head when
 //             there are enough heads, else chunks of equal estimated cost. A chunk keeps dK, dV of its key block in registers/L1 tiles
@@ -129,18 +132,12 @@ void fwd_vec(const AttnFwdArgs& a) {
   T* out = static_cast<T*>(a.out);
   float* lse = static_cast<float*>(a.lse);
 
-  // 1. pack K^T and V, once per (batch, kv head, key block); a stacked call (decode-like:
-  //    all G heads' rows of a kv head fit one tile) packs each block in its task instead.
+  // K^T and V blocks are packed on first use into kv_pack, shared by all tasks: block state
+  // 0 = not packed, 1 = being packed, 2 = ready. A task that finds a block being packed by
+  // another thread packs a private copy instead of waiting, so the one parallel region has
+  // no barrier inside. A stacked call (decode-like: all G heads' rows of a kv head fit one
+  // tile) reads each block once anyway and always packs privately.
   const bool stacked = a.stack_heads;
-  const int64_t npack = stacked ? 0 : s.B * s.Hkv * nblk;
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t t = 0; t < npack; ++t) {
-    const int64_t bkv = t / nblk, blk = t % nblk, j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
-    float* kt = a.kv_pack + bkv * 2 * nblk * blk_f + blk * blk_f;
-    float* vp = kt + nblk * blk_f;
-    pack_panels_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kt);
-    pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, vp);
-  }
 
   // 2. one task per (batch, head, query tile), the heaviest (last, when causal) tiles first;
   //    or, stacked, one per (batch, kv head) with its G heads' rows one after another.
@@ -162,7 +159,7 @@ void fwd_vec(const AttnFwdArgs& a) {
     float* S = O + Br * Dp;
     float* m = S + Br * Bc;
     float* l = m + Br;
-    float* kv_local = l + Br;  // stacked: this block's K^T and V panels
+    float* kv_local = l + Br;  // a privately packed block's K^T and V panels
     for (int64_t r = 0; r < M; ++r) {
       load_row(q + (base + r) * D, D, Dp, c2, Qs + r * Dp);
       m[r] = -INFINITY;
@@ -171,17 +168,23 @@ void fwd_vec(const AttnFwdArgs& a) {
     std::memset(O, 0, sizeof(float) * M * Dp);
     const int64_t jlo = s.window >= 0 ? imax(0, i0 + off - s.window) : 0;
     const int64_t jhi = s.causal ? imin(s.Sk, i0 + Mh + off) : s.Sk;
-    const float* kv_base = a.kv_pack + bkv * 2 * nblk * blk_f;
     for (int64_t blk = jlo / Bc; jlo < jhi && blk * Bc < jhi; ++blk) {
       const int64_t j0 = blk * Bc;
-      const float* kt = kv_base + blk * blk_f;
-      const float* vp = kv_base + nblk * blk_f + blk * blk_f;
-      if (stacked) {
-        const int64_t jn = imin(Bc, s.Sk - j0);
-        pack_panels_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kv_local);
-        pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, kv_local + blk_f);
-        kt = kv_local;
-        vp = kv_local + blk_f;
+      float* kt = stacked ? kv_local : a.kv_pack + (bkv * 2 * nblk + blk) * blk_f;
+      float* vp = stacked ? kv_local + blk_f : kt + nblk * blk_f;
+      int* state = stacked ? nullptr : a.pack_state + bkv * nblk + blk;
+      int st = state ? __atomic_load_n(state, __ATOMIC_ACQUIRE) : 1;
+      if (st != 2) {
+        int expect = 0;
+        const bool mine = st == 0 && __atomic_compare_exchange_n(state, &expect, 1, false, __ATOMIC_ACQ_REL,
+                                                                 __ATOMIC_ACQUIRE);
+        if (mine || expect != 2) {  // (expect == 2: another thread finished it meanwhile)
+          if (!mine) kt = kv_local, vp = kv_local + blk_f;
+          const int64_t jn = imin(Bc, s.Sk - j0);
+          pack_panels_t(k + (bkv * s.Sk + j0) * D, jn, D, Dp, kt);
+          pack_panels_rows(v + (bkv * s.Sk + j0) * D, jn, D, Dp, vp);
+          if (mine) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
+        }
       }
       // Causal diagonal block: a row block sees only its first `lim` keys; skip the rest.
       const bool diag = !stacked && s.causal && j0 + Bc - 1 > i0 + off;

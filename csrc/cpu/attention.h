@@ -43,6 +43,7 @@ struct AttnFwdArgs {
   void* out;
   void* lse;          // (B, Hq, Sq): f32 (f64 for f64)
   float* kv_pack;     // f32/bf16 unless stack_heads: B*Hkv * 2 * nblk * kAttnBc * Dpad floats
+  int* pack_state;    // B*Hkv * nblk zeros (unless stack_heads), see attention.cpp
   float* scratch;     // threads * scratch_per_thread floats
   int64_t scratch_per_thread;
   int threads;
