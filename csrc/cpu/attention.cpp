@@ -13,11 +13,12 @@
 //             O += P V; then O / l and lse.
 //   backward  FlashAttention-2 order: Di = rowsum(dO * O) first; the (kv head, key block)
 //             work items are cut into `nchunks` contiguous chunks: one per kv head when
-//             there are enough heads, else chunks of equal estimated cost. A chunk keeps dK, dV of its key block in registers/L1 tiles
-//             and adds dQ into float32 accumulators: a kv head whose items all sit in one
-//             chunk writes its own accumulator; a kv head split across chunks gets one
-//             partial per chunk, summed afterwards in chunk order. No atomics, so results
-//             are deterministic (and independent of the thread count when chunks are heads).
+//             there are enough heads, else chunks of equal estimated cost. A chunk keeps
+//             dK, dV of its key block in L1/L2 tiles and adds dQ into float32 accumulators:
+//             a kv head whose items all sit in one chunk writes its own accumulator; a kv
+//             head split across chunks gets one partial per chunk, summed afterwards in
+//             chunk order. No atomics, so results are deterministic (and independent of
+//             the thread count when chunks are whole heads).
 // float64: plain row loops (the gradcheck path).
 #include "cpu/attention.h"
 
@@ -25,7 +26,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 
 #include "cpu/attention_simd.h"
 #include "cpu/vec.h"
