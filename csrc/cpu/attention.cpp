@@ -333,6 +333,20 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
   }
 }
 
+// Di = rowsum(dO * O) - dlse for flat row r of (B, Hq, Sq).
+template <class T>
+void delta_row(const AttnBwdArgs& a, int64_t r) {
+  const int64_t D = a.s.D;
+  const T* x = static_cast<const T*>(a.out) + r * D;
+  const T* y = static_cast<const T*>(a.dout) + r * D;
+  V acc = vzero();
+  int64_t d = 0;
+  for (; d + N <= D; d += N) acc = vfma(vload(x + d), vload(y + d), acc);
+  float t = vsum(acc);
+  for (; d < D; ++d) t += to_f32(x[d]) * to_f32(y[d]);
+  a.delta[r] = t - (a.dlse ? static_cast<const float*>(a.dlse)[r] : 0.f);
+}
+
 template <class T>
 void bwd_vec(const AttnBwdArgs& a) {
   const AttnShape& s = a.s;
@@ -346,29 +360,17 @@ void bwd_vec(const AttnBwdArgs& a) {
   c.c2 = static_cast<float>(s.scale) * kLog2e;
   const int64_t D = c.D, Dp = c.Dp, head_f = c.G * s.Sq * Dp;
 
-  // 1. Di = rowsum(dO * O) - dlse
-  {
-    const T* o = static_cast<const T*>(a.out);
-    const T* dout = static_cast<const T*>(a.dout);
-    const float* dlse = static_cast<const float*>(a.dlse);
-    const int64_t rows = s.B * s.Hq * s.Sq;
+  // 1. Di = rowsum(dO * O) - dlse (with whole-head chunks, each chunk does its own rows)
+  const int nch = a.nchunks;
+  const bool head_chunks = nch == s.B * s.Hkv;
+  if (!head_chunks) {
 #pragma omp parallel for num_threads(a.threads) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* x = o + r * D;
-      const T* y = dout + r * D;
-      V acc = vzero();
-      int64_t d = 0;
-      for (; d + N <= D; d += N) acc = vfma(vload(x + d), vload(y + d), acc);
-      float t = vsum(acc);
-      for (; d < D; ++d) t += to_f32(x[d]) * to_f32(y[d]);
-      a.delta[r] = t - (dlse ? dlse[r] : 0.f);
-    }
+    for (int64_t r = 0; r < s.B * s.Hq * s.Sq; ++r) delta_row<T>(a, r);
   }
 
   // 2. cut the (kv head, key block) items into chunks of equal estimated cost
   const int64_t nitems = s.B * s.Hkv * c.nblk;
-  const int nch = a.nchunks;
-  if (nch == s.B * s.Hkv) {  // one chunk per kv head: no partial dq at all
+  if (head_chunks) {  // one chunk per kv head: no partial dq at all
     for (int ch = 0; ch <= nch; ++ch) a.chunk_bounds[ch] = ch * c.nblk;
   } else {
     int64_t total = 0;
@@ -404,6 +406,8 @@ void bwd_vec(const AttnBwdArgs& a) {
   for (int ch = 0; ch < nch; ++ch) {
     float* ws = a.scratch + omp_get_thread_num() * a.scratch_per_thread;
     const int64_t first_bkv = bounds[ch] / c.nblk;
+    if (head_chunks)
+      for (int64_t r = first_bkv * c.G * s.Sq; r < (first_bkv + 1) * c.G * s.Sq; ++r) delta_row<T>(a, r);
     for (int64_t it = bounds[ch]; it < bounds[ch + 1]; ++it) {
       const int64_t bkv = it / c.nblk, blk = it % c.nblk;
       float* dqa = shared_head(bkv) ? a.dq_part + (int64_t{2} * ch + (bkv == first_bkv ? 0 : 1)) * head_f
@@ -411,7 +415,12 @@ void bwd_vec(const AttnBwdArgs& a) {
       if (it == bounds[ch] || blk == 0) std::memset(dqa, 0, sizeof(float) * head_f);
       bwd_block<T>(a, c, bkv, blk, dqa, ws);
     }
+    if (head_chunks)  // this head's dq is complete
+      for (int64_t r = 0; r < c.G * s.Sq; ++r)
+        store_row(a.dq_acc + first_bkv * head_f + r * Dp, D, static_cast<float>(s.scale),
+                  static_cast<T*>(a.dq) + (first_bkv * c.G * s.Sq + r) * D);
   }
+  if (head_chunks) return;
 
   // 4. dq = scale * (accumulator, or the chunks' partials summed in chunk order)
   const float scale = static_cast<float>(s.scale);
