@@ -12,6 +12,7 @@
 #include "paged_kv.h"
 #include "qmatmul.h"
 #include "rmsnorm.h"
+#include "attention.h"
 #include "bpe.h"
 #include "pretokenize.h"
 #include "rmsnorm_gemm.h"
@@ -430,4 +431,30 @@ PYBIND11_MODULE(_C, m) {
           lf::w8a8_matmul(XQ.view, XS.view, Q.view, S.view, Y.view, threads);
         },
         py::arg("xq"), py::arg("xscale"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("threads"));
+  // ---- attention ----
+  m.def("attention_fwd",
+        [](py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse, bool causal, double scale,
+           int64_t window, int threads) {
+          auto Q = to_view(q, "q"), K = to_view(k, "k"), V = to_view(v, "v"), O = to_view(out, "out");
+          auto L = to_view(lse, "lse");
+          py::gil_scoped_release nogil;
+          lf::attention_fwd(Q.view, K.view, V.view, O.view, L.view, causal, scale, window, threads);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("causal"),
+        py::arg("scale"), py::arg("window"), py::arg("threads"));
+  m.def("attention_bwd",
+        [](py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse,
+           py::handle dlse, py::handle dq, py::handle dk, py::handle dv, bool causal, double scale, int64_t window,
+           int threads) {
+          auto DO = to_view(dout, "grad_out"), Q = to_view(q, "q"), K = to_view(k, "k"), V = to_view(v, "v");
+          auto O = to_view(out, "out"), L = to_view(lse, "lse"), DQ = to_view(dq, "grad_q");
+          auto DK = to_view(dk, "grad_k"), DV = to_view(dv, "grad_v");
+          auto DL = to_view_opt(dlse, "grad_lse");
+          py::gil_scoped_release nogil;
+          lf::attention_bwd(DO.view, Q.view, K.view, V.view, O.view, L.view, ptr(DL), DQ.view, DK.view, DV.view,
+                            causal, scale, window, threads);
+        },
+        py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+        py::arg("grad_lse"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"), py::arg("causal"),
+        py::arg("scale"), py::arg("window"), py::arg("threads"));
 }

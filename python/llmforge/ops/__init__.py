@@ -30,3 +30,6 @@ from .int8_matmul import (dequantize_int8, int8_linear, int8_linear_reference, q
 __all__ += ["quantize_int4", "dequantize_int4", "int4_linear", "int4_linear_reference", "quantize_int8",
             "dequantize_int8", "int8_linear", "int8_linear_reference", "quantize_activations_int8", "w8a8_linear",
             "w8a8_linear_reference"]
+from .attention import attention, attention_reference, attention_with_lse
+
+__all__ += ["attention", "attention_reference", "attention_with_lse"]
