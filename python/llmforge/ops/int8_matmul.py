@@ -15,6 +15,8 @@ from torch import Tensor
 
 from ._native import C, require, threads
 
+GEMV_MAX_ROWS = 16
+
 
 def quantize_int8(w: Tensor) -> dict:
     require(isinstance(w, Tensor) and w.dim() == 2, "quantize_int8: w must be a 2-D (out, in) tensor")
@@ -59,7 +61,12 @@ def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
     x2 = x.detach().reshape(-1, x.shape[-1]).float().contiguous()
     y = torch.empty(x2.shape[0], q.shape[0], dtype=torch.float32)
-    C.int8_matmul(x2, q.contiguous(), scale.contiguous(), y, threads())
+    if x2.shape[0] <= GEMV_MAX_ROWS:
+        C.int8_matmul(x2, q.contiguous(), scale.contiguous(), y, threads())
+    else:  # compute-bound: widen 256-row panels and use torch's GEMM
+        for r0 in range(0, q.shape[0], 256):
+            w = q[r0:r0 + 256].float() * scale[r0:r0 + 256, None]
+            torch.matmul(x2, w.t(), out=y[:, r0:r0 + 256])
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
