@@ -1,7 +1,8 @@
 """TOML recipes for `llmforge pretrain` and `llmforge sft` (each recipe file starts with the command
 that runs it). Every section maps onto a config dataclass:
 
-    [data]       corpus = "shakespeare" | "peoples_daily" | files = [...]; heldout = 0.1; seq_len = 256
+    [data]       corpus = "shakespeare" | "peoples_daily" | files = [...]; heldout = 0.1; seq_len = 256;
+                 doc_mask = true (false: attend across documents, GPT-style continuous stream)
     [tokenizer]  vocab_size = 4096 (trained on the training split) or path = "tokenizer.json"
     [model]      ModelConfig fields (vocab_size and max_seq_len are filled in)
     [train]      PretrainConfig fields
@@ -98,8 +99,9 @@ def run_pretrain(recipe: dict) -> dict:
         d = os.path.join(out, "data", name)
         if not os.path.exists(os.path.join(d, "index.json")):
             write_packed(d, tok.encode_batch(docs), seq_len=seq_len, eos_id=tok.eos_id, vocab_size=tok.vocab_size)
-    train_data = PackedDataset(os.path.join(out, "data", "train"), seed=train_cfg.seed)
-    held = PackedDataset(os.path.join(out, "data", "heldout"), seed=0, shuffle=False)
+    doc_mask = bool(data_cfg.get("doc_mask", True))
+    train_data = PackedDataset(os.path.join(out, "data", "train"), seed=train_cfg.seed, doc_mask=doc_mask)
+    held = PackedDataset(os.path.join(out, "data", "heldout"), seed=0, shuffle=False, doc_mask=doc_mask)
     mcfg = dict(recipe.get("model", {}))
     mcfg.update(vocab_size=tok.vocab_size, max_seq_len=seq_len, bos_id=tok.bos_id, eos_id=tok.eos_id,
                 pad_id=tok.pad_id)

@@ -140,8 +140,11 @@ def write_packed(out_dir: str | os.PathLike, docs, seq_len: int, eos_id: int | N
 class PackedDataset:
     """Memory-mapped packed shards with a deterministic, resumable shuffled order."""
 
-    def __init__(self, path: str | os.PathLike, seed: int = 0, shuffle: bool = True):
+    def __init__(self, path: str | os.PathLike, seed: int = 0, shuffle: bool = True, doc_mask: bool = True):
+        """doc_mask=False: batches carry no position_ids, so a model attends across the documents
+        of a sequence (GPT-style pretraining on a continuous stream, eos between documents)."""
         self.path = os.fspath(path)
+        self.doc_mask = doc_mask
         ipath = os.path.join(self.path, "index.json")
         try:
             with open(ipath, encoding="utf-8") as f:
@@ -241,8 +244,11 @@ class PackedDataset:
                 cu.append(b * L + e)
         mask = (torch.from_numpy(np.stack([s.mask for s in seqs])).bool() if seqs[0].mask is not None
                 else torch.ones(len(seqs), L, dtype=torch.bool))
-        return {"input_ids": ids, "position_ids": torch.from_numpy(pos),
-                "cu_seqlens": torch.tensor(cu, dtype=torch.int32), "loss_mask": mask}
+        out = {"input_ids": ids, "position_ids": torch.from_numpy(pos),
+               "cu_seqlens": torch.tensor(cu, dtype=torch.int32), "loss_mask": mask}
+        if not self.doc_mask:
+            del out["position_ids"], out["cu_seqlens"]
+        return out
 
     def batches(self, batch_size: int, steps: int | None = None):
         k = 0

@@ -34,10 +34,10 @@ def bits_per_byte(model, data, token_bytes: torch.Tensor, batch_size: int = 8, m
     try:
         for _ in range(n_batches):
             b = data.next_batch(batch_size)
-            tokens, pos = b["input_ids"], b["position_ids"]
+            tokens, pos = b["input_ids"], b.get("position_ids")
             logits = model(tokens, pos)[:, :-1].float()
             tgt = tokens[:, 1:]
-            valid = pos[:, 1:] != 0
+            valid = pos[:, 1:] != 0 if pos is not None else torch.ones_like(tgt, dtype=torch.bool)
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1), reduction="none").view_as(tgt)
             nats += float(nll[valid].double().sum())
             nbytes += float(token_bytes[tgt[valid]].sum())
