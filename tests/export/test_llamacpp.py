@@ -24,7 +24,7 @@ HELD = ["Now are our brows bound with victorious wreaths;", "Grim-visaged war ha
 
 @pytest.fixture(scope="module")
 def model_and_tok():
-    tok = Tokenizer.train([TEXT], vocab_size=384)
+    tok = Tokenizer.train([TEXT], vocab_size=340)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                                     ffn_dim=128, max_seq_len=128, norm_eps=1e-5)).eval()
