@@ -22,7 +22,9 @@ def info() -> dict:
 def pipeline(recipe: str) -> int:
     # The end-to-end pipeline lands with the pipeline issue; until then say so plainly.
     print(f"llmforge pipeline {recipe}: STUB - the default pipeline is not implemented yet.")
-    print("What exists today: the native op layer (llmforge.ops). Running a smoke check of it:")
+    print("The stages exist as commands and functions today: `llmforge pretrain recipes/pretrain_shakespeare.toml`,")
+    print("`llmforge sft recipes/sft_chitchat.toml`, `llmforge align recipes/dpo_synthetic.toml` (see README).")
+    print("Smoke check of the native ops:")
     import torch
 
     from llmforge.ops import rmsnorm, rmsnorm_reference
