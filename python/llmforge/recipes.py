@@ -2,7 +2,8 @@
 that runs it). Every section maps onto a config dataclass:
 
     [data]       corpus = "shakespeare" | "peoples_daily" | files = [...]; heldout = 0.1; seq_len = 256;
-                 doc_mask = true (false: attend across documents, GPT-style continuous stream)
+                 doc_mask = true (false: attend across documents, GPT-style continuous stream);
+                 fim_rate = 0.0 (fill-in-the-middle share of training documents), fim_spm_rate
     [tokenizer]  vocab_size = 4096 (trained on the training split) or path = "tokenizer.json"
     [model]      ModelConfig fields (vocab_size and max_seq_len are filled in)
     [train]      PretrainConfig fields
@@ -92,13 +93,30 @@ def run_pretrain(recipe: dict) -> dict:
     elif os.path.exists(tok_path):
         tok = Tokenizer.load(tok_path)
     else:
-        tok = Tokenizer.train_from_iterator(train_docs, vocab_size=int(tok_cfg.get("vocab_size", 4096)))
+        from .data.fim import FIM_TOKENS
+        from .tokenizer import DEFAULT_SPECIAL_TOKENS
+
+        specials = tuple(DEFAULT_SPECIAL_TOKENS) + (FIM_TOKENS if data_cfg.get("fim_rate", 0) else ())
+        tok = Tokenizer.train_from_iterator(train_docs, vocab_size=int(tok_cfg.get("vocab_size", 4096)),
+                                            special_tokens=specials)
         tok.save(tok_path)
     t_tok = time.perf_counter() - t0
+    fim_rate = float(data_cfg.get("fim_rate", 0.0))
     for name, docs in (("train", train_docs), ("heldout", held_docs)):
         d = os.path.join(out, "data", name)
         if not os.path.exists(os.path.join(d, "index.json")):
-            write_packed(d, tok.encode_batch(docs), seq_len=seq_len, eos_id=tok.eos_id, vocab_size=tok.vocab_size)
+            ids = tok.encode_batch(docs)
+            if fim_rate and name == "train":  # held-out text stays plain, so bits/byte stays comparable
+                import random
+
+                from .data.fim import fim_transform
+
+                rng = random.Random(train_cfg.seed)
+                p, m, s = (tok.token_to_id(t) for t in ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"))
+                if None in (p, m, s):
+                    raise ValueError("fim_rate needs a tokenizer with <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|>")
+                ids = [fim_transform(x, rng, fim_rate, p, s, m, float(data_cfg.get("fim_spm_rate", 0.0))) for x in ids]
+            write_packed(d, ids, seq_len=seq_len, eos_id=tok.eos_id, vocab_size=tok.vocab_size)
     doc_mask = bool(data_cfg.get("doc_mask", True))
     train_data = PackedDataset(os.path.join(out, "data", "train"), seed=train_cfg.seed, doc_mask=doc_mask)
     held = PackedDataset(os.path.join(out, "data", "heldout"), seed=0, shuffle=False, doc_mask=doc_mask)
