@@ -5,6 +5,9 @@
     llmforge sft recipes/sft_chitchat.toml
     llmforge align recipes/dpo_synthetic.toml        (dpo | orpo | kto | reward)
     llmforge pipeline recipes/tiny.toml
+    llmforge generate MODEL -p "Once upon a time"   (MODEL: HF-layout dir or .gguf; --quant int8|int4)
+    llmforge chat MODEL                              interactive chat, streaming (/reset, /exit)
+    llmforge serve MODEL --port 8000                 OpenAI-compatible HTTP server
 """
 from __future__ import annotations
 
@@ -48,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("recipe")
     al = sub.add_parser("align", help="preference alignment (DPO, ORPO, KTO, reward model) from a TOML recipe")
     al.add_argument("recipe")
+    # ---- generate / chat / serve (llmforge.generate.commands) ----
+    from .generate import commands as gen_commands
+
+    gen_commands.add_parsers(sub)
+    # ---- end generate / chat / serve ----
     a = p.parse_args(argv)
+    if a.cmd in gen_commands.COMMANDS:
+        return gen_commands.run(a)
     if a.cmd == "info":
         print(json.dumps(info(), indent=2))
         return 0
