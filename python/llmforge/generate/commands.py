@@ -73,8 +73,7 @@ def _load(a):
     model, tok = load_for_generation(a.model, quant=a.quant)
     if tok is None:
         raise SystemExit(f"{a.model}: no tokenizer (tokenizer.json beside the weights, or one inside the GGUF)")
-    template = chat_template_for(a.model if os.path.isdir(a.model) else os.path.dirname(a.model) or ".",
-                                 a.chat_template)
+    template = chat_template_for(a.model, a.chat_template)
     return model, tok, template
 
 

@@ -72,7 +72,7 @@ def chat_template_for(path: str | os.PathLike, template: str | None) -> str:
                 return f.read()
         return template
     cfg = os.path.join(os.fspath(path), "tokenizer_config.json")
-    if os.path.isfile(cfg):
+    if os.path.isdir(path) and os.path.isfile(cfg):
         try:
             with open(cfg, encoding="utf-8") as f:
                 t = json.load(f).get("chat_template")
