@@ -58,6 +58,33 @@ def test_full_width_beam_is_exhaustive_search(length_penalty, early):
     assert narrow.scores[0] <= scored[0][0] + 1e-6
 
 
+class _Letters:
+    """A 5-token vocabulary of letters; id 0 is the eos token (no text)."""
+    PIECES = [b"", b"a", b"b", b"ca", b"d"]
+
+    def decode_bytes(self, ids):
+        return b"".join(self.PIECES[i] for i in ids)
+
+
+def test_stop_strings_end_hypotheses_exactly():
+    V, L, eos, stop = 5, 4, 0, "ab"
+    model, tok = _model(V, seed=5), _Letters()
+    prompt = [2, 4]
+
+    def ended(seq):   # eos, or the text first holds the stop string at this token
+        return seq[-1] == eos or stop in tok.decode_bytes(seq).decode()
+
+    hyps = [list(h) for n in range(1, L + 1) for h in itertools.product(range(V), repeat=n)
+            if not any(ended(list(h[:k])) for k in range(1, n)) and (ended(list(h)) or n == L)]
+    scored = sorted(zip(_logprobs(model, prompt, hyps, L), hyps), key=lambda x: -x[0] / len(x[1]))
+    res = beam_search(model, prompt, num_beams=V ** L, max_new_tokens=L, eos_ids={eos}, stop=[stop], tokenizer=tok)
+    assert res.sequences[:10] == [h for _, h in scored[:10]]
+    assert any(stop in tok.decode_bytes(h).decode() for h in res.sequences[:10])
+    for seq, text in zip(res.sequences, res.texts):
+        full = tok.decode_bytes(seq).decode()
+        assert text == (full[:full.index(stop)] if stop in full else full)
+
+
 def test_cache_reorder_follows_parents():
     model = _model(11)
     cache = KVCache(model.cfg, 3, 10)
