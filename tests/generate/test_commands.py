@@ -40,7 +40,7 @@ def saved(tmp_path_factory):
 
 def _greedy_text(model, tok, ids, n, stop):
     toks = generate(model, [ids], n, SamplingParams(temperature=0), stop_ids=stop).tokens[0]
-    return tok.decode(toks[:-1] if toks and toks[-1] in stop else toks)
+    return tok.decode(toks[:-1] if toks and toks[-1] in stop else toks, skip_special=True)
 
 
 @pytest.mark.parametrize("quant", [None, "int8", "int4"])

@@ -56,7 +56,7 @@ def _reference(model, tok, ids, n, stop_ids):
     """Greedy tokens from the contiguous-cache generate() and their text (stop token excluded)."""
     toks = generate(model, [ids], n, SamplingParams(temperature=0), stop_ids=stop_ids).tokens[0]
     body = toks[:-1] if toks and toks[-1] in stop_ids else toks
-    return toks, tok.decode(body)
+    return toks, tok.decode(body, skip_special=True)
 
 
 def _chat_ids(tok, msgs):

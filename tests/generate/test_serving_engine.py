@@ -74,7 +74,7 @@ def test_stop_strings_cut_text_in_engine_and_generate():
     tok, model = _tok_model()
     prompt = tok.encode("the fox")
     full = generate(model, [prompt], 30, SamplingParams(temperature=0)).tokens[0]
-    text = tok.decode(full)
+    text = tok.decode(full, skip_special=True)
     cut = next(i for i in range(2, len(text) - 2) if "\ufffd" not in text[i:i + 2])
     stop = text[cut:cut + 2]
     eng = Engine(model, num_blocks=16, tokenizer=tok)
@@ -82,8 +82,8 @@ def test_stop_strings_cut_text_in_engine_and_generate():
     res = eng.run()[rid]
     want = text[:text.find(stop)]
     assert res.finish_reason == "stop" and res.text == want
-    assert res.tokens == full[:len(res.tokens)] and stop in tok.decode(res.tokens)
-    assert stop not in tok.decode(res.tokens[:-1])        # stopped at the first token that completed it
+    assert res.tokens == full[:len(res.tokens)] and stop in tok.decode(res.tokens, skip_special=True)
+    assert stop not in tok.decode(res.tokens[:-1], skip_special=True)        # stopped at the first token that completed it
     g = generate(model, [prompt, tok.encode("the dog")], 30, SamplingParams(temperature=0), stop=[stop], tokenizer=tok)
     assert g.texts[0] == want and g.finished[0] and g.tokens[0] == res.tokens
     deltas = []

@@ -77,3 +77,15 @@ def test_skip_ids_and_validation():
         normalize_stop([""])
     with pytest.raises(ValueError):
         normalize_stop([3])
+
+
+def test_text_decoder_leaves_special_tokens_out():
+    from llmforge.generate.stop import text_decoder
+    from llmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_from_iterator(["hello world " * 20], vocab_size=270)
+    ids = tok.encode("hello<|bos|> world<|im_end|>")
+    ts = TextStream(text_decoder(tok))
+    text = "".join(ts.feed(i) for i in ids) + ts.finish()
+    assert text == "hello world" and tok.decode(ids) == "hello<|bos|> world<|im_end|>"
+    assert TextStream(text_decoder(tok, skip_special=False)).feed(tok.token_to_id("<|bos|>")) == "<|bos|>"

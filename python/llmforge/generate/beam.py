@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
-from .stop import TextStream, normalize_stop
+from .stop import TextStream, text_decoder, normalize_stop
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BeamResult:
 
 
 def _text(tokenizer, ids, stop, eos) -> TextStream:
-    ts = TextStream(tokenizer.decode_bytes, stop, eos)
+    ts = TextStream(text_decoder(tokenizer), stop, eos)
     for t in ids:
         ts.feed(t)
         if ts.stopped:

@@ -14,7 +14,7 @@ import torch
 
 from .cache import KVCache
 from .sampling import SamplingParams, sample
-from .stop import TextStream
+from .stop import TextStream, text_decoder
 
 
 @dataclass
@@ -34,7 +34,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
     params = params or SamplingParams()
     if stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
-    streams = [TextStream(tokenizer.decode_bytes, stop, stop_ids) for _ in prompts] if tokenizer is not None else None
+    streams = None if tokenizer is None else [TextStream(text_decoder(tokenizer), stop, stop_ids) for _ in prompts]
     was = model.training
     model.eval()
     dev = next(model.parameters()).device

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..model.llama import apply_rope, rope_cos_sin
 from .paged_cache import OutOfBlocksError, PagedKVCache
 from .sampling import SamplingParams, sample
-from .stop import TextStream
+from .stop import TextStream, text_decoder
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Engine:
             raise ValueError(f"request needs {need} blocks; the pool has {self.cache.num_blocks}")
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need an Engine with a tokenizer")
-        text = TextStream(self.tokenizer.decode_bytes, stop, stop_ids) if self.tokenizer is not None else None
+        text = TextStream(text_decoder(self.tokenizer), stop, stop_ids) if self.tokenizer is not None else None
         g = torch.Generator().manual_seed(seed)
         r = Request(next(self._ids), list(prompt), max_new_tokens, params or SamplingParams(), set(stop_ids), g,
                     text=text, on_token=on_token)

@@ -1,6 +1,6 @@
 """Incremental detokenization with stop strings, for streaming text out of a token stream.
 
-    ts = TextStream(tok.decode_bytes, stop=["\\n\\n", "User:"], skip_ids={eos})
+    ts = TextStream(text_decoder(tok), stop=["\\n\\n", "User:"], skip_ids={eos})
     for t in tokens:
         delta = ts.feed(t)        # text that is now safe to show ("" while it may still be a stop string)
         if ts.stopped: break      # a stop string appeared: the text ends just before it
@@ -11,12 +11,23 @@ Tokens become bytes (decode_bytes([id])); bytes become text only once they form 
 UTF-8 characters, so a character split over two tokens is never shown half. Text that
 could be the start of a stop string is held back until it cannot be; the stop string
 itself is never emitted (OpenAI's convention). Ids in skip_ids (the end-of-turn / eos
-token) add no text.
+token) add no text; text_decoder(tok) also leaves the tokenizer's special tokens out.
 """
 from __future__ import annotations
 
 import codecs
+import inspect
 from typing import Callable, Iterable
+
+
+def text_decoder(tokenizer, skip_special: bool = True) -> Callable[[Iterable[int]], bytes]:
+    """tokenizer.decode_bytes, leaving special tokens (<|bos|>, ...) out of the text when it can."""
+    f = tokenizer.decode_bytes
+    try:
+        takes = "skip_special" in inspect.signature(f).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return (lambda ids: f(ids, skip_special=True)) if (takes and skip_special) else f
 
 
 def normalize_stop(stop) -> list[str]:
