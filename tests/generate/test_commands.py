@@ -50,7 +50,8 @@ def test_generate_command_matches_library(saved, capsys, quant):
     swapped = quantize_for_inference(ref, quant)
     assert len(swapped) == (0 if quant is None else 14)
     prompts = ["Once upon a time", "The fox"]
-    argv = ["generate", d, "--temperature", "0", "--max-tokens", "15", "--jsonl"] + sum((["-p", p] for p in prompts), [])
+    argv = ["generate", d, "--temperature", "0", "--max-tokens", "15", "--jsonl"]
+    argv += sum((["-p", p] for p in prompts), [])
     assert main(argv + (["--quant", quant] if quant else [])) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     eos = {tok.token_to_id("<|eos|>")}
@@ -91,7 +92,8 @@ def test_chat_keeps_history_and_resets(saved, capsys, monkeypatch):
     out = capsys.readouterr().out.split("\n")
     sys_msg = [{"role": "system", "content": "Be brief."}]
     a1 = _chat_ref(model, tok, sys_msg + [{"role": "user", "content": "Hello fox"}])
-    a2 = _chat_ref(model, tok, sys_msg + [{"role": "user", "content": "Hello fox"}, {"role": "assistant", "content": a1},
+    a2 = _chat_ref(model, tok, sys_msg + [{"role": "user", "content": "Hello fox"},
+                                          {"role": "assistant", "content": a1},
                                           {"role": "user", "content": "And the king?"}])
     a3 = _chat_ref(model, tok, sys_msg + [{"role": "user", "content": "And the king?"}])
     assert "\n".join(out).startswith("\n".join([a1, a2, "[history cleared]", a3]))

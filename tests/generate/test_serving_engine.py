@@ -83,11 +83,12 @@ def test_stop_strings_cut_text_in_engine_and_generate():
     want = text[:text.find(stop)]
     assert res.finish_reason == "stop" and res.text == want
     assert res.tokens == full[:len(res.tokens)] and stop in tok.decode(res.tokens, skip_special=True)
-    assert stop not in tok.decode(res.tokens[:-1], skip_special=True)        # stopped at the first token that completed it
+    assert stop not in tok.decode(res.tokens[:-1], skip_special=True)   # stopped at the token completing it
     g = generate(model, [prompt, tok.encode("the dog")], 30, SamplingParams(temperature=0), stop=[stop], tokenizer=tok)
     assert g.texts[0] == want and g.finished[0] and g.tokens[0] == res.tokens
     deltas = []
-    eng.submit(prompt, 30, SamplingParams(temperature=0), stop=[stop], on_token=lambda r, t, d, f: deltas.append((d, f)))
+    eng.submit(prompt, 30, SamplingParams(temperature=0), stop=[stop],
+               on_token=lambda r, t, d, f: deltas.append((d, f)))
     eng.run()
     assert "".join(d for d, _ in deltas) == want and [f for _, f in deltas][-1] == "stop"
     with pytest.raises(ValueError, match="tokenizer"):

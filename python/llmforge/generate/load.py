@@ -32,7 +32,8 @@ def quantize_for_inference(model, quant: str | None, group_size: int = 64) -> li
         raise ValueError(f"unknown quant {quant!r}; expected one of {QUANTS} or None")
     if quant == "int8":
         return swap_linears(model, Int8Linear, targets=PROJECTIONS)
-    widths = {m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in PROJECTIONS}
+    widths = {m.in_features for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and n.split(".")[-1] in PROJECTIONS}
     gs = group_size if all(w % group_size == 0 for w in widths) else 32
     if any(w % gs for w in widths):
         raise ValueError(f"int4 needs projection input widths divisible by 32; got {sorted(widths)}")

@@ -412,7 +412,8 @@ class OpenAIServer:
             n = self._limits(body, len(pr), default_max, *names)
             need = -(-(len(pr) + n) // self.engine.cache.block_size)
             if need > self.engine.cache.num_blocks:
-                raise APIError(400, f"the request needs {need} cache blocks; the server has {self.engine.cache.num_blocks}",
+                raise APIError(400, f"the request needs {need} cache blocks; the server has "
+                                    f"{self.engine.cache.num_blocks}",
                                param=names[0])
             jobs.append(_Job(i, pr, n, params, set(stop_ids), stop, seed, events))
         return jobs, [len(p) for p in prompts]
