@@ -87,7 +87,8 @@ class EngineWorker:
     def close(self) -> None:
         self._stop.set()
         self._inbox.put(("wake",))
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     @property
     def in_flight(self) -> int:
@@ -136,6 +137,8 @@ class EngineWorker:
                 self._jobs[job.rid] = job
             except ValueError as e:
                 self._finish(job, "error", str(e))
+            except Exception as e:  # never leave a client waiting on a job the engine did not take
+                self._finish(job, "server_error", f"engine error: {type(e).__name__}: {e}")
         elif kind == "cancel":
             job = msg[1]
             if job.rid is not None and job.rid in self._jobs and self.engine.abort(job.rid):
@@ -314,11 +317,11 @@ class OpenAIServer:
             self.httpd.server_close()
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self._thread is not None:          # shutdown() would wait forever for a loop that never ran
+            self.httpd.shutdown()
+            self._thread.join(timeout=10)
         self.httpd.server_close()
         self.worker.close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def __enter__(self):
         return self.start()
