@@ -107,3 +107,10 @@ def test_chat_through_a_pipe(saved):
                        input="Hello fox\n", capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == _chat_ref(model, tok, [{"role": "user", "content": "Hello fox"}]) + "\n"
+
+
+def test_generate_chat_flag_uses_the_template(saved, capsys):
+    d, model, tok = saved
+    assert main(["generate", d, "--chat", "-p", "Hello fox", "--temperature", "0", "--max-tokens", "12", "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["completion"] == _chat_ref(model, tok, [{"role": "user", "content": "Hello fox"}])
