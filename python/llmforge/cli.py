@@ -19,21 +19,13 @@ def info() -> dict:
     return llmforge.build_info()
 
 
-def pipeline(recipe: str) -> int:
-    # The end-to-end pipeline lands with the pipeline issue; until then say so plainly.
-    print(f"llmforge pipeline {recipe}: STUB - the default pipeline is not implemented yet.")
-    print("The stages exist as commands and functions today: `llmforge pretrain recipes/pretrain_shakespeare.toml`,")
-    print("`llmforge sft recipes/sft_chitchat.toml`, `llmforge align recipes/dpo_synthetic.toml` (see README).")
-    print("Smoke check of the native ops:")
-    import torch
+def pipeline(recipe: str, out_dir: str | None = None) -> int:
+    from .pipeline import run_pipeline
+    from .recipes import load_recipe
 
-    from llmforge.ops import rmsnorm, rmsnorm_reference
-
-    x = torch.randn(37, 257)
-    w = torch.randn(257)
-    err = (rmsnorm(x, w) - rmsnorm_reference(x, w)).abs().max().item()
-    print(json.dumps({**info(), "rmsnorm_max_abs_err_vs_float64": err}, indent=2))
-    return 0 if err < 1e-4 else 1
+    res = run_pipeline(load_recipe(recipe), out_dir=out_dir)
+    print(f"report: {res['report']}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="build and machine information")
     pp = sub.add_parser("pipeline", help="run a recipe end to end")
     pp.add_argument("recipe")
+    pp.add_argument("--out-dir", default=None, help="default: the recipe's out_dir, else runs/<name>")
     pt = sub.add_parser("pretrain", help="train a tokenizer and pretrain a model from a TOML recipe")
     pt.add_argument("recipe")
     st = sub.add_parser("sft", help="supervised fine-tuning (full, LoRA, QLoRA) from a TOML recipe")
@@ -53,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info(), indent=2))
         return 0
     if a.cmd == "pipeline":
-        return pipeline(a.recipe)
+        return pipeline(a.recipe, a.out_dir)
     if a.cmd == "pretrain":
         from .recipes import load_recipe, run_pretrain
 
