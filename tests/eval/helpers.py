@@ -18,7 +18,7 @@ SAMPLE_TEXT = [
 
 
 @functools.lru_cache(maxsize=None)
-def bpe_tokenizer(vocab_size: int = 420) -> Tokenizer:
+def bpe_tokenizer(vocab_size: int = 400) -> Tokenizer:
     return Tokenizer.train_from_iterator(SAMPLE_TEXT * 20, vocab_size=vocab_size)
 
 

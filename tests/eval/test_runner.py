@@ -38,7 +38,8 @@ def test_evaluate_all_writes_json_and_markdown(tmp_path):
     model = tiny_model(tok.vocab_size, max_seq_len=256)
     rm = RewardModel(tiny_model(tok.vocab_size, max_seq_len=256, seed=1))
     q = next(x for x in mmlu() if x["subject"] == "astronomy")
-    planted = "Some training text. " + q["question"] + " More text after it."   # MMLU item 0 leaks into training
+    # MMLU item 0 (the subject's first question) leaks into training, with its choices
+    planted = "Some training text. " + q["question"] + "\n" + "\n".join(q["choices"]) + " More text after it."
     t0 = time.perf_counter()
     res = evaluate_all(model, tok, _small_cfg(mmlu_subjects=[q["subject"]]), str(tmp_path),
                        heldout_texts=["To be, or not to be.", "that is the question"],

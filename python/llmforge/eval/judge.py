@@ -19,6 +19,7 @@ from .loglik import special_id
 @torch.no_grad()
 def reward_scores(rm, tokenizer, pairs: list[tuple[str, str]], template: str = "chatml", max_len: int = 512,
                   batch_size: int = 16) -> list[float]:
+    max_len = min(max_len, rm.cfg.max_seq_len)
     seqs = []
     for i, (prompt, answer) in enumerate(pairs):
         if not isinstance(prompt, str) or not isinstance(answer, str):

@@ -11,14 +11,13 @@ import json
 import math
 import os
 
-# The metric(s) shown for each task in the summary table.
+# The metric(s) shown for each task in the summary table (humaneval: every pass@k;
+# contamination: one row per benchmark).
 HEADLINE = {
     "perplexity": ("bits_per_byte", "perplexity"),
     "mmlu": ("acc", "acc_norm"),
     "champ": ("exact_match",),
-    "humaneval": None,          # every pass@k
     "judge": ("mean_score", "win_rate"),
-    "contamination": None,
 }
 
 
@@ -44,25 +43,22 @@ def to_markdown(results: dict) -> str:
     lines = ["# Evaluation", ""]
     if meta:
         lines += [", ".join(f"{k}: {_fmt(v)}" for k, v in meta.items()), ""]
-    lines += ["| task | metric | value | n |", "|---|---|---|---|"]
+    lines += ["| task | metric | value | n | seconds |", "|---|---|---|---|---|"]
     for name, r in tasks.items():
         if "skipped" in r:
-            lines.append(f"| {name} | skipped | {r['skipped']} | - |")
+            lines.append(f"| {name} | skipped | {r['skipped']} | - | - |")
             continue
-        keys = HEADLINE.get(name)
-        if name == "humaneval":
-            keys = tuple(k for k in r if k.startswith("pass@"))
-        elif name == "contamination":
-            for b, s in r.get("benchmarks", {}).items():
-                lines.append(f"| contamination ({r['n']}-gram) | {b} contaminated | {s['contaminated']} / {s['items']} "
-                             f"| {r['training_docs']} docs |")
+        secs = _fmt(r.get("seconds"))
+        if name == "contamination":
+            for b, st in r.get("benchmarks", {}).items():
+                lines.append(f"| contamination ({r['n']}-gram) | {b} contaminated | {st['contaminated']} / {st['items']} "
+                             f"| {r['training_docs']} docs | {secs} |")
             continue
-        n = r.get("n", r.get("n_problems", r.get("tokens", "-")))
-        for k in keys or ():
+        keys = tuple(k for k in r if k.startswith("pass@")) if name == "humaneval" else HEADLINE.get(name, ())
+        n = r.get("n_problems", r.get("tokens", r.get("n", "-")))
+        for k in keys:
             if k in r:
-                lines.append(f"| {name} | {k} | {_fmt(r[k])} | {n} |")
-        if "seconds" in r:
-            lines.append(f"| {name} | seconds | {_fmt(r['seconds'])} | |")
+                lines.append(f"| {name} | {k} | {_fmt(r[k])} | {n} | {secs} |")
     mm = tasks.get("mmlu")
     if mm and mm.get("subjects"):
         lines += ["", "## MMLU by subject", "", "| subject | n | acc | acc_norm |", "|---|---|---|---|"]

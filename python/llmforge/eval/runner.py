@@ -16,6 +16,7 @@ skipped with the pip command; judge is skipped without a reward model.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -111,7 +112,7 @@ def evaluate_all(model, tokenizer, cfg: EvalConfig | None = None, out_dir: str |
         tasks[name] = r
         if progress:
             head = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and k != "template"}
-            print(f"eval {name}: {head}", flush=True)
+            print(f"eval {name}: {head}", file=sys.stderr, flush=True)
 
     def perplexity():
         from .perplexity import text_perplexity
