@@ -89,6 +89,16 @@ def test_runs_in_a_fresh_temporary_directory():
     assert not os.path.exists(cwd)              # removed afterwards
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_resource_limits_are_in_force(guard):
+    r = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS), resource.getrlimit(resource.RLIMIT_CPU))",
+                   timeout_s=2.0, memory_mb=300, guard=guard)
+    if guard:      # the guard also hides the resource module, so the limits cannot be raised again
+        assert r.status == "failed" and "import of resource halted" in r.stderr
+    else:
+        assert r.passed and r.stdout.split("\n")[0] == f"{(300 << 20, 300 << 20)} {(3, 4)}"
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         run_python("pass", timeout_s=0)

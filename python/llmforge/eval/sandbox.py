@@ -6,8 +6,9 @@
 
 Each program runs in its own `python -I` process and session (so its whole process group can
 be killed) in a fresh temporary directory with an empty environment, under RLIMIT_AS
-(address space), RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_CORE, and a wall-clock timeout after
-which the process group is SIGKILLed; leftover children are killed when the program ends too.
+(address space), RLIMIT_CPU, RLIMIT_FSIZE and RLIMIT_CORE (set by the program's first lines,
+before any generated code), and a wall-clock timeout after which the process group is
+SIGKILLed; leftover children are killed when the program ends too.
 A prelude disables the obvious ways to reach outside (sockets, subprocesses, fork, kill,
 file removal, os.system). Success is judged by a one-time token that the harness prints after
 the program's last line (the token is read from stdin and never written into the program),
@@ -25,9 +26,22 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-_PRELUDE = r'''
+# Limits are set by the program's first lines, before any generated code runs (not with
+# Popen's preexec_fn, which can deadlock a child forked from a multi-threaded process).
+_LIMITS = r'''
 import sys as _sys
+def _limit(mem, cpu):
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+_limit({mem}, {cpu})
+del _limit
 _token = _sys.stdin.readline().strip()
+'''
+
+_GUARD = r'''
 def _guard():
     import builtins, os, shutil, socket, subprocess
     def _blocked(*a, **k):
@@ -71,18 +85,6 @@ class SandboxResult:
         return self.status == "passed"
 
 
-def _limits(memory_mb: int, cpu_s: int):
-    def apply():
-        import resource
-
-        mem = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
-
-
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -99,13 +101,12 @@ def run_python(program: str, timeout_s: float = 5.0, memory_mb: int = 1024, guar
     with tempfile.TemporaryDirectory(prefix="llmforge-sandbox-") as d:
         path = os.path.join(d, "program.py")
         with open(path, "w", encoding="utf-8") as f:
-            f.write((_PRELUDE if guard else "import sys as _sys\n_token = _sys.stdin.readline().strip()\n")
-                    + "\n" + program + "\n" + _EPILOGUE)
+            limits = _LIMITS.format(mem=memory_mb * 1024 * 1024, cpu=max(1, int(timeout_s) + 1))
+            f.write(limits + (_GUARD if guard else "") + "\n" + program + "\n" + _EPILOGUE)
         env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONHASHSEED": "0",
                "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
         p = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=d, env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                             preexec_fn=_limits(memory_mb, max(1, int(timeout_s) + 1)), close_fds=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         timed_out = False
         try:
             out, err = p.communicate((token + "\n").encode(), timeout=timeout_s)
