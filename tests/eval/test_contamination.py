@@ -35,3 +35,8 @@ def test_planted_overlaps_are_found_and_near_misses_are_not():
 def test_clean_training_text_reports_nothing():
     rep = contamination_report({"bench": ITEMS}, [FILLER] * 3, n=13)
     assert rep["benchmarks"]["bench"]["contaminated"] == 0 and rep["training_docs_hit"] == 0
+
+
+def test_examples_are_item_ids_when_items_are_keyed():
+    rep = contamination_report({"b": {"HumanEval/7": ITEMS[0], "HumanEval/9": ITEMS[1]}}, [ITEMS[1]], n=13)
+    assert rep["benchmarks"]["b"]["examples"] == ["HumanEval/9"] and rep["benchmarks"]["b"]["contaminated"] == 1

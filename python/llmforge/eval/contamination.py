@@ -14,11 +14,16 @@ from ..data.decontam import NgramIndex
 
 
 def contamination_report(eval_sets: dict, training_docs, n: int = 13, max_examples: int = 10) -> dict:
-    """eval_sets: {benchmark: [item text, ...]}; training_docs: an iterable of str."""
+    """eval_sets: {benchmark: [item text, ...] or {item id: text}}; training_docs: an iterable of str.
+    Examples are given as item ids (list positions for a list)."""
     index = NgramIndex(n=n)
-    sizes = {}
+    sizes, ids = {}, {}
     for name, texts in eval_sets.items():
-        texts = list(texts)
+        if isinstance(texts, dict):
+            ids[name], texts = list(texts), list(texts.values())
+        else:
+            texts = list(texts)
+            ids[name] = list(range(len(texts)))
         index.add_all(name, texts)
         sizes[name] = len(texts)
     hit_items: dict[str, set] = {name: set() for name in eval_sets}
@@ -33,5 +38,5 @@ def contamination_report(eval_sets: dict, training_docs, n: int = 13, max_exampl
                 hit_items[bench].add(item)
     bench = {name: {"items": sizes[name], "contaminated": len(hit_items[name]),
                     "fraction": len(hit_items[name]) / sizes[name] if sizes[name] else 0.0,
-                    "examples": sorted(hit_items[name])[:max_examples]} for name in eval_sets}
+                    "examples": [ids[name][i] for i in sorted(hit_items[name])[:max_examples]]} for name in eval_sets}
     return {"n": n, "training_docs": docs, "training_chars": nchars, "training_docs_hit": hits, "benchmarks": bench}

@@ -137,7 +137,7 @@ def evaluate_all(model, tokenizer, cfg: EvalConfig | None = None, out_dir: str |
 
         r = champ_exact_match(model, tokenizer, cfg.champ_limit, cfg.champ_max_new_tokens, True,
                               cfg.champ_template, batch_size=cfg.batch_size)
-        eval_texts["champ"] = [it["problem"] for it in r["items"]]
+        eval_texts["champ"] = {it["id"] if it["id"] is not None else i: it["problem"] for i, it in enumerate(r["items"])}
         return r
 
     def humaneval():
@@ -149,7 +149,7 @@ def evaluate_all(model, tokenizer, cfg: EvalConfig | None = None, out_dir: str |
         from .humaneval import humaneval_problems
 
         probs = {p["task_id"]: p for p in humaneval_problems()}
-        eval_texts["humaneval"] = [probs[p["task_id"]]["prompt"] for p in r["problems"]]
+        eval_texts["humaneval"] = {p["task_id"]: probs[p["task_id"]]["prompt"] for p in r["problems"]}
         return r
 
     def judge():
