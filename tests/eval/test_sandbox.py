@@ -33,6 +33,11 @@ def test_infinite_loop_times_out_and_its_process_group_is_killed():
     assert time.perf_counter() - t0 < 10
 
 
+def test_endless_output_is_capped():
+    r = _run("    while True:\n        print('x' * 1000)\n", timeout_s=2.0)
+    assert r.status in ("failed", "timeout") and len(r.stdout) <= 2000     # RLIMIT_FSIZE stops it
+
+
 @pytest.mark.parametrize("body", ["    import sys; sys.exit(0)\n", "    import os; os._exit(0)\n",
                                   "    raise SystemExit(0)\n", "    quit()\n"])
 def test_early_exit_does_not_pass(body):

@@ -85,6 +85,12 @@ class SandboxResult:
         return self.status == "passed"
 
 
+def _tail(f, n: int = 4000) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - n))
+    return f.read().decode("utf-8", "replace")
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -105,19 +111,26 @@ def run_python(program: str, timeout_s: float = 5.0, memory_mb: int = 1024, guar
             f.write(limits + (_GUARD if guard else "") + "\n" + program + "\n" + _EPILOGUE)
         env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONHASHSEED": "0",
                "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        p = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=d, env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
-        timed_out = False
-        try:
-            out, err = p.communicate((token + "\n").encode(), timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(p.pid)
-            out, err = p.communicate()
-        finally:
-            _kill_group(p.pid)           # children it left behind go with it
-    out = out.decode("utf-8", "replace")
-    err = err.decode("utf-8", "replace")
+        # output goes to files (capped by RLIMIT_FSIZE), not pipes: a program printing in a loop
+        # cannot fill this process's memory, and a leftover child holding a pipe cannot stall us
+        with open(os.path.join(d, "stdout"), "w+b") as fo, open(os.path.join(d, "stderr"), "w+b") as fe:
+            p = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=d, env=env, stdin=subprocess.PIPE,
+                                 stdout=fo, stderr=fe, start_new_session=True, close_fds=True)
+            timed_out = False
+            try:
+                try:
+                    p.stdin.write((token + "\n").encode())
+                    p.stdin.close()
+                except (BrokenPipeError, OSError):
+                    pass
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(p.pid)
+                p.wait()
+            finally:
+                _kill_group(p.pid)           # children it left behind go with it
+            out, err = _tail(fo), _tail(fe)
     if timed_out:
         status = "timeout"
     elif p.returncode == 0 and out.rstrip().endswith(token):
