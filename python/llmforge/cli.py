@@ -4,6 +4,7 @@
     llmforge pretrain recipes/pretrain_shakespeare.toml
     llmforge sft recipes/sft_chitchat.toml
     llmforge align recipes/dpo_synthetic.toml        (dpo | orpo | kto | reward)
+    llmforge eval recipe.toml | --model DIR [--out DIR] [--tasks mmlu,champ,...]
     llmforge pipeline recipes/tiny.toml
 """
 from __future__ import annotations
@@ -28,6 +29,42 @@ def pipeline(recipe: str, out_dir: str | None = None) -> int:
     return 0
 
 
+# ---- eval ------------------------------------------------------------------------------------
+def add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a model: perplexity, MMLU, champ, HumanEval, contamination")
+    ev.add_argument("recipe", nargs="?", help="TOML recipe with an [eval] section (or give --model)")
+    ev.add_argument("--model", help="model directory (HF layout, as llmforge saves it)")
+    ev.add_argument("--out", help="output directory for eval.json / eval.md (default: next to the model)")
+    ev.add_argument("--tasks", help="comma-separated: perplexity,mmlu,champ,humaneval,contamination")
+    ev.add_argument("--mmlu-limit", type=int)
+    ev.add_argument("--mmlu-shots", type=int)
+    ev.add_argument("--mmlu-subjects", help="comma-separated subject names")
+    ev.add_argument("--champ-limit", type=int)
+    ev.add_argument("--humaneval-limit", type=int)
+    ev.add_argument("--humaneval-n", type=int)
+
+
+def eval_command(a) -> int:
+    from .eval.runner import run_eval
+    from .recipes import load_recipe
+
+    recipe = load_recipe(a.recipe) if a.recipe else {}
+    e = recipe.setdefault("eval", {})
+    for key, val in (("model", a.model), ("out_dir", a.out), ("mmlu_limit", a.mmlu_limit),
+                     ("mmlu_shots", a.mmlu_shots), ("champ_limit", a.champ_limit),
+                     ("humaneval_limit", a.humaneval_limit), ("humaneval_n", a.humaneval_n)):
+        if val is not None:
+            e[key] = val
+    if a.tasks:
+        e["tasks"] = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    if a.mmlu_subjects:
+        e["mmlu_subjects"] = [t.strip() for t in a.mmlu_subjects.split(",") if t.strip()]
+    if "humaneval_n" in e and "humaneval_k" not in e:
+        e["humaneval_k"] = [k for k in (1, 2, 5, 10) if k <= e["humaneval_n"]]
+    print(json.dumps(run_eval(recipe), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -41,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("recipe")
     al = sub.add_parser("align", help="preference alignment (DPO, ORPO, KTO, reward model) from a TOML recipe")
     al.add_argument("recipe")
+    add_eval_parser(sub)
     a = p.parse_args(argv)
     if a.cmd == "info":
         print(json.dumps(info(), indent=2))
@@ -62,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(run_align(load_recipe(a.recipe)), indent=2))
         return 0
+    if a.cmd == "eval":
+        return eval_command(a)
     return 2
 
 
