@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import cuda_available, ops
 from ..ops import rmsnorm
 from .config import ModelConfig
 
@@ -26,6 +26,12 @@ def use_kernels(x: torch.Tensor) -> bool:
     """llmforge's fused CPU kernels (RoPE, SwiGLU, attention) run on CPU tensors of these dtypes;
     elsewhere (CUDA until its kernels land) the model uses the equivalent torch ops."""
     return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES
+
+
+def use_cuda_attention(q: torch.Tensor) -> bool:
+    """The fused CUDA attention (kernels/flash_attn_*.cu) takes these: fp16/bf16, head dim <= 128."""
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 128
+            and cuda_available())
 
 
 # ---- RoPE ----------------------------------------------------------------------------------
@@ -125,7 +131,7 @@ class Attention(nn.Module):
         q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
         k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
-        if mask is None and use_kernels(q):
+        if mask is None and (use_kernels(q) or use_cuda_attention(q)):
             y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
