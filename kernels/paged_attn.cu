@@ -24,6 +24,7 @@ namespace lf::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kMaxGroup = 8, kUnroll = 4, kMaxSplits = 64;
+// GM: q heads per block held in registers (4 when the GQA group has <= 4 heads, else 8).
 
 // ---- append ---------------------------------------------------------------------------------
 template <class U>
@@ -90,17 +91,17 @@ struct DecodeCfg {
   static_assert(LT >= 1 && LT <= 32 && 32 % LT == 0, "head dim / dtype combination");
 };
 
-template <class T, int D>
+template <class T, int D, int GM>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const PagedDecodeParams p) {
   using Cfg = DecodeCfg<T, D>;
   constexpr int EPL = Cfg::EPL, LT = Cfg::LT, TPW = Cfg::TPW, NS = Cfg::NS;
-  __shared__ float sM[NS][kMaxGroup], sL[NS][kMaxGroup];
-  __shared__ float sAcc[NS][kMaxGroup][D];
+  __shared__ float sM[NS][GM], sL[NS][GM];
+  __shared__ float sAcc[NS][GM][D];
 
   const int b = blockIdx.z, split = blockIdx.x;
-  const int G = p.n_heads / p.n_kv_heads, groups = (G + kMaxGroup - 1) / kMaxGroup;
-  const int hk = blockIdx.y / groups, h0 = hk * G + (blockIdx.y % groups) * kMaxGroup;
-  const int ng = min(kMaxGroup, hk * G + G - h0);
+  const int G = p.n_heads / p.n_kv_heads, groups = (G + GM - 1) / GM;
+  const int hk = blockIdx.y / groups, h0 = hk * G + (blockIdx.y % groups) * GM;
+  const int ng = min(GM, hk * G + G - h0);
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int sub = lane / LT, d0 = (lane % LT) * EPL, stream = w * TPW + sub;
 
@@ -112,16 +113,16 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const PagedDecodeParam
 
   // q (pre-scaled by scale * log2 e) for this lane's EPL dims of each head.
   const float qs = p.scale * 1.4426950408889634f;
-  float qf[kMaxGroup][EPL];
+  float qf[GM][EPL];
   const T* Q = static_cast<const T*>(p.q) + (int64_t(b) * p.n_heads + h0) * D + d0;
 #pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi)
+  for (int gi = 0; gi < GM; ++gi)
 #pragma unroll
     for (int e = 0; e < EPL; ++e) qf[gi][e] = gi < ng ? to_f(Q[gi * D + e]) * qs : 0.f;
 
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][EPL];
+  float m[GM], l[GM], acc[GM][EPL];
 #pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi) {
+  for (int gi = 0; gi < GM; ++gi) {
     m[gi] = -INFINITY;
     l[gi] = 0.f;
 #pragma unroll
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const PagedDecodeParam
       unpack(kr[u], kf, T());
       unpack(vr[u], vf, T());
 #pragma unroll
-      for (int gi = 0; gi < kMaxGroup; ++gi) {
+      for (int gi = 0; gi < GM; ++gi) {
         if (gi >= ng) break;  // ng is uniform over the block
         float s = 0.f;
 #pragma unroll
@@ -180,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const PagedDecodeParam
 
   // Merge the streams.
 #pragma unroll
-  for (int gi = 0; gi < kMaxGroup; ++gi) {
+  for (int gi = 0; gi < GM; ++gi) {
     if (lane % LT == 0) {
       sM[stream][gi] = m[gi];
       sL[stream][gi] = l[gi];
@@ -234,9 +235,12 @@ __global__ void __launch_bounds__(D) combine_kernel(const PagedDecodeParams p) {
 
 template <class T, int D>
 const char* launch_decode(const PagedDecodeParams& p, cudaStream_t s) {
-  const int G = p.n_heads / p.n_kv_heads, groups = (G + kMaxGroup - 1) / kMaxGroup;
+  const int G = p.n_heads / p.n_kv_heads, gm = G <= 4 ? 4 : kMaxGroup, groups = (G + gm - 1) / gm;
   const dim3 grid(p.num_splits, p.n_kv_heads * groups, p.batch);
-  decode_kernel<T, D><<<grid, kThreads, 0, s>>>(p);
+  if (gm == 4)
+    decode_kernel<T, D, 4><<<grid, kThreads, 0, s>>>(p);
+  else
+    decode_kernel<T, D, kMaxGroup><<<grid, kThreads, 0, s>>>(p);
   if (p.num_splits > 1) combine_kernel<T, D><<<dim3(p.n_heads, p.batch), D, 0, s>>>(p);
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
@@ -269,7 +273,7 @@ int64_t paged_decode_plan(PagedDecodeParams& p, int64_t max_len, int device) {
     cudaGetLastError();
     sms = 108;
   }
-  const int64_t G = p.n_heads / p.n_kv_heads, groups = (G + kMaxGroup - 1) / kMaxGroup;
+  const int64_t G = p.n_heads / p.n_kv_heads, gm = G <= 4 ? 4 : kMaxGroup, groups = (G + gm - 1) / gm;
   int64_t blocks = int64_t(p.batch) * p.n_kv_heads * groups;
   if (blocks < 1) blocks = 1;
   const int64_t cap = p.max_blocks * p.block_size;

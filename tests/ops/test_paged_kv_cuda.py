@@ -152,6 +152,19 @@ def test_decode_rejects_bad_input_cuda():
         paged_decode_attention(q.cpu(), k_pool, v_pool, table, seq_lens)
 
 
+@pytest.mark.cuda
+def test_gather_cuda():
+    from llmforge.ops import paged_kv_gather, paged_kv_gather_reference
+
+    k_pool, _, table, seq_lens = _cache([0, 33, 7], 16, 2, 24, torch.bfloat16)
+    got = paged_kv_gather(k_pool, table, seq_lens)
+    want = paged_kv_gather_reference(k_pool.cpu(), table.cpu(), seq_lens.cpu())
+    assert torch.equal(got.cpu(), want)
+    assert paged_kv_gather(k_pool, table, seq_lens, 50).shape == (3, 50, 2, 24)
+    with pytest.raises(ValueError, match="shorter"):
+        paged_kv_gather(k_pool, table, seq_lens, 10)
+
+
 # ---- input checks (run anywhere) -------------------------------------------------------------
 def test_cuda_entry_points_reject_cpu_tensors():
     k_pool, v_pool, table, seq_lens = _cache([5], 16, 2, 64, torch.bfloat16, device="cpu")

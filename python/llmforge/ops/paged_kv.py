@@ -171,10 +171,28 @@ def _(pool, block_table, seq_lens, max_len):
 
 def paged_kv_gather(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_len: int | None = None) -> Tensor:
     """The cached rows of each sequence as a contiguous (batch, max_len, n_kv_heads, head_dim)
-    tensor, zeros past seq_lens[b]. max_len defaults to the longest sequence."""
+    tensor, zeros past seq_lens[b]. max_len defaults to the longest sequence. On CUDA tensors
+    this is plain torch indexing (after the same table checks), not a hand-written kernel."""
+    if isinstance(pool, Tensor) and pool.device.type == "cuda":
+        return _gather_cuda(pool, block_table, seq_lens, max_len)
     if max_len is None:
         max_len = int(seq_lens.max()) if seq_lens.numel() else 0
     return _paged_kv_gather(pool, block_table, seq_lens, int(max_len))
+
+
+def _gather_cuda(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_len: int | None) -> Tensor:
+    op = "paged_kv_gather"
+    _check_cache(op, pool, pool, block_table, seq_lens, cuda_ok=True)
+    longest = _check_decode_contents(pool, block_table, seq_lens, op)
+    max_len = longest if max_len is None else int(max_len)
+    require(max_len >= longest, f"{op}: max_len {max_len} is shorter than the longest sequence ({longest})")
+    B, bs = block_table.shape[0], pool.shape[1]
+    pos = torch.arange(max_len, device=pool.device)
+    valid = pos[None, :] < seq_lens.long()[:, None]                                   # (B, max_len)
+    col = (pos // bs).clamp(max=block_table.shape[1] - 1)[None, :].expand(B, -1)
+    blk = torch.where(valid, block_table.long().gather(1, col), 0)
+    out = pool[blk, (pos % bs)[None, :].expand(B, -1)]                                # (B, max_len, Hkv, D)
+    return out.masked_fill(~valid[:, :, None, None], 0)
 
 
 # ---- decode attention -----------------------------------------------------------------------
@@ -271,9 +289,9 @@ def _check_append_contents(k_pool: Tensor, block_table: Tensor, seq_lens: Tensor
     _bad_block(op, block_table, need, k_pool.shape[0])
 
 
-def _check_decode_contents(k_pool: Tensor, block_table: Tensor, seq_lens: Tensor) -> int:
+def _check_decode_contents(k_pool: Tensor, block_table: Tensor, seq_lens: Tensor,
+                           op: str = "paged_decode_attention") -> int:
     """Raises on lengths outside the table or missing blocks; returns the longest length."""
-    op = "paged_decode_attention"
     bs, capacity = k_pool.shape[1], block_table.shape[1] * k_pool.shape[1]
     if seq_lens.numel() == 0:
         return 0
