@@ -280,6 +280,18 @@ def test_model_uses_cuda_attention(monkeypatch):
         assert err <= 0.05 * want.float().abs().max().item(), err
 
 
+@pytest.mark.cuda
+def test_opcheck_cuda():
+    q, k, v = _inputs(2, 4, 2, 97, 97, 64, torch.bfloat16)
+    torch.library.opcheck(torch.ops.llmforge.attention_fwd.default, (q, k, v, True, 0.125, -1))
+    out, lse = attention_with_lse(q, k, v, causal=True)
+    torch.library.opcheck(torch.ops.llmforge.attention_bwd.default,
+                          (torch.randn_like(q), q, k, v, out, lse, None, True, 0.125, -1))
+    qp, kp, vp, cu_q, cu_k = _packed([5, 70], [9, 60], 4, 2, 128, torch.float16, "cuda")
+    torch.library.opcheck(torch.ops.llmforge.attention_varlen_fwd.default,
+                          (qp, kp, vp, cu_q, cu_k, 70, 60, True, 128 ** -0.5, -1))
+
+
 # ---- input checks (run anywhere) -------------------------------------------------------------
 def test_flash_attn_rejects_cpu_tensors():
     q = torch.randn(1, 2, 8, 64, dtype=torch.bfloat16)

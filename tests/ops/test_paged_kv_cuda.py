@@ -111,16 +111,17 @@ def test_decode_writes_every_element_sanitizer(d):
     lens = [0, 5, 300, 33]
     k_pool, v_pool, table, seq_lens = _cache(lens, 16, 2, d, torch.float16)
     q = torch.randn(4, 8, d, device="cuda", dtype=torch.float16)
-    for max_len in (300, 1):  # split plan from the true longest length; and a single split
+    # two splits (longest 300) and a single split (every length <= 256) write out differently
+    for lens_t, max_len in ((seq_lens, 300), (seq_lens.clamp(max=200), 200)):
         out = torch.full_like(q, float("nan"))
         n = _C.paged_decode_workspace_cuda(q, k_pool, table, max_len)
+        assert (n > 0) == (max_len > 256)
         ws = torch.full((max(n, 1),), float("nan"), device="cuda")
-        _C.paged_decode_attention_cuda(q, k_pool, v_pool, table, seq_lens, out, ws, d ** -0.5, max_len, stream(q))
+        _C.paged_decode_attention_cuda(q, k_pool, v_pool, table, lens_t, out, ws, d ** -0.5, max_len, stream(q))
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
-    ref = paged_decode_attention_reference(q.cpu(), k_pool.cpu(), v_pool.cpu(), table.cpu(), seq_lens.cpu())
-    out = paged_decode_attention(q, k_pool, v_pool, table, seq_lens)
-    _assert_decode(out.cpu(), ref, torch.float16)
+        ref = paged_decode_attention_reference(q.cpu(), k_pool.cpu(), v_pool.cpu(), table.cpu(), lens_t.cpu())
+        _assert_decode(out.cpu(), ref, torch.float16)
 
 
 @pytest.mark.cuda
