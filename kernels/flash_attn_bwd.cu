@@ -55,9 +55,12 @@ __global__ void __launch_bounds__(kThreads) delta_kernel(const FlashAttnParams p
 
 // ---- dK, dV ---------------------------------------------------------------------------------
 // BQ query columns per inner tile (32 for D = 128 keeps the accumulators in registers).
+// Q, dO, lse and delta tiles are double-buffered: tile n + 1 loads (cp.async) while tile n
+// is computed.
 template <int D> struct DkdvCfg {
   static constexpr int kBk = 64, kBq = D == 128 ? 32 : 64, LD = D + 8;
-  static constexpr size_t smem = size_t(2 * kBk + 2 * kBq) * LD * 2 + 2 * kBq * sizeof(float);
+  static constexpr size_t stage = size_t(2 * kBq) * LD * 2 + 2 * kBq * sizeof(float);  // one Q/dO/lse/delta set
+  static constexpr size_t smem = size_t(2 * kBk) * LD * 2 + 2 * stage;
 };
 
 template <class T, int D>
@@ -67,10 +70,12 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const FlashAttnParams p)
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + BK * LD;
-  T* sQ = sV + BK * LD;
-  T* sdO = sQ + BQ * LD;
-  float* sLse = reinterpret_cast<float*>(sdO + BQ * LD);  // lse * log2(e), +inf where p must be 0
-  float* sDelta = sLse + BQ;
+  unsigned char* stage0 = reinterpret_cast<unsigned char*>(sV + BK * LD);
+  // Buffer s of the Q / dO / lse / delta stage.
+  auto sQ_of = [&](int s) { return reinterpret_cast<T*>(stage0 + s * Cfg::stage); };
+  auto sdO_of = [&](int s) { return sQ_of(s) + BQ * LD; };
+  auto sLse_of = [&](int s) { return reinterpret_cast<float*>(sdO_of(s) + BQ * LD); };  // lse * log2 e; +inf: p = 0
+  auto sDelta_of = [&](int s) { return sLse_of(s) + BQ; };
 
   const int b = blockIdx.z, hk = blockIdx.y, G = p.heads / p.kv_heads;
   const fa::Slice sl0 = fa::slice_of(p, b, hk * G, hk);
@@ -100,27 +105,39 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const FlashAttnParams p)
     const int last = k0 + BK - 1 - off + p.window;  // last query that can see the tile
     qt1 = last < 0 ? 0 : min(qt1, last / BQ + 1);
   }
+  const int nq = qt1 > qt0 ? qt1 - qt0 : 0, total = G * nq;  // work items n = (q head, query tile)
   const int key_lo = k0 + w * 16 + g;  // this thread's key rows: key_lo and key_lo + 8
 
-  for (int h = hk * G; h < hk * G + G; ++h) {
+  // Issues the loads of item n into buffer s: Q and dO by cp.async, lse and delta by plain stores.
+  auto issue = [&](int n, int s) {
+    const int h = hk * G + n / nq, q0 = (qt0 + n % nq) * BQ;
     const fa::Slice sl = fa::slice_of(p, b, h, hk);
-    const T* Q = static_cast<const T*>(p.q) + sl.q_off;
-    const T* dO = static_cast<const T*>(p.dout) + sl.q_off;
-    for (int qt = qt0; qt < qt1; ++qt) {
-      const int q0 = qt * BQ;
-      __syncthreads();  // the previous tile's sQ / sdO / sLse are no longer read
-      fa::load_tile<T, BQ, D, LD, kThreads>(sQ, Q, p.q_row, q0, sq, tid);
-      fa::load_tile<T, BQ, D, LD, kThreads>(sdO, dO, p.q_row, q0, sq, tid);
-      cp_async_commit();
-      for (int i = tid; i < BQ; i += kThreads) {
-        const bool ok = q0 + i < sq;
-        const float lse = ok ? p.lse[sl.lse_off + q0 + i] : -INFINITY;
-        sLse[i] = lse == -INFINITY ? INFINITY : lse * kLog2e;
-        sDelta[i] = ok ? p.delta[sl.lse_off + q0 + i] : 0.f;
-      }
-      cp_async_wait<0>();
-      __syncthreads();
+    fa::load_tile<T, BQ, D, LD, kThreads>(sQ_of(s), static_cast<const T*>(p.q) + sl.q_off, p.q_row, q0, sq, tid);
+    fa::load_tile<T, BQ, D, LD, kThreads>(sdO_of(s), static_cast<const T*>(p.dout) + sl.q_off, p.q_row, q0, sq, tid);
+    float* lse_s = sLse_of(s);
+    float* delta_s = sDelta_of(s);
+    for (int i = tid; i < BQ; i += kThreads) {
+      const bool ok = q0 + i < sq;
+      const float lse = ok ? p.lse[sl.lse_off + q0 + i] : -INFINITY;
+      lse_s[i] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      delta_s[i] = ok ? p.delta[sl.lse_off + q0 + i] : 0.f;
+    }
+  };
+  if (total > 0) issue(0, 0);
+  cp_async_commit();
 
+  for (int n = 0; n < total; ++n) {
+    const int buf = n & 1, q0 = (qt0 + n % nq) * BQ;
+    // Buffer buf ^ 1 was last read in iteration n - 1, which ended with a barrier.
+    if (n + 1 < total) issue(n + 1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();  // K, V and item n have landed
+    __syncthreads();
+    const T* sQ = sQ_of(buf);
+    const T* sdO = sdO_of(buf);
+    const float* sLse = sLse_of(buf);
+    const float* sDelta = sDelta_of(buf);
+    {
       float st[BQ / 8][4], dpt[BQ / 8][4];
 #pragma unroll
       for (int i = 0; i < BQ / 8; ++i)
@@ -177,6 +194,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const FlashAttnParams p)
         }
       }
     }
+    __syncthreads();  // every warp is done with buffer buf before item n + 2 loads into it
   }
   cp_async_wait<0>();
 
@@ -197,9 +215,10 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const FlashAttnParams p)
 }
 
 // ---- dQ -------------------------------------------------------------------------------------
+// K and V tiles are double-buffered: tile it + 1 loads while tile it is computed.
 template <int D> struct DqCfg {
   static constexpr int kBq = 64, kBk = D == 128 ? 32 : 64, LD = D + 8;
-  static constexpr size_t smem = size_t(2 * kBq + 2 * kBk) * LD * 2;
+  static constexpr size_t smem = size_t(2 * kBq + 4 * kBk) * LD * 2;
 };
 
 template <class T, int D>
@@ -209,8 +228,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const FlashAttnParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + BQ * LD;
-  T* sK = sdO + BQ * LD;
-  T* sV = sK + BK * LD;
+  T* sK0 = sdO + BQ * LD;  // buffer s: K at sK0 + 2 s BK LD, V right after it
 
   const int b = blockIdx.z, h = blockIdx.y;
   const int hk = h / (p.heads / p.kv_heads);
@@ -240,6 +258,10 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const FlashAttnParams p) {
 
   fa::load_tile<T, BQ, D, LD, kThreads>(sQ, static_cast<const T*>(p.q) + sl.q_off, p.q_row, q0, sq, tid);
   fa::load_tile<T, BQ, D, LD, kThreads>(sdO, static_cast<const T*>(p.dout) + sl.q_off, p.q_row, q0, sq, tid);
+  if (ntiles > 0) {
+    fa::load_tile<T, BK, D, LD, kThreads>(sK0, K, p.k_row, kbeg, sk, tid);
+    fa::load_tile<T, BK, D, LD, kThreads>(sK0 + BK * LD, V, p.k_row, kbeg, sk, tid);
+  }
   cp_async_commit();
 
   float dq[D / 8][4];
@@ -247,13 +269,17 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const FlashAttnParams p) {
   for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 
   for (int it = 0; it < ntiles; ++it) {
-    const int k0 = kbeg + it * BK;
-    __syncthreads();  // the previous tile's sK / sV are no longer read
-    fa::load_tile<T, BK, D, LD, kThreads>(sK, K, p.k_row, k0, sk, tid);
-    fa::load_tile<T, BK, D, LD, kThreads>(sV, V, p.k_row, k0, sk, tid);
+    const int k0 = kbeg + it * BK, buf = it & 1;
+    if (it + 1 < ntiles) {  // buffer buf ^ 1 was last read in iteration it - 1, which ended with a barrier
+      T* nk = sK0 + (buf ^ 1) * 2 * BK * LD;
+      fa::load_tile<T, BK, D, LD, kThreads>(nk, K, p.k_row, k0 + BK, sk, tid);
+      fa::load_tile<T, BK, D, LD, kThreads>(nk + BK * LD, V, p.k_row, k0 + BK, sk, tid);
+    }
     cp_async_commit();
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // Q, dO and tile it have landed
     __syncthreads();
+    const T* sK = sK0 + buf * 2 * BK * LD;
+    const T* sV = sK + BK * LD;
 
     float s[BK / 8][4], dp[BK / 8][4];
 #pragma unroll
@@ -301,6 +327,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const FlashAttnParams p) {
         MmaOp<T>::run(dq[2 * dn + 1], a, bb[2], bb[3]);
       }
     }
+    __syncthreads();  // every warp is done with buffer buf before tile it + 2 loads into it
   }
   cp_async_wait<0>();
 
