@@ -89,8 +89,9 @@ def _cuda_fwd(q, k, v, causal, scale, window, cu_q=None, cu_k=None, max_q=0, max
         max_q, max_k = q.shape[2], k.shape[2]
     else:
         lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
-    C.flash_attn_fwd(arg(qp), arg(kp), arg(vp), out, lse, cu_q, cu_k, int(max_q), int(max_k), bool(causal),
-                     float(scale), int(window), stream(q))
+    with torch.cuda.device(q.device):  # launch on q's GPU, whichever is current
+        C.flash_attn_fwd(arg(qp), arg(kp), arg(vp), out, lse, cu_q, cu_k, int(max_q), int(max_k), bool(causal),
+                         float(scale), int(window), stream(q))
     return (out if Dp == D else out[..., :D].contiguous()), lse
 
 
@@ -105,8 +106,9 @@ def _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window, cu_q
     dlse = None if grad_lse is None else grad_lse.to(torch.float32).contiguous()
     if cu_q is None:
         max_q, max_k = q.shape[2], k.shape[2]
-    C.flash_attn_bwd(dop, arg(qp), arg(kp), arg(vp), arg(op), arg(lse), dlse, dq, dk, dv, delta, cu_q, cu_k,
-                     int(max_q), int(max_k), bool(causal), float(scale), int(window), stream(q))
+    with torch.cuda.device(q.device):
+        C.flash_attn_bwd(dop, arg(qp), arg(kp), arg(vp), arg(op), arg(lse), dlse, dq, dk, dv, delta, cu_q, cu_k,
+                         int(max_q), int(max_k), bool(causal), float(scale), int(window), stream(q))
     if Dp != D:
         dq, dk, dv = (t[..., :D].contiguous() for t in (dq, dk, dv))
     return dq, dk, dv

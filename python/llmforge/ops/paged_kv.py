@@ -22,8 +22,8 @@ On CUDA tensors ``paged_kv_append`` and ``paged_decode_attention`` run kernels/p
 (float32, float16 or bfloat16 pools; decode needs head_dim 64 or 128): the decode splits long
 sequences over several blocks and merges them by log-sum-exp, and reads each K/V row once for
 all the query heads that share it. The table and lengths are checked on the GPU with one
-synchronising read per call, with the same errors as on CPU. ``paged_kv_gather`` and
-``contiguous_decode_attention`` are CPU only.
+synchronising read per call, with the same errors as on CPU. ``paged_kv_gather`` on CUDA is
+plain torch indexing; ``contiguous_decode_attention`` is CPU only.
 
 ``contiguous_decode_attention`` is the same kernel over a contiguous (batch, n_kv_heads,
 max_len, head_dim) cache, for comparison. The ``*_reference`` functions are pure torch
@@ -140,7 +140,9 @@ def paged_kv_append(k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_len
     _check_append(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts)
     if k_pool.device.type == "cuda":
         _check_append_contents(k_pool, block_table, seq_lens, k_new.shape[1], counts)
-        C.paged_kv_append_cuda(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts, stream(k_pool))
+        with torch.cuda.device(k_pool.device):
+            C.paged_kv_append_cuda(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts,
+                                   stream(k_pool))
         return
     C.paged_kv_append(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts, threads())
 
@@ -313,8 +315,9 @@ def _decode_cuda(q, k_pool, v_pool, block_table, seq_lens, out, scale: float, lo
     """kernels/paged_attn.cu without the content checks (callers check, or own the table)."""
     n = C.paged_decode_workspace_cuda(arg(q), k_pool, block_table, int(longest))
     ws = torch.empty(n, dtype=torch.float32, device=q.device) if n > 0 else None
-    C.paged_decode_attention_cuda(arg(q), k_pool, v_pool, block_table, seq_lens, out, ws, float(scale),
-                                  int(longest), stream(q))
+    with torch.cuda.device(q.device):
+        C.paged_decode_attention_cuda(arg(q), k_pool, v_pool, block_table, seq_lens, out, ws, float(scale),
+                                      int(longest), stream(q))
 
 
 # ---- pure-torch references -------------------------------------------------------------------
