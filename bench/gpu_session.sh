@@ -20,6 +20,20 @@ python3 -c "import llmforge; print(llmforge.build_info())" | tee -a "$OUT/machin
 
 python3 -m pytest -q -p no:logging -m cuda tests 2>&1 | tee "$OUT/cuda_tests.txt" | tail -30
 
+# compute-sanitizer (memcheck: out-of-bounds / misaligned accesses; racecheck: shared-memory
+# hazards) over the small-size cuda tests of the attention and paged KV kernels (the tests
+# whose names contain "sanitizer"). Torch's caching allocator is off so that memcheck sees
+# every allocation's real bounds. SANITIZER=0 skips this part.
+if [ "${SANITIZER:-1}" != 0 ] && command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-900}" compute-sanitizer --tool "$tool" \
+      --error-exitcode 9 python3 -m pytest -q -p no:logging -p no:cacheprovider -m cuda -k sanitizer \
+      tests/ops/test_attention_cuda.py tests/ops/test_paged_kv_cuda.py > "$OUT/sanitizer_$tool.txt" 2>&1
+    echo "compute-sanitizer $tool: exit $?" | tee -a "$OUT/sanitizer_$tool.txt"
+    grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer_$tool.txt" | tail -3
+  done
+fi
+
 # Benchmarks: every bench module that knows the cuda device.
 rm -f bench/results/gpu.csv.new
 python3 -m bench ${BENCH_OPS:-all} --device cuda --record 2>&1 | tee "$OUT/bench.txt"

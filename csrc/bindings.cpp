@@ -18,6 +18,8 @@
 #include "rmsnorm_gemm.h"
 #include "rope.h"
 #include "swiglu.h"
+#include "flash_attn.h"
+#include "paged_attn.h"
 #include "tensor.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "runtime.cuh"
@@ -457,4 +459,65 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("grad_lse"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"), py::arg("causal"),
         py::arg("scale"), py::arg("window"), py::arg("threads"));
+  // ---- CUDA fused attention and paged KV cache (kernels/flash_attn_*.cu, kernels/paged_attn.cu) ----
+  m.def("flash_attn_fwd",
+        [](py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse, py::handle cu_q, py::handle cu_k,
+           int64_t max_q, int64_t max_k, bool causal, double scale, int64_t window, intptr_t stream) {
+          auto Q = to_view(q, "q"), K = to_view(k, "k"), V = to_view(v, "v"), O = to_view(out, "out");
+          auto L = to_view(lse, "lse");
+          auto CQ = to_view_opt(cu_q, "cu_seqlens_q"), CK = to_view_opt(cu_k, "cu_seqlens_k");
+          py::gil_scoped_release nogil;
+          lf::flash_attn_fwd(Q.view, K.view, V.view, O.view, L.view, ptr(CQ), ptr(CK), max_q, max_k, causal, scale,
+                             window, stream);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("cu_seqlens_q"),
+        py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::arg("causal"),
+        py::arg("scale"), py::arg("window"), py::arg("stream"));
+  m.def("flash_attn_bwd",
+        [](py::handle dout, py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse,
+           py::handle dlse, py::handle dq, py::handle dk, py::handle dv, py::handle delta, py::handle cu_q,
+           py::handle cu_k, int64_t max_q, int64_t max_k, bool causal, double scale, int64_t window,
+           intptr_t stream) {
+          auto DO = to_view(dout, "grad_out"), Q = to_view(q, "q"), K = to_view(k, "k"), V = to_view(v, "v");
+          auto O = to_view(out, "out"), L = to_view(lse, "lse"), DQ = to_view(dq, "grad_q");
+          auto DK = to_view(dk, "grad_k"), DV = to_view(dv, "grad_v"), DE = to_view(delta, "delta");
+          auto DL = to_view_opt(dlse, "grad_lse");
+          auto CQ = to_view_opt(cu_q, "cu_seqlens_q"), CK = to_view_opt(cu_k, "cu_seqlens_k");
+          py::gil_scoped_release nogil;
+          lf::flash_attn_bwd(DO.view, Q.view, K.view, V.view, O.view, L.view, ptr(DL), DQ.view, DK.view, DV.view,
+                             DE.view, ptr(CQ), ptr(CK), max_q, max_k, causal, scale, window, stream);
+        },
+        py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+        py::arg("grad_lse"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"), py::arg("delta"),
+        py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"),
+        py::arg("causal"), py::arg("scale"), py::arg("window"), py::arg("stream"));
+  m.def("paged_kv_append_cuda",
+        [](py::handle k_pool, py::handle v_pool, py::handle table, py::handle lens, py::handle k_new,
+           py::handle v_new, py::handle counts, intptr_t stream) {
+          auto KP = to_view(k_pool, "k_pool"), VP = to_view(v_pool, "v_pool"), T = to_view(table, "block_table");
+          auto L = to_view(lens, "seq_lens"), KN = to_view(k_new, "k_new"), VN = to_view(v_new, "v_new");
+          auto CN = to_view_opt(counts, "counts");
+          py::gil_scoped_release nogil;
+          lf::paged_kv_append_cuda(KP.view, VP.view, T.view, L.view, KN.view, VN.view, ptr(CN), stream);
+        },
+        py::arg("k_pool"), py::arg("v_pool"), py::arg("block_table"), py::arg("seq_lens"), py::arg("k_new"),
+        py::arg("v_new"), py::arg("counts"), py::arg("stream"));
+  m.def("paged_decode_workspace_cuda",
+        [](py::handle q, py::handle k_pool, py::handle table, int64_t max_len) {
+          auto Q = to_view(q, "q"), KP = to_view(k_pool, "k_pool"), T = to_view(table, "block_table");
+          return lf::paged_decode_workspace_cuda(Q.view, KP.view, T.view, max_len);
+        },
+        py::arg("q"), py::arg("k_pool"), py::arg("block_table"), py::arg("max_len"));
+  m.def("paged_decode_attention_cuda",
+        [](py::handle q, py::handle k_pool, py::handle v_pool, py::handle table, py::handle lens, py::handle out,
+           py::handle workspace, double scale, int64_t max_len, intptr_t stream) {
+          auto Q = to_view(q, "q"), KP = to_view(k_pool, "k_pool"), VP = to_view(v_pool, "v_pool");
+          auto T = to_view(table, "block_table"), L = to_view(lens, "seq_lens"), O = to_view(out, "out");
+          auto WS = to_view_opt(workspace, "workspace");
+          py::gil_scoped_release nogil;
+          lf::paged_decode_attention_cuda(Q.view, KP.view, VP.view, T.view, L.view, O.view, ptr(WS), scale, max_len,
+                                          stream);
+        },
+        py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_table"), py::arg("seq_lens"),
+        py::arg("out"), py::arg("workspace"), py::arg("scale"), py::arg("max_len"), py::arg("stream"));
 }

@@ -3,6 +3,13 @@
 and (B, L, Hkv, D) caches); append and gather.
 
     python -m bench paged_kv [--record]
+    python -m bench paged_kv --device cuda [--record]   # kernels/paged_attn.cu
+
+CUDA: decode at batch 16, KV length 4096, GQA 32/8 heads, head dim 128, block 16, bfloat16;
+"% peak" is GB/s over the measured copy bandwidth of this GPU (bench/harness.py). The
+kernel row times the launch alone (tables checked once beforehand); the op row adds the
+op's per-call table check (one synchronising read). torch SDPA on the same data in a
+contiguous (B, Hkv, L, D) cache is the baseline.
 
 Pages are handed out in a random order (as a long-running server's pool ends up), block
 size 16. GB/s counts the K and V bytes read (decode) or bytes read + written (append, gather).
@@ -59,9 +66,58 @@ def _decode_rows(rows, case, lens, n_heads, n_kv, d, dtype, device, gen, sdpa=Tr
                         bytes_moved=kv_bytes))
 
 
+def _run_cuda(quick: bool):
+    from llmforge.ops.paged_kv import _check_decode_contents, _decode_cuda
+
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    cases = [(16, 4096, 32, 8, 128, torch.bfloat16)]  # the target shape first
+    if not quick:
+        cases += [(16, 4096, 32, 8, 128, torch.float16), (64, 2048, 32, 8, 128, torch.bfloat16),
+                  (1, 32768, 32, 8, 128, torch.bfloat16), (16, 4096, 32, 32, 128, torch.bfloat16),
+                  (16, 4096, 32, 8, 64, torch.bfloat16)]
+    with torch.no_grad():
+        for B, L, H, Hk, D, dt in cases:
+            case = f"decode B{B} L{L} H{H}/{Hk} D{D} block{BLOCK} {str(dt).replace('torch.', '')}"
+            k_pool, v_pool, table, seq_lens = (t.cuda() for t in _paged([L] * B, Hk, D, dt, gen))
+            q = torch.randn(B, H, D, generator=gen).to(dt).cuda()
+            kv_bytes = 2 * B * L * Hk * D * k_pool.element_size()
+            out = torch.empty_like(q)
+            longest = _check_decode_contents(k_pool, table, seq_lens)
+            scale = D ** -0.5
+            rows.append(row(case, "llmforge kernel",
+                            time_fn(lambda: _decode_cuda(q, k_pool, v_pool, table, seq_lens, out, scale, longest),
+                                    "cuda"), "cuda", bytes_moved=kv_bytes))
+            rows.append(row(case, "llmforge op (checked)",
+                            time_fn(lambda: paged_decode_attention(q, k_pool, v_pool, table, seq_lens), "cuda"),
+                            "cuda", bytes_moved=kv_bytes))
+            # baseline: SDPA over the same keys/values laid out contiguously
+            idx = (table.long()[:, :, None] * BLOCK + torch.arange(BLOCK, device="cuda")).view(B, -1)[:, :L]
+            k = k_pool.view(-1, Hk, D)[idx].transpose(1, 2).contiguous()  # (B, Hk, L, D)
+            v = v_pool.view(-1, Hk, D)[idx].transpose(1, 2).contiguous()
+            q4 = q[:, :, None]
+            rows.append(row(case, "torch sdpa contiguous",
+                            time_fn(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=H != Hk), "cuda"),
+                            "cuda", bytes_moved=kv_bytes))
+            del k, v, k_pool, v_pool
+        # append: one decode token for 16 sequences; a 2048-token prefill of one sequence
+        for B, n_new, start in ((16, 1, 1000), (1, 2048, 0)):
+            k_pool, v_pool, table, _ = (t.cuda() for t in _paged([start + n_new] * B, 8, 128, torch.bfloat16, gen))
+            seq_lens = torch.full((B,), start, dtype=torch.int32, device="cuda")
+            k_new = torch.randn(B, n_new, 8, 128, dtype=torch.bfloat16, device="cuda")
+            v_new = torch.randn_like(k_new)
+            nbytes = 2 * 2 * k_new.numel() * 2
+            rows.append(row(f"append B{B} n_new {n_new} Hkv8 D128 bfloat16", "llmforge op (checked)",
+                            time_fn(lambda: paged_kv_append(k_pool, v_pool, table, seq_lens, k_new, v_new), "cuda"),
+                            "cuda", bytes_moved=nbytes))
+    return finish(rows, baseline="torch sdpa contiguous")
+
+
 def run(device: str = "cpu", quick: bool = False):
+    if device == "cuda":
+        return _run_cuda(quick)
     if device != "cpu":
-        raise SystemExit("paged_kv: CPU kernels only")
+        raise SystemExit(f"paged_kv: no kernels for device {device}")
     gen = torch.Generator().manual_seed(0)
     rows = []
     cases = [  # (batch, length, n_heads, n_kv_heads, head_dim, dtype)

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import cuda_available, ops
 from ..ops import rmsnorm
+from ..ops.attention import attention_varlen_fwd
 from .config import ModelConfig
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -26,6 +27,12 @@ def use_kernels(x: torch.Tensor) -> bool:
     """llmforge's fused CPU kernels (RoPE, SwiGLU, attention) run on CPU tensors of these dtypes;
     elsewhere (CUDA until its kernels land) the model uses the equivalent torch ops."""
     return x.device.type == "cpu" and x.dtype in KERNEL_DTYPES
+
+
+def use_cuda_attention(q: torch.Tensor) -> bool:
+    """The fused CUDA attention (kernels/flash_attn_*.cu) takes these: fp16/bf16, head dim <= 128."""
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 128
+            and cuda_available())
 
 
 # ---- RoPE ----------------------------------------------------------------------------------
@@ -125,7 +132,14 @@ class Attention(nn.Module):
         q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
         k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
-        if mask is None and use_kernels(q):
+        if isinstance(mask, PackedDocs) and not use_cuda_attention(q):
+            mask = document_mask(mask.position_ids)
+        if isinstance(mask, PackedDocs):  # CUDA: packed documents as one varlen launch, no mask
+            y = attention_varlen_fwd(q.transpose(1, 2).reshape(B * T, h, hd), k.transpose(1, 2).reshape(B * T, kv, hd),
+                                     v.transpose(1, 2).reshape(B * T, kv, hd), mask.cu_seqlens, mask.cu_seqlens,
+                                     mask.max_len, mask.max_len, True, hd ** -0.5, -1)[0]
+            return self.o_proj(y.view(B, T, h * hd))
+        if mask is None and (use_kernels(q) or use_cuda_attention(q)):
             y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
@@ -207,6 +221,29 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
+class PackedDocs:
+    """Packed documents for the CUDA varlen attention: each (row, document) of a (B, T) batch
+    is one sequence of the flattened B * T tokens. cu_seqlens: int32 (n + 1,) on the device."""
+
+    def __init__(self, position_ids: torch.Tensor):
+        B, T = position_ids.shape
+        self.position_ids = position_ids
+        starts = position_ids == 0
+        starts[:, 0] = True                                                 # rows never share a document
+        idx = starts.reshape(-1).nonzero().flatten()
+        cu = torch.cat([idx, idx.new_full((1,), B * T)])
+        self.cu_seqlens = cu.to(torch.int32)
+        self.max_len = int((cu[1:] - cu[:-1]).max())
+
+
+def _packed_on_cuda(x: torch.Tensor, head_dim: int) -> bool:
+    """Will attention run in fp16/bf16 on CUDA (directly, or under autocast)?"""
+    if x.device.type != "cuda" or head_dim > 128 or not cuda_available():
+        return False
+    half = (torch.float16, torch.bfloat16)
+    return x.dtype in half or (torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half)
+
+
 def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, 1, T, T) boolean mask: causal, and no attention across documents, where a new
     document starts wherever position_ids restarts at 0."""
@@ -257,7 +294,7 @@ class Transformer(nn.Module):
         else:
             if position_ids.shape != tokens.shape:
                 raise ValueError("position_ids must have the shape of tokens")
-            mask = document_mask(position_ids)
+            mask = PackedDocs(position_ids) if _packed_on_cuda(x, self.cfg.head_dim) else document_mask(position_ids)
         rope = Rope(self.cfg, None if mask is None else position_ids, B, T, x.dtype, x.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:

@@ -31,5 +31,7 @@ __all__ += ["quantize_int4", "dequantize_int4", "int4_linear", "int4_linear_refe
             "dequantize_int8", "int8_linear", "int8_linear_reference", "quantize_activations_int8", "w8a8_linear",
             "w8a8_linear_reference"]
 from .attention import attention, attention_reference, attention_with_lse
+from .attention import attention_varlen, attention_varlen_reference, attention_varlen_with_lse
 
 __all__ += ["attention", "attention_reference", "attention_with_lse"]
+__all__ += ["attention_varlen", "attention_varlen_reference", "attention_varlen_with_lse"]

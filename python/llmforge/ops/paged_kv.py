@@ -18,6 +18,13 @@ corrupt table raises ValueError and never reads or writes outside the pool. Bloc
 not be shared by two sequences that append in the same call. The block manager the
 generation engine uses is ``llmforge.generate.paged_cache.PagedKVCache``.
 
+On CUDA tensors ``paged_kv_append`` and ``paged_decode_attention`` run kernels/paged_attn.cu
+(float32, float16 or bfloat16 pools; decode needs head_dim 64 or 128): the decode splits long
+sequences over several blocks and merges them by log-sum-exp, and reads each K/V row once for
+all the query heads that share it. The table and lengths are checked on the GPU with one
+synchronising read per call, with the same errors as on CPU. ``paged_kv_gather`` on CUDA is
+plain torch indexing; ``contiguous_decode_attention`` is CPU only.
+
 ``contiguous_decode_attention`` is the same kernel over a contiguous (batch, n_kv_heads,
 max_len, head_dim) cache, for comparison. The ``*_reference`` functions are pure torch
 (attention in float64) and serve as the tests' references.
@@ -29,9 +36,10 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, threads
+from ._native import C, arg, require, stream, threads
 
 _CACHE_DTYPES = (torch.float32, torch.bfloat16)
+_CUDA_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _on_cpu(op: str, **tensors: Tensor | None) -> None:
@@ -44,11 +52,26 @@ def _on_cpu(op: str, **tensors: Tensor | None) -> None:
             raise ValueError(f"{op}: the paged KV cache kernels run on CPU tensors only, got {dev}")
 
 
-def _check_cache(op: str, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_lens: Tensor) -> None:
+def _on_one_device(op: str, **tensors: Tensor | None) -> None:
+    """All on one CPU, CUDA or meta device (the ops that have CUDA kernels)."""
+    devices = {t.device for t in tensors.values() if t is not None}
+    if len(devices) > 1:
+        names = ", ".join(f"{n} on {t.device}" for n, t in tensors.items() if t is not None)
+        raise ValueError(f"{op}: tensors are on different devices ({names}); move them to one device")
+    for dev in devices:
+        if dev.type not in ("cpu", "cuda", "meta"):
+            raise ValueError(f"{op}: the paged KV cache kernels run on CPU or CUDA tensors, got {dev}")
+
+
+def _check_cache(op: str, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_lens: Tensor,
+                 cuda_ok: bool = False) -> None:
     """Shape/dtype/device checks shared by the kernels and the fake implementations."""
     for name, t in (("k_pool", k_pool), ("v_pool", v_pool), ("block_table", block_table), ("seq_lens", seq_lens)):
         require(isinstance(t, Tensor), f"{op}: {name} must be a tensor")
-    if k_pool.dtype not in _CACHE_DTYPES:
+    if cuda_ok and k_pool.device.type == "cuda":
+        if k_pool.dtype not in _CUDA_CACHE_DTYPES:
+            raise TypeError(f"{op}: k_pool has dtype {k_pool.dtype}, expected float32, float16 or bfloat16")
+    elif k_pool.dtype not in _CACHE_DTYPES:
         raise TypeError(f"{op}: k_pool has dtype {k_pool.dtype}, expected float32 or bfloat16")
     if v_pool.dtype != k_pool.dtype:
         raise TypeError(f"{op}: v_pool has dtype {v_pool.dtype} but k_pool has {k_pool.dtype}; they must match")
@@ -65,7 +88,10 @@ def _check_cache(op: str, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, s
             f"{op}: seq_lens has shape {tuple(seq_lens.shape)}, expected ({block_table.shape[0]},)")
     for name, t in (("k_pool", k_pool), ("v_pool", v_pool), ("block_table", block_table), ("seq_lens", seq_lens)):
         require(t.is_contiguous(), f"{op}: {name} must be contiguous; call .contiguous() first")
-    _on_cpu(op, k_pool=k_pool, v_pool=v_pool, block_table=block_table, seq_lens=seq_lens)
+    if cuda_ok:
+        _on_one_device(op, k_pool=k_pool, v_pool=v_pool, block_table=block_table, seq_lens=seq_lens)
+    else:
+        _on_cpu(op, k_pool=k_pool, v_pool=v_pool, block_table=block_table, seq_lens=seq_lens)
 
 
 def _check_query(op: str, q: Tensor, k_dtype: torch.dtype, batch: int, n_kv_heads: int, head_dim: int) -> None:
@@ -87,8 +113,8 @@ def _scale(scale: float | None, head_dim: int) -> float:
 # ---- append ------------------------------------------------------------------------------
 def _check_append(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts):
     op = "paged_kv_append"
-    _check_cache(op, k_pool, v_pool, block_table, seq_lens)
-    _on_cpu(op, k_pool=k_pool, k_new=k_new, v_new=v_new, counts=counts)
+    _check_cache(op, k_pool, v_pool, block_table, seq_lens, cuda_ok=True)
+    _on_one_device(op, k_pool=k_pool, k_new=k_new, v_new=v_new, counts=counts)
     if k_new.dtype != k_pool.dtype or v_new.dtype != k_pool.dtype:
         raise TypeError(f"{op}: k_new/v_new have dtypes {k_new.dtype}/{v_new.dtype} but the pools have {k_pool.dtype}")
     want = (block_table.shape[0], "n_new", k_pool.shape[2], k_pool.shape[3])
@@ -112,6 +138,12 @@ def paged_kv_append(k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_len
     seq_lens is not changed: the caller advances it. Raises ValueError, writing nothing,
     if a position falls outside block_table or on an entry that is not a pool block."""
     _check_append(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts)
+    if k_pool.device.type == "cuda":
+        _check_append_contents(k_pool, block_table, seq_lens, k_new.shape[1], counts)
+        with torch.cuda.device(k_pool.device):
+            C.paged_kv_append_cuda(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts,
+                                   stream(k_pool))
+        return
     C.paged_kv_append(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts, threads())
 
 
@@ -141,17 +173,35 @@ def _(pool, block_table, seq_lens, max_len):
 
 def paged_kv_gather(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_len: int | None = None) -> Tensor:
     """The cached rows of each sequence as a contiguous (batch, max_len, n_kv_heads, head_dim)
-    tensor, zeros past seq_lens[b]. max_len defaults to the longest sequence."""
+    tensor, zeros past seq_lens[b]. max_len defaults to the longest sequence. On CUDA tensors
+    this is plain torch indexing (after the same table checks), not a hand-written kernel."""
+    if isinstance(pool, Tensor) and pool.device.type == "cuda":
+        return _gather_cuda(pool, block_table, seq_lens, max_len)
     if max_len is None:
         max_len = int(seq_lens.max()) if seq_lens.numel() else 0
     return _paged_kv_gather(pool, block_table, seq_lens, int(max_len))
 
 
+def _gather_cuda(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_len: int | None) -> Tensor:
+    op = "paged_kv_gather"
+    _check_cache(op, pool, pool, block_table, seq_lens, cuda_ok=True)
+    longest = _check_decode_contents(pool, block_table, seq_lens, op)
+    max_len = longest if max_len is None else int(max_len)
+    require(max_len >= longest, f"{op}: max_len {max_len} is shorter than the longest sequence ({longest})")
+    B, bs = block_table.shape[0], pool.shape[1]
+    pos = torch.arange(max_len, device=pool.device)
+    valid = pos[None, :] < seq_lens.long()[:, None]                                   # (B, max_len)
+    col = (pos // bs).clamp(max=block_table.shape[1] - 1)[None, :].expand(B, -1)
+    blk = torch.where(valid, block_table.long().gather(1, col), 0)
+    out = pool[blk, (pos % bs)[None, :].expand(B, -1)]                                # (B, max_len, Hkv, D)
+    return out.masked_fill(~valid[:, :, None, None], 0)
+
+
 # ---- decode attention -----------------------------------------------------------------------
 def _check_decode(q, k_pool, v_pool, block_table, seq_lens):
-    _check_cache("paged_decode_attention", k_pool, v_pool, block_table, seq_lens)
+    _check_cache("paged_decode_attention", k_pool, v_pool, block_table, seq_lens, cuda_ok=True)
     _check_query("paged_decode_attention", q, k_pool.dtype, block_table.shape[0], k_pool.shape[2], k_pool.shape[3])
-    _on_cpu("paged_decode_attention", q=q, k_pool=k_pool)
+    _on_one_device("paged_decode_attention", q=q, k_pool=k_pool)
 
 
 @torch.library.custom_op("llmforge::paged_decode_attention", mutates_args=())
@@ -162,6 +212,10 @@ def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tabl
     to 1/sqrt(head_dim)."""
     _check_decode(q, k_pool, v_pool, block_table, seq_lens)
     out = torch.empty_like(q)
+    if q.device.type == "cuda":
+        longest = _check_decode_contents(k_pool, block_table, seq_lens)
+        _decode_cuda(q, k_pool, v_pool, block_table, seq_lens, out, _scale(scale, q.shape[2]), longest)
+        return out
     C.paged_decode_attention(arg(q), k_pool, v_pool, block_table, seq_lens, out, _scale(scale, q.shape[2]), threads())
     return out
 
@@ -203,6 +257,67 @@ def contiguous_decode_attention(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tenso
 def _(q, k, v, seq_lens, scale=None):
     _check_contiguous_cache(q, k, v, seq_lens)
     return torch.empty_like(q)
+
+
+# ---- CUDA: content checks (one device read per call) and launch ------------------------------
+def _bad_block(op: str, block_table: Tensor, need: Tensor, num_blocks: int) -> None:
+    """Raise naming the first table entry in `need` (bool, like block_table) outside the pool."""
+    bad = need & ((block_table < 0) | (block_table >= num_blocks))
+    if bool(bad.any()):
+        b, j = (int(x) for x in bad.nonzero()[0].tolist())
+        raise ValueError(f"{op}: block_table[{b}, {j}] = {int(block_table[b, j])} is not a block of the pool "
+                         f"(0 <= index < {num_blocks}) but sequence {b} needs it")
+
+
+def _check_append_contents(k_pool: Tensor, block_table: Tensor, seq_lens: Tensor, n_new: int,
+                           counts: Tensor | None) -> None:
+    op = "paged_kv_append"
+    bs, capacity = k_pool.shape[1], block_table.shape[1] * k_pool.shape[1]
+    lens = seq_lens.long()
+    cnt = torch.full_like(lens, n_new) if counts is None else counts.long()
+    cols = torch.arange(block_table.shape[1], device=block_table.device)[None, :]
+    need = (cnt[:, None] > 0) & (cols >= (lens // bs)[:, None]) & (cols <= ((lens + cnt - 1) // bs)[:, None])
+    bad_entry = need & ((block_table < 0) | (block_table >= k_pool.shape[0]))
+    flags = torch.stack([(cnt < 0).any() | (cnt > n_new).any(), (lens < 0).any(), (lens + cnt > capacity).any(),
+                         bad_entry.any()]).tolist()
+    if not any(flags):
+        return
+    lens_l, cnt_l = lens.tolist(), cnt.tolist()
+    for b, (n, c) in enumerate(zip(lens_l, cnt_l)):
+        require(0 <= c <= n_new, f"{op}: counts[{b}] = {c} is outside [0, {n_new}]")
+        require(n >= 0, f"{op}: seq_lens[{b}] = {n} is negative")
+        require(n + c <= capacity, f"{op}: sequence {b} would grow to {n + c} tokens but block_table has room for "
+                                   f"{capacity} ({block_table.shape[1]} blocks of {bs}); allocate more blocks first")
+    _bad_block(op, block_table, need, k_pool.shape[0])
+
+
+def _check_decode_contents(k_pool: Tensor, block_table: Tensor, seq_lens: Tensor,
+                           op: str = "paged_decode_attention") -> int:
+    """Raises on lengths outside the table or missing blocks; returns the longest length."""
+    bs, capacity = k_pool.shape[1], block_table.shape[1] * k_pool.shape[1]
+    if seq_lens.numel() == 0:
+        return 0
+    lens = seq_lens.long()
+    cols = torch.arange(block_table.shape[1], device=block_table.device)[None, :]
+    need = cols < ((lens + bs - 1) // bs)[:, None]
+    bad_entry = need & ((block_table < 0) | (block_table >= k_pool.shape[0]))
+    lo, hi, bad = torch.stack([lens.min(), lens.max(), bad_entry.any().long()]).tolist()
+    if lo < 0 or hi > capacity:
+        b = int(((lens < 0) | (lens > capacity)).nonzero()[0])
+        raise ValueError(f"{op}: seq_lens[{b}] = {int(lens[b])} is outside [0, {capacity}] (block_table has "
+                         f"{block_table.shape[1]} blocks of {bs} per sequence)")
+    if bad:
+        _bad_block(op, block_table, need, k_pool.shape[0])
+    return int(hi)
+
+
+def _decode_cuda(q, k_pool, v_pool, block_table, seq_lens, out, scale: float, longest: int) -> None:
+    """kernels/paged_attn.cu without the content checks (callers check, or own the table)."""
+    n = C.paged_decode_workspace_cuda(arg(q), k_pool, block_table, int(longest))
+    ws = torch.empty(n, dtype=torch.float32, device=q.device) if n > 0 else None
+    with torch.cuda.device(q.device):
+        C.paged_decode_attention_cuda(arg(q), k_pool, v_pool, block_table, seq_lens, out, ws, float(scale),
+                                      int(longest), stream(q))
 
 
 # ---- pure-torch references -------------------------------------------------------------------
