@@ -212,24 +212,13 @@ def _token_batches(ctx: Context, tok, part: str, seq_len: int, n: int, batch: in
 
 
 def stage_eval(ctx: Context) -> dict:
-    from .data.pack import PackedDataset, write_packed
-    from .train.evaluate import bits_per_byte, token_byte_lengths
+    from .eval import EvalConfig, evaluate_all
 
     s = ctx.section("eval")
     model, tok = _final(ctx)
-    out = ctx.dir("eval")
-    d = os.path.join(out, "heldout")
-    seq_len = int(s.pop("seq_len", 256))
-    write_packed(d, tok.encode_batch(_docs(ctx, "heldout")), seq_len=seq_len, eos_id=tok.eos_id,
-                 vocab_size=tok.vocab_size)
-    held = PackedDataset(d, seed=0, shuffle=False, doc_mask=False)
-    res = {"heldout": bits_per_byte(model, held, token_byte_lengths(tok), batch_size=8)}
-    try:
-        from .eval import EvalConfig, evaluate_all
-    except ImportError:
-        return res
-    res.update(evaluate_all(model, tok, EvalConfig(**s), out))
-    return res
+    cfg = EvalConfig(**s)
+    return evaluate_all(model, tok, cfg, ctx.dir("eval"), heldout_texts=_docs(ctx, "heldout"),
+                        train_texts=_docs(ctx, "train"), progress=False)
 
 
 def stage_quantize(ctx: Context) -> dict:
@@ -271,7 +260,7 @@ def stage_export(ctx: Context) -> dict:
     for qtype in s.get("qtypes", ["f32", "q8_0", "q4_0"]):
         path = os.path.join(ctx.dir("export"), f"{ctx.recipe.get('name', 'model')}-{qtype}.gguf")
         info = export_gguf(model, tok, path, qtype)
-        r = {"path": path, "bytes": os.path.getsize(path), "verify": verify_gguf(model, tok, path, texts)}
+        r = {"path": path, "bytes": os.path.getsize(path), "verify": verify_gguf(model, tok, path, texts, max_tokens=model.cfg.max_seq_len)}
         r["llama_cpp"] = compare_with_llamacpp(path, model, tok, texts)
         if isinstance(info, dict) and info.get("fallbacks"):
             r["fallbacks"] = info["fallbacks"]

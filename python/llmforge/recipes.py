@@ -7,7 +7,8 @@ that runs it). Every section maps onto a config dataclass:
     [tokenizer]  vocab_size = 4096 (trained on the training split) or path = "tokenizer.json"
     [model]      ModelConfig fields (vocab_size and max_seq_len are filled in)
     [train]      PretrainConfig fields
-    [sft]        SFTConfig fields (lora_r, template, ...), base = "runs/x/model", chats = "chitchat" | path
+    [sft]        SFTConfig fields (lora_r, template, ...), base = "runs/x/model", chats = "chitchat" | path,
+                 heldout = 64 conversations, max_conversations = all
 
 Runs are cached by out_dir: re-running resumes from the latest checkpoint.
 """
@@ -166,6 +167,7 @@ def run_sft(recipe: dict) -> dict:
     base = s.pop("base", None)
     chats = s.pop("chats", "chitchat")
     heldout = int(s.pop("heldout", 64))
+    max_conversations = s.pop("max_conversations", None)  # the first N conversations (held-out ones included)
     if not base:
         raise ValueError("[sft] needs base = a model directory (HF layout with llmforge_tokenizer.json or tokenizer.json)")
     train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
@@ -175,6 +177,8 @@ def run_sft(recipe: dict) -> dict:
     tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
     model = load_hf(base)
     convs = load_chats(chats)
+    if max_conversations:
+        convs = convs[: int(max_conversations)]
     if len(convs) <= heldout:
         raise ValueError(f"only {len(convs)} conversations; need more than heldout={heldout}")
     res = sft(model, tok, convs[:-heldout], cfg, eval_conversations=convs[-heldout:])
