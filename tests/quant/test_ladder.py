@@ -80,3 +80,25 @@ def test_ladder_bad_input(tiny, tmp_path):
     res = quant_ladder(model, None, calib, held, methods=["fp32", "gguf_q9_9"], out_dir=str(tmp_path))
     assert "qtype" in res["rows"][1]["error"]
     assert "gguf_q9_9 failed" in (tmp_path / "quant_ladder.md").read_text()
+
+
+def test_cli_quant_ladder(tmp_path):
+    """`llmforge quant-ladder` on a saved model + tokenizer, with a real GGUF round trip."""
+    from llmforge.cli import main
+    from llmforge.model import save_hf
+    from llmforge.tokenizer import Tokenizer
+
+    text = " ".join(f"word{i % 37} and thing{i % 11}." for i in range(600))
+    tok = Tokenizer.train_from_iterator([text], vocab_size=300)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=1, n_heads=2, ffn_dim=128,
+                                    max_seq_len=32))
+    save_hf(model, tmp_path / "m")
+    tok.save(tmp_path / "m" / "llmforge_tokenizer.json")
+    (tmp_path / "t.txt").write_text(text)
+    rc = main(["quant-ladder", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"),
+               "--methods", "fp32,int8,gguf_q8_0", "--seq-len", "32"])
+    assert rc == 0
+    js = json.loads((tmp_path / "o" / "quant_ladder.json").read_text())
+    assert [r["method"] for r in js["rows"]] == ["fp32", "int8", "gguf_q8_0"]
+    assert all("error" not in r for r in js["rows"]) and js["rows"][2]["kl_per_token"] > 0
