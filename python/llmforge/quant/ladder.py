@@ -346,8 +346,11 @@ def plot(result: dict, path: str) -> None:
     a1.set(xlabel="bits per weight (block linears)", ylabel="held-out perplexity", xscale="log")
     a1.legend(fontsize=8)
     a2.set(xlabel="bits per weight (block linears)", ylabel="KL(fp || q) per token", xscale="log", yscale="log")
+    ticks = [t for t in (2, 3, 4, 5, 6, 8, 12, 16, 32) if any(abs(r["bits_per_weight"] / t - 1) < 0.6 for r in ok)]
     for a in (a1, a2):
         a.grid(alpha=0.3, which="both")
+        a.set_xticks(ticks, [str(t) for t in ticks])
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(result["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
