@@ -31,6 +31,7 @@ and the other experts) or with fold=False: those linears keep s as an explicit i
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ from .linear import W8A8Linear
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0 <= alpha <= 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha (migration strength) must be a number in [0, 1], got {alpha!r}")
     return float(alpha)
 
