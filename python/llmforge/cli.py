@@ -9,6 +9,7 @@
     llmforge generate MODEL -p "Once upon a time"   (MODEL: HF-layout dir or .gguf; --quant int8|int4)
     llmforge chat MODEL                              interactive chat, streaming (/reset, /exit)
     llmforge serve MODEL --port 8000                 OpenAI-compatible HTTP server
+    llmforge quant-ladder runs/x/model --text held.txt  every quantiser on one model, judged on text
 """
 from __future__ import annotations
 
@@ -68,6 +69,54 @@ def eval_command(a) -> int:
     return 0
 
 
+# ---- quant-ladder ---------------------------------------------------------------------------
+def quant_ladder_cmd(model_dir: str, text: str, out: str, methods: str | None = None, seq_len: int = 256,
+                     calib: int = 32, heldout: int = 64) -> dict:
+    """Run llmforge.quant.ladder on an HF-layout model directory (tokenizer beside it). `text`
+    (a UTF-8 file) is tokenised and cut into seq_len windows: the first half's windows
+    calibrate, the second half's are held out."""
+    import os
+
+    import torch
+
+    from .model import load_hf
+    from .quant.ladder import DEFAULT_METHODS, quant_ladder
+    from .tokenizer import Tokenizer
+
+    model = load_hf(model_dir)
+    own = os.path.join(model_dir, "llmforge_tokenizer.json")
+    tok = Tokenizer.load(own) if os.path.exists(own) else Tokenizer.from_hf_json(os.path.join(model_dir, "tokenizer.json"))
+    with open(text, encoding="utf-8") as f:
+        ids = torch.tensor(tok.encode(f.read()), dtype=torch.int64)
+    seq_len = min(seq_len, model.cfg.max_seq_len)
+    half = len(ids) // 2
+    cut = lambda t, k: t[: min(k, len(t) // seq_len) * seq_len].view(-1, seq_len)
+    c, h = cut(ids[:half], calib), cut(ids[half:], heldout)
+    if not len(c) or not len(h):
+        raise ValueError(f"{text}: too short for two windows of {seq_len} tokens")
+    names = DEFAULT_METHODS if not methods else [m.strip() for m in methods.split(",") if m.strip()]
+    res = quant_ladder(model.eval(), tok, list(c.split(8)), list(h.split(8)), methods=names, out_dir=out,
+                       title=f"Quant ladder: {model_dir}", progress=True)
+    return {"paths": res["paths"], "ppl_fp": res["ppl_fp"],
+            "rows": [{k: r.get(k) for k in ("method", "bits_per_weight", "ppl", "kl_per_token", "error") if k in r}
+                     for r in res["rows"]]}
+
+
+def add_quant_ladder_parser(sub) -> None:
+    ql = sub.add_parser("quant-ladder", help="every quantiser on one model: perplexity, KL, top-1, SQNR, size")
+    ql.add_argument("model_dir")
+    ql.add_argument("--text", required=True, help="UTF-8 text: first half calibrates, second half is held out")
+    ql.add_argument("--out", default="quant_ladder")
+    ql.add_argument("--methods", default=None, help="comma-separated (default: all; see llmforge.quant.ladder)")
+    ql.add_argument("--seq-len", type=int, default=256)
+
+
+def quant_ladder_command(a) -> int:
+    print(json.dumps(quant_ladder_cmd(a.model_dir, a.text, a.out, a.methods, a.seq_len), indent=2))
+    return 0
+# ---- end quant-ladder ----
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -82,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     al = sub.add_parser("align", help="preference alignment (DPO, ORPO, KTO, reward model) from a TOML recipe")
     al.add_argument("recipe")
     add_eval_parser(sub)
+    add_quant_ladder_parser(sub)
     # ---- generate / chat / serve (llmforge.generate.commands) ----
     from .generate import commands as gen_commands
 
@@ -112,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.cmd == "eval":
         return eval_command(a)
+    if a.cmd == "quant-ladder":
+        return quant_ladder_command(a)
     return 2
 
 

@@ -7,8 +7,12 @@ s = mean|x|^alpha (normalised), minimise || x W^T - (x / s) Q(W s)^T || on calib
 
 The 1/s is folded into the op that produces the shared input, so the model stays a plain
 Llama: into input_layernorm for q/k/v, into post_attention_layernorm for gate/up, and into
-up_proj's rows for down_proj. o_proj (whose input comes from attention) is quantised with
-round-to-nearest.
+up_proj's rows for down_proj. o_proj (whose input comes from attention) gets no scale.
+
+clip=True adds AWQ's clipping search: per output row and group, shrink the quantisation range
+to r * [min, max] with r in [max_shrink, 1], picking the r that minimises that group's output
+error sum_n (x_g . (w_g - Q(clip(w_g))))^2 on (a subsample of) the calibration inputs. Every
+linear of the block is clipped, o_proj included.
 """
 from __future__ import annotations
 
@@ -52,8 +56,43 @@ def search_scales(x, linears, bits, group_size, symmetric, grid: int = 20):
 
 
 @torch.no_grad()
+def search_clip(x, w, bits, group_size, symmetric, grid: int = 20, max_shrink: float = 0.5,
+                n_tokens: int = 1024) -> torch.Tensor:
+    """The clipped weight (same shape as w): per (row, group) the range shrink r in
+    [max_shrink, 1] with the smallest output error on inputs x (rows, in)."""
+    out, n = w.shape
+    ng = n // group_size
+    if x.shape[0] > n_tokens:
+        x = x[torch.linspace(0, x.shape[0] - 1, n_tokens).long()]
+    xg = x.double().reshape(-1, ng, group_size)                                   # (t, ng, gs)
+    wg = w.double().reshape(out, ng, group_size)                                  # (out, ng, gs)
+    hi, lo = wg.amax(-1, keepdim=True), wg.amin(-1, keepdim=True)
+    if symmetric:
+        hi = torch.maximum(hi, -lo)
+        lo = -hi
+    best = wg.clone()
+    best_err = torch.full((out, ng), float("inf"), dtype=torch.float64)
+    for i in range(grid + 1):
+        r = 1 - (1 - max_shrink) * i / grid
+        wc = torch.minimum(torch.maximum(wg, lo * r), hi * r)
+        q = rtn(wc.reshape(out, n), bits, group_size, symmetric).reshape(out, ng, group_size)
+        err = torch.einsum("tgk,ogk->tog", xg, wg - q).pow(2).sum(0)               # (out, ng)
+        better = err < best_err
+        best = torch.where(better[..., None], wc, best)
+        best_err = torch.where(better, err, best_err)
+    return best.reshape(out, n).to(w.dtype)
+
+
+def _quantize(l, x, bits, group_size, symmetric, clip):
+    w = l.weight.float()
+    if clip:
+        w = search_clip(x, w, bits, group_size, symmetric)
+    l.weight.data.copy_(rtn(w, bits, group_size, symmetric).to(l.weight.dtype))
+
+
+@torch.no_grad()
 def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64, symmetric: bool = False,
-                       grid: int = 20) -> dict:
+                       grid: int = 20, clip: bool = True) -> dict:
     model.eval()
     chosen = {}
     for bi, block in enumerate(model.model.layers):
@@ -67,11 +106,13 @@ def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64
             x = _inputs(model, [linears[0]], calib_batches)[id(linears[0])]
             s = search_scales(x, linears, bits, group_size, symmetric, grid)
             for l in linears:
-                l.weight.data.copy_(rtn((l.weight.float() * s), bits, group_size, symmetric).to(l.weight.dtype))
+                l.weight.data.mul_(s.to(l.weight.dtype))
+                _quantize(l, x / s, bits, group_size, symmetric, clip)
             if norm_w is not None:
                 norm_w.data.div_(s.to(norm_w.dtype))
             else:
                 prev_rows.data.div_(s.to(prev_rows.dtype)[:, None])
             chosen[f"{bi}.{tag}"] = s
-        at.o_proj.weight.data.copy_(rtn(at.o_proj.weight.float(), bits, group_size, symmetric).to(at.o_proj.weight.dtype))
+        x = _inputs(model, [at.o_proj], calib_batches)[id(at.o_proj)] if clip else None
+        _quantize(at.o_proj, x, bits, group_size, symmetric, clip)
     return chosen

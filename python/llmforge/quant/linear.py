@@ -2,6 +2,7 @@
 
     layer = Int4Linear.from_linear(linear, group_size=64, symmetric=True)
     layer = Int8Linear.from_linear(linear)
+    layer = W8A8Linear.from_linear(linear, smooth=s)        # int8 activations x int8 weights
     swap_linears(model, Int4Linear, targets=("q_proj", ...), group_size=64)   # in place
 """
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import dequantize_int4, dequantize_int8, int4_linear, int8_linear, quantize_int4, quantize_int8
+from ..ops import (dequantize_int4, dequantize_int8, int4_linear, int8_linear, quantize_int4, quantize_int8,
+                   w8a8_linear)
 
 
 class Int4Linear(nn.Module):
@@ -80,6 +82,47 @@ class Int8Linear(nn.Module):
 
     def weight_bytes(self) -> int:
         return self.q.numel() + self.scale.numel() * 4
+
+
+class W8A8Linear(nn.Module):
+    """y = (x / smooth) @ (W * smooth)^T on the W8A8 op: the activations are quantised per token
+    (absmax / 127) on the fly, the weights per output channel, int32 accumulation. `smooth`
+    (in_features,) is SmoothQuant's explicit input scale for a linear whose scale could not be
+    folded into the preceding op; None when it was folded (or when there is no smoothing)."""
+
+    def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None,
+                 smooth: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("q", q["q"])
+        self.register_buffer("scale", q["scale"])
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None = None) -> "W8A8Linear":
+        w = linear.weight.detach().double()
+        if smooth is not None:
+            if tuple(smooth.shape) != (linear.in_features,):
+                raise ValueError(f"smooth must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
+            if not bool(torch.isfinite(smooth).all()) or bool((smooth <= 0).any()):
+                raise ValueError("smooth must be finite and positive")
+            w = w * smooth.double()[None]
+        return cls(quantize_int8(w), linear.in_features, linear.out_features, linear.bias, smooth)
+
+    def forward(self, x):
+        dt = x.dtype
+        x = x if dt in (torch.float32, torch.bfloat16) else x.float()
+        if self.smooth is not None:
+            x = (x / self.smooth).to(x.dtype)
+        return w8a8_linear(x, {"q": self.q, "scale": self.scale}, self.bias).to(dt)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        w = dequantize_int8({"q": self.q, "scale": self.scale})
+        return w if self.smooth is None else w / self.smooth[None]
+
+    def weight_bytes(self) -> int:
+        return self.q.numel() + self.scale.numel() * 4 + (0 if self.smooth is None else self.smooth.numel() * 4)
 
 
 def swap_linears(model: nn.Module, cls, targets=None, **kw) -> list[str]:
