@@ -222,31 +222,19 @@ def stage_eval(ctx: Context) -> dict:
 
 
 def stage_quantize(ctx: Context) -> dict:
-    import copy
-
-    from .quant.gptq import quantize_model_gptq
-    from .quant.linear import Int8Linear, swap_linears
-    from .quant.quality import compare_models
+    """The quant ladder on the final model: int8 (absmax, zero-point), W8A8 (+SmoothQuant), int4/int3
+    RTN, GPTQ, AWQ and GGUF types, each judged against the float model on held-out text."""
+    from .quant.ladder import DEFAULT_METHODS, quant_ladder
 
     s = ctx.section("quantize")
     model, tok = _final(ctx)
     model.eval()
-    seq_len = int(s.get("seq_len", 128))
+    seq_len = min(int(s.get("seq_len", 128)), model.cfg.max_seq_len)
     calib = _token_batches(ctx, tok, "train", seq_len, int(s.get("calib_sequences", 32)))
     held = _token_batches(ctx, tok, "heldout", seq_len, int(s.get("eval_sequences", 32)))
-    res = {}
-    q8 = copy.deepcopy(model)
-    swap_linears(q8, Int8Linear)
-    res["int8"] = compare_models(model, q8, held)
-    q4 = copy.deepcopy(model)
-    quantize_model_gptq(q4, calib, bits=4, group_size=int(s.get("group_size", 64)), act_order=True)
-    res["gptq_int4"] = compare_models(model, q4, held)
-    try:
-        from .quant.ladder import quant_ladder
-    except ImportError:
-        return res
-    res["ladder"] = quant_ladder(model, tok, calib, held, methods=s.get("ladder", None), out_dir=ctx.dir("quantize"))
-    return res
+    res = quant_ladder(model, tok, calib, held, methods=s.get("methods", DEFAULT_METHODS), out_dir=ctx.dir("quantize"),
+                       title=f"Quant ladder: {ctx.recipe.get('name', 'pipeline')} model")
+    return {"rows": res["rows"], "ppl_fp": res["ppl_fp"], "heldout_tokens": res["heldout_tokens"]}
 
 
 def stage_export(ctx: Context) -> dict:

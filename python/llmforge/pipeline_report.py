@@ -113,16 +113,12 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
                     L.append(f"- {k}: {json.dumps(v, default=str)[:300]}")
     q = results.get("quantize")
     if q:
-        L += ["", "## Quantization", "", "| model | perplexity | fp perplexity | KL / token | top-1 agreement |",
-              "|---|---:|---:|---:|---:|"]
-        for k in ("int8", "gptq_int4"):
-            if k in q:
-                r = q[k]
-                L.append(f"| {k} | {_f(r['ppl'])} | {_f(r['ppl_fp'])} | {_f(r['kl_per_token'], 5)} | {_f(r['top1_agreement'])} |")
+        L += ["", "## Quantization"]
         md = os.path.join(root, "quantize", "quant_ladder.md")
         png = os.path.join(root, "quantize", "quant_ladder.png")
         if os.path.exists(md):
-            L += ["", "### Quant ladder", "", open(md).read().strip()]
+            body = open(md).read().strip().split("\n")
+            L += [""] + (body[2:] if body and body[0].startswith("# ") else body)
         if os.path.exists(png):
             L += ["", f"![quant ladder]({_rel(root, png)})"]
     x = results.get("export")

@@ -28,7 +28,8 @@ MINI = {
             "config": {"steps": 4, "batch_size": 4, "lr": 5e-4, "log_every": 2, "progress": False}},
     "eval": {"mmlu_limit": 8, "champ_limit": 4, "champ_max_new_tokens": 6, "humaneval_limit": 1,
              "humaneval_n": 1, "humaneval_k": [1], "humaneval_max_new_tokens": 8, "ppl_max_bytes": 4000},
-    "quantize": {"seq_len": 32, "calib_sequences": 8, "eval_sequences": 8, "group_size": 32},
+    "quantize": {"seq_len": 32, "calib_sequences": 8, "eval_sequences": 8,
+                 "methods": ["fp32", "int8", "w8a8_smoothquant", "int4_g64", "gptq4_g128", "awq4_g128", "gguf_q8_0"]},
     "export": {"qtypes": ["f32", "q8_0"]},
     "generate": {"prompt": "Hello there", "max_new_tokens": 8},
 }
@@ -50,8 +51,9 @@ def test_every_stage_runs_and_reports(first_run):
     assert r["pretrain"]["steps"] == 12 and r["pretrain"]["heldout"]["bits_per_byte"] > 0
     assert r["sft"]["eval_loss"] is not None
     assert 0 <= r["dpo"]["after"]["accuracy"] <= 1
-    q = r["quantize"]
-    assert q["int8"]["kl_per_token"] < q["gptq_int4"]["kl_per_token"]  # 8 bits are closer than 4
+    q = {row["method"]: row for row in r["quantize"]["rows"]}
+    assert not [m for m, row in q.items() if "error" in row]
+    assert q["int8"]["kl_per_token"] < q["gptq4_g128"]["kl_per_token"]  # 8 bits are closer than 4
     x = r["export"]
     assert x["f32"]["verify"]["kl_per_token"] < 1e-8 and x["f32"]["verify"]["tokenizer_identical"]
     assert x["q8_0"]["verify"]["top1_agreement"] > 0.9
