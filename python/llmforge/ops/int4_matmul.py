@@ -100,6 +100,11 @@ def _check(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size:
     require(x.device.type in ("cpu", "cuda", "meta"), f"int4_linear: CPU or CUDA tensors only, got {x.device}")
 
 
+def _aligned16(t: Tensor) -> Tensor:
+    """t itself when its data is 16-byte aligned (the CUDA kernels' vector loads), else a copy."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def _dequant_panels(packed, scales, zeros, G):
     N, K = packed.shape[0], packed.shape[1] * 2
     for r0 in range(0, N, PANEL):
@@ -114,7 +119,7 @@ def int4_linear_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, gro
     _check(x, packed, scales, zeros, group_size)
     K, N = x.shape[-1], packed.shape[0]
     if x.device.type == "cuda":
-        x2 = x.detach().reshape(-1, K).to(torch.bfloat16).contiguous()
+        x2 = _aligned16(x.detach().reshape(-1, K).to(torch.bfloat16).contiguous())
         M = x2.shape[0]
         y = torch.empty(M, N, dtype=torch.float32, device=x.device)
         ws = torch.empty(max(C.int4_cuda_workspace_floats(M, N), 1), dtype=torch.float32, device=x.device)
@@ -142,7 +147,7 @@ def _(x, packed, scales, zeros, group_size):
 def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     N, K = packed.shape[0], packed.shape[1] * 2
     if grad_y.device.type == "cuda":
-        g2 = grad_y.detach().reshape(-1, N).to(torch.bfloat16).contiguous()
+        g2 = _aligned16(grad_y.detach().reshape(-1, N).to(torch.bfloat16).contiguous())
         dx = torch.empty(g2.shape[0], K, dtype=torch.float32, device=grad_y.device)
         C.int4_grad_x_cuda(g2, packed.contiguous(), scales.contiguous(), zeros.contiguous(), dx, group_size,
                            stream(grad_y))

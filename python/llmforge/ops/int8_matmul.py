@@ -67,6 +67,7 @@ def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
     if x.device.type == "cuda":
         x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+        x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()  # the kernels' 16-byte loads
         M, N = x2.shape[0], q.shape[0]
         y = torch.empty(M, N, dtype=torch.float32, device=x.device)
         ws = torch.empty(max(C.int8_cuda_workspace_floats(M, N), 1), dtype=torch.float32, device=x.device)
