@@ -333,69 +333,70 @@ PYBIND11_MODULE(_C, m) {
   // ---- rope --------------------------------------------------------------------
   m.def("rope_apply",
         [](py::handle x, py::handle cos, py::handle sin, py::handle pos, py::handle y, const std::string& style,
-           bool inverse, int threads) {
+           bool inverse, int threads, intptr_t stream) {
           auto X = to_view(x, "x"), Cs = to_view(cos, "cos"), Sn = to_view(sin, "sin"), Y = to_view(y, "y");
           auto P = to_view_opt(pos, "positions");
           py::gil_scoped_release nogil;
-          lf::rope_apply(X.view, Cs.view, Sn.view, ptr(P), Y.view, style.c_str(), inverse, threads);
+          lf::rope_apply(X.view, Cs.view, Sn.view, ptr(P), Y.view, style.c_str(), inverse, threads, stream);
         },
         py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("positions"), py::arg("y"), py::arg("style"),
-        py::arg("inverse"), py::arg("threads"));
+        py::arg("inverse"), py::arg("threads"), py::arg("stream") = 0);
 
   // ---- swiglu ------------------------------------------------------------------
   m.def("swiglu_fwd",
-        [](py::handle gate, py::handle up, py::handle y, int threads) {
+        [](py::handle gate, py::handle up, py::handle y, int threads, intptr_t stream) {
           auto G = to_view(gate, "gate"), U = to_view(up, "up"), Y = to_view(y, "y");
           py::gil_scoped_release nogil;
-          lf::swiglu_fwd(G.view, U.view, Y.view, threads);
+          lf::swiglu_fwd(G.view, U.view, Y.view, threads, stream);
         },
-        py::arg("gate"), py::arg("up"), py::arg("y"), py::arg("threads"));
+        py::arg("gate"), py::arg("up"), py::arg("y"), py::arg("threads"), py::arg("stream") = 0);
   m.def("swiglu_bwd",
-        [](py::handle dy, py::handle gate, py::handle up, py::handle dgate, py::handle dup, int threads) {
+        [](py::handle dy, py::handle gate, py::handle up, py::handle dgate, py::handle dup, int threads,
+           intptr_t stream) {
           auto DY = to_view(dy, "grad_y"), G = to_view(gate, "gate"), U = to_view(up, "up");
           auto DG = to_view(dgate, "grad_gate"), DU = to_view(dup, "grad_up");
           py::gil_scoped_release nogil;
-          lf::swiglu_bwd(DY.view, G.view, U.view, DG.view, DU.view, threads);
+          lf::swiglu_bwd(DY.view, G.view, U.view, DG.view, DU.view, threads, stream);
         },
         py::arg("grad_y"), py::arg("gate"), py::arg("up"), py::arg("grad_gate"), py::arg("grad_up"),
-        py::arg("threads"));
+        py::arg("threads"), py::arg("stream") = 0);
   m.def("swiglu_packed_fwd",
-        [](py::handle x, py::handle y, int threads) {
+        [](py::handle x, py::handle y, int threads, intptr_t stream) {
           auto X = to_view(x, "x"), Y = to_view(y, "y");
           py::gil_scoped_release nogil;
-          lf::swiglu_packed_fwd(X.view, Y.view, threads);
+          lf::swiglu_packed_fwd(X.view, Y.view, threads, stream);
         },
-        py::arg("x"), py::arg("y"), py::arg("threads"));
+        py::arg("x"), py::arg("y"), py::arg("threads"), py::arg("stream") = 0);
   m.def("swiglu_packed_bwd",
-        [](py::handle dy, py::handle x, py::handle dx, int threads) {
+        [](py::handle dy, py::handle x, py::handle dx, int threads, intptr_t stream) {
           auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), DX = to_view(dx, "grad_x");
           py::gil_scoped_release nogil;
-          lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads);
+          lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads, stream);
         },
-        py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"));
+        py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"), py::arg("stream") = 0);
 
   // ---- rmsnorm_gemm ------------------------------------------------------------
   m.def("rmsnorm_gemm_fwd",
         [](py::handle x, py::handle g, py::handle w, py::handle y, py::handle rstd, double eps, int threads,
-           int path) {
+           int path, intptr_t stream) {
           auto X = to_view(x, "x"), G = to_view(g, "norm_weight"), W = to_view(w, "weight"), Y = to_view(y, "y");
           auto R = to_view(rstd, "rstd");
           py::gil_scoped_release nogil;
-          lf::rmsnorm_gemm_fwd(X.view, G.view, W.view, Y.view, R.view, eps, threads, path);
+          lf::rmsnorm_gemm_fwd(X.view, G.view, W.view, Y.view, R.view, eps, threads, path, stream);
         },
         py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("y"), py::arg("rstd"), py::arg("eps"),
-        py::arg("threads"), py::arg("path") = 0);
+        py::arg("threads"), py::arg("path") = 0, py::arg("stream") = 0);
   m.def("rmsnorm_gemm_bwd",
         [](py::handle dy, py::handle x, py::handle g, py::handle w, py::handle rstd, py::handle da, py::handle dw,
-           int threads) {
+           int threads, intptr_t stream) {
           auto DY = to_view(dy, "grad_y"), X = to_view(x, "x"), G = to_view(g, "norm_weight");
           auto W = to_view(w, "weight"), R = to_view(rstd, "rstd");
           auto DA = to_view_opt(da, "grad_a"), DW = to_view_opt(dw, "grad_weight");
           py::gil_scoped_release nogil;
-          lf::rmsnorm_gemm_bwd(DY.view, X.view, G.view, W.view, R.view, ptr(DA), ptr(DW), threads);
+          lf::rmsnorm_gemm_bwd(DY.view, X.view, G.view, W.view, R.view, ptr(DA), ptr(DW), threads, stream);
         },
         py::arg("grad_y"), py::arg("x"), py::arg("norm_weight"), py::arg("weight"), py::arg("rstd"),
-        py::arg("grad_a"), py::arg("grad_weight"), py::arg("threads"));
+        py::arg("grad_a"), py::arg("grad_weight"), py::arg("threads"), py::arg("stream") = 0);
 
   // ---- quantized matmul (int4, int8, W8A8) ---------------------------------------
   m.def("int4_matmul",
@@ -433,6 +434,56 @@ PYBIND11_MODULE(_C, m) {
           lf::w8a8_matmul(XQ.view, XS.view, Q.view, S.view, Y.view, threads);
         },
         py::arg("xq"), py::arg("xscale"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("threads"));
+
+  // ---- quantized matmul on CUDA (kernels/int4_matmul.cu, kernels/int8_matmul.cu) -------
+  m.def("int4_cuda_workspace_floats", &lf::int4_cuda_workspace_floats, py::arg("M"), py::arg("N"));
+  m.def("int8_cuda_workspace_floats", &lf::int8_cuda_workspace_floats, py::arg("M"), py::arg("N"));
+  m.def("int4_matmul_cuda",
+        [](py::handle x, py::handle packed, py::handle scales, py::handle zeros, py::handle y, py::handle ws,
+           int64_t group_size, intptr_t stream) {
+          auto X = to_view(x, "x"), P = to_view(packed, "packed"), S = to_view(scales, "scales");
+          auto Z = to_view(zeros, "zeros"), Y = to_view(y, "y"), W = to_view(ws, "workspace");
+          py::gil_scoped_release nogil;
+          lf::int4_matmul_cuda(X.view, P.view, S.view, Z.view, Y.view, W.view, group_size, stream);
+        },
+        py::arg("x"), py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("y"), py::arg("workspace"),
+        py::arg("group_size"), py::arg("stream"));
+  m.def("int4_grad_x_cuda",
+        [](py::handle dy, py::handle packed, py::handle scales, py::handle zeros, py::handle dx, int64_t group_size,
+           intptr_t stream) {
+          auto DY = to_view(dy, "grad_y"), P = to_view(packed, "packed"), S = to_view(scales, "scales");
+          auto Z = to_view(zeros, "zeros"), DX = to_view(dx, "grad_x");
+          py::gil_scoped_release nogil;
+          lf::int4_grad_x_cuda(DY.view, P.view, S.view, Z.view, DX.view, group_size, stream);
+        },
+        py::arg("grad_y"), py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("grad_x"),
+        py::arg("group_size"), py::arg("stream"));
+  m.def("int4_dequant_cuda",
+        [](py::handle packed, py::handle scales, py::handle zeros, py::handle w, int64_t row0, int64_t group_size,
+           intptr_t stream) {
+          auto P = to_view(packed, "packed"), S = to_view(scales, "scales"), Z = to_view(zeros, "zeros");
+          auto W = to_view(w, "w");
+          py::gil_scoped_release nogil;
+          lf::int4_dequant_cuda(P.view, S.view, Z.view, W.view, row0, group_size, stream);
+        },
+        py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("w"), py::arg("row0"), py::arg("group_size"),
+        py::arg("stream"));
+  m.def("int8_matmul_cuda",
+        [](py::handle x, py::handle q, py::handle scale, py::handle y, py::handle ws, intptr_t stream) {
+          auto X = to_view(x, "x"), Q = to_view(q, "q"), S = to_view(scale, "scale"), Y = to_view(y, "y");
+          auto W = to_view(ws, "workspace");
+          py::gil_scoped_release nogil;
+          lf::int8_matmul_cuda(X.view, Q.view, S.view, Y.view, W.view, stream);
+        },
+        py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("workspace"), py::arg("stream"));
+  m.def("w8a8_matmul_cuda",
+        [](py::handle xq, py::handle xscale, py::handle q, py::handle scale, py::handle y, intptr_t stream) {
+          auto XQ = to_view(xq, "xq"), XS = to_view(xscale, "xscale"), Q = to_view(q, "q");
+          auto S = to_view(scale, "scale"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::w8a8_matmul_cuda(XQ.view, XS.view, Q.view, S.view, Y.view, stream);
+        },
+        py::arg("xq"), py::arg("xscale"), py::arg("q"), py::arg("scale"), py::arg("y"), py::arg("stream"));
   // ---- attention ----
   m.def("attention_fwd",
         [](py::handle q, py::handle k, py::handle v, py::handle out, py::handle lse, bool causal, double scale,

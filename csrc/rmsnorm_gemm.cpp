@@ -10,14 +10,20 @@
 #include "cpu/rmsnorm_gemm.h"
 #include "device.h"
 #include "isa.h"
+#ifdef LLMFORGE_WITH_CUDA
+#include "rmsnorm_gemm.cuh"
+#endif
 
 namespace lf {
 namespace {
 
 // x (M, K), g (K,), w (N, K): the checks forward and backward share; returns N.
 int64_t check_operands(const char* op, const TensorView& x, const TensorView& g, const TensorView& w) {
-  check_cpu(op, "x", x);
-  check_dtype(op, "x", x, {DType::f32, DType::bf16, DType::f64});
+  check_supported_device(op, "x", x);
+  if (x.device == DeviceKind::cuda)
+    check_dtype(op, "x", x, {DType::f32, DType::f16, DType::bf16});
+  else
+    check_dtype(op, "x", x, {DType::f32, DType::bf16, DType::f64});
   check_ndim(op, "x", x, 2);
   check_contiguous(op, "x", x);
   const int64_t K = x.shape[1];
@@ -32,6 +38,11 @@ int64_t check_operands(const char* op, const TensorView& x, const TensorView& g,
   LF_CHECK(w.shape[1] == K, op, ": weight must have shape (out_features, ", K, "), got ", w.shape_str());
   LF_CHECK(w.shape[0] > 0, op, ": weight has no output features, shape ", w.shape_str());
   check_contiguous(op, "weight", w);
+  if (x.device == DeviceKind::cuda) {  // 64-row tiles on a grid dimension capped at 65535 blocks
+    constexpr int64_t kMax = int64_t{65535} * 64;
+    LF_CHECK(x.shape[0] <= kMax && w.shape[0] <= kMax && K <= kMax, op, ": CUDA sizes are limited to ", kMax,
+             " rows, features and hidden size; got x ", x.shape_str(), ", weight ", w.shape_str());
+  }
   return w.shape[0];
 }
 
@@ -59,7 +70,7 @@ float* aligned(std::unique_ptr<float[]>& owner, int64_t floats) {
 }  // namespace
 
 void rmsnorm_gemm_fwd(const TensorView& x, const TensorView& g, const TensorView& w, const TensorView& y,
-                      const TensorView& rstd, double eps, int threads, int path) {
+                      const TensorView& rstd, double eps, int threads, int path, intptr_t stream) {
   const char* op = "rmsnorm_linear";
   const int64_t N = check_operands(op, x, g, w);
   const int64_t M = x.shape[0], K = x.shape[1];
@@ -69,6 +80,15 @@ void rmsnorm_gemm_fwd(const TensorView& x, const TensorView& g, const TensorView
   LF_CHECK(path >= 0 && path <= 2, op, ": path must be 0, 1 or 2, got ", path);
   check_threads(op, threads);
   if (M == 0) return;
+  if (x.device == DeviceKind::cuda) {
+#ifdef LLMFORGE_WITH_CUDA
+    const char* err = cuda::rmsnorm_gemm_fwd(cuda_dtype_code(x.dtype), x.data, g.data, w.data, y.data,
+                                             rstd.ptr<float>(), M, N, K, static_cast<float>(eps),
+                                             reinterpret_cast<void*>(stream));
+    LF_CHECK(err == nullptr, op, ": CUDA error: ", err);
+#endif
+    return;
+  }
 
   cpu::RmsNormGemmArgs a{x.dtype, x.data, g.data, w.data, y.data, rstd.data, M, N, K, eps, threads, path, nullptr};
   cpu::RmsNormGemmPlan plan{0, 0};
@@ -83,7 +103,8 @@ void rmsnorm_gemm_fwd(const TensorView& x, const TensorView& g, const TensorView
 }
 
 void rmsnorm_gemm_bwd(const TensorView& dy, const TensorView& x, const TensorView& g, const TensorView& w,
-                      const TensorView& rstd, const TensorView* da, const TensorView* dw, int threads) {
+                      const TensorView& rstd, const TensorView* da, const TensorView* dw, int threads,
+                      intptr_t stream) {
   const char* op = "rmsnorm_linear_backward";
   const int64_t N = check_operands(op, x, g, w);
   const int64_t M = x.shape[0], K = x.shape[1];
@@ -92,6 +113,15 @@ void rmsnorm_gemm_bwd(const TensorView& dy, const TensorView& x, const TensorVie
   if (da) check_out(op, "grad_a", *da, x, {M, K});
   if (dw) check_out(op, "grad_weight", *dw, x, {N, K});
   check_threads(op, threads);
+  if (x.device == DeviceKind::cuda) {
+#ifdef LLMFORGE_WITH_CUDA
+    const char* err = cuda::rmsnorm_gemm_bwd(cuda_dtype_code(x.dtype), dy.data, x.data, g.data, w.data,
+                                             rstd.ptr<float>(), da ? da->data : nullptr, dw ? dw->data : nullptr,
+                                             M, N, K, reinterpret_cast<void*>(stream));
+    LF_CHECK(err == nullptr, op, ": CUDA error: ", err);
+#endif
+    return;
+  }
   if (M == 0) {  // no rows: dw is all zeros, da is empty
     if (dw) std::memset(dw->data, 0, static_cast<size_t>(N * K * dtype_size(x.dtype)));
     return;

@@ -6,14 +6,21 @@
 #include "cpu/rope.h"
 #include "device.h"
 #include "isa.h"
+#ifdef LLMFORGE_WITH_CUDA
+#include "rope.cuh"
+#endif
 
 namespace lf {
 
 void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& sin, const TensorView* pos,
-                const TensorView& y, const char* style, bool inverse, int threads) {
+                const TensorView& y, const char* style, bool inverse, int threads, intptr_t stream) {
   const char* op = "rope";
-  check_cpu(op, "x", x);
-  check_dtype(op, "x", x, {DType::f32, DType::bf16, DType::f64});
+  check_supported_device(op, "x", x);
+  const bool on_cuda = x.device == DeviceKind::cuda;
+  if (on_cuda)
+    check_dtype(op, "x", x, {DType::f32, DType::f16, DType::bf16});
+  else
+    check_dtype(op, "x", x, {DType::f32, DType::bf16, DType::f64});
   check_ndim(op, "x", x, 4);
   check_contiguous(op, "x", x);
   const int64_t B = x.shape[0], S = x.shape[1], H = x.shape[2], D = x.shape[3];
@@ -48,8 +55,10 @@ void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& si
     LF_CHECK((pos->ndim == 1 && pos->shape[0] == S) || (batched && pos->shape[0] == B && pos->shape[1] == S), op,
              ": positions must have shape (seq,) = (", S, ",) or (batch, seq) = (", B, ", ", S, "), got ",
              pos->shape_str());
+    // CUDA positions live on the device: the Python op checks their range before the call
+    // (and the kernel clamps); CPU positions are checked here.
     const int64_t* p = pos->ptr<int64_t>();
-    for (int64_t i = 0, n = pos->numel(); i < n; ++i)
+    for (int64_t i = 0, n = on_cuda ? 0 : pos->numel(); i < n; ++i)
       LF_CHECK(p[i] >= 0 && p[i] < P, op, ": positions[", i, "] = ", p[i], " is outside the cos/sin table [0, ", P,
                ")");
   } else {
@@ -57,6 +66,15 @@ void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& si
              " positions; pass a longer table or explicit positions");
   }
   if (x.numel() == 0) return;
+  if (on_cuda) {
+#ifdef LLMFORGE_WITH_CUDA
+    const char* err = cuda::rope_apply(cuda_dtype_code(x.dtype), x.data, y.data, cos.ptr<float>(), sin.ptr<float>(),
+                                       pos ? pos->ptr<int64_t>() : nullptr, batched, P, B, S, H, D, neox, inverse,
+                                       reinterpret_cast<void*>(stream));
+    LF_CHECK(err == nullptr, op, ": CUDA error: ", err);
+#endif
+    return;
+  }
   cpu::RopeArgs a{x.dtype, x.data, y.data, cos.data, sin.data, pos ? pos->ptr<int64_t>() : nullptr, batched,
                   B, S, H, D, neox, inverse, threads};
   LF_CPU_DISPATCH(rope_apply, a);

@@ -1,5 +1,6 @@
 // rope.h — the RoPE op at the native boundary: argument checks, then the CPU
-// kernel (csrc/cpu/rope.cpp).
+// kernel (csrc/cpu/rope.cpp) or, for CUDA tensors (float32/float16/bfloat16 x, float32
+// tables), kernels/rope.cu on `stream`.
 #pragma once
 #include "tensor.h"
 
@@ -10,6 +11,6 @@ namespace lf {
 // (batch, seq) with every entry in [0, positions). style: "neox" or "norm".
 // inverse rotates by the negative angle (the backward).
 void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& sin, const TensorView* pos,
-                const TensorView& y, const char* style, bool inverse, int threads);
+                const TensorView& y, const char* style, bool inverse, int threads, intptr_t stream = 0);
 
 }  // namespace lf

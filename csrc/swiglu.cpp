@@ -4,6 +4,9 @@
 #include "cpu/swiglu.h"
 #include "device.h"
 #include "isa.h"
+#ifdef LLMFORGE_WITH_CUDA
+#include "swiglu.cuh"
+#endif
 
 namespace lf {
 namespace {
@@ -12,8 +15,11 @@ constexpr const char* kFwd = "swiglu";
 constexpr const char* kBwd = "swiglu_backward";
 
 void check_main(const char* op, const char* arg, const TensorView& t) {
-  check_cpu(op, arg, t);
-  check_dtype(op, arg, t, {DType::f32, DType::bf16, DType::f64});
+  check_supported_device(op, arg, t);
+  if (t.device == DeviceKind::cpu)
+    check_dtype(op, arg, t, {DType::f32, DType::bf16, DType::f64});
+  else
+    check_dtype(op, arg, t, {DType::f32, DType::f16, DType::bf16});
   LF_CHECK(t.ndim >= 1, op, ": ", arg, " must have at least 1 dimension");
   LF_CHECK(t.shape[t.ndim - 1] > 0, op, ": the last dimension of ", arg, " must be positive, got shape ",
            t.shape_str());
@@ -50,9 +56,34 @@ cpu::SwigluArgs base_args(const TensorView& ref, int64_t cols, int threads) {
   return a;
 }
 
+#ifdef LLMFORGE_WITH_CUDA
+void cuda_fwd(const char* op, const cpu::SwigluArgs& a, intptr_t stream) {
+  const char* err = cuda::swiglu_fwd(cuda_dtype_code(a.dtype), a.g, a.u, a.y, a.rows, a.cols, a.g_stride, a.u_stride,
+                                     a.y_stride, reinterpret_cast<void*>(stream));
+  LF_CHECK(err == nullptr, op, ": CUDA error: ", err);
+}
+void cuda_bwd(const char* op, const cpu::SwigluArgs& a, intptr_t stream) {
+  const char* err = cuda::swiglu_bwd(cuda_dtype_code(a.dtype), a.dy, a.g, a.u, a.dg, a.du, a.rows, a.cols,
+                                     a.dy_stride, a.g_stride, a.u_stride, a.dg_stride, a.du_stride,
+                                     reinterpret_cast<void*>(stream));
+  LF_CHECK(err == nullptr, op, ": CUDA error: ", err);
+}
+#endif
+
+// Runs the CUDA kernel for a CUDA operand (returns true), else nothing (the CPU path follows).
+bool run_cuda(const char* op, const TensorView& ref, const cpu::SwigluArgs& a, bool bwd, intptr_t stream) {
+  if (ref.device != DeviceKind::cuda) return false;
+#ifdef LLMFORGE_WITH_CUDA
+  if (a.rows) bwd ? cuda_bwd(op, a, stream) : cuda_fwd(op, a, stream);
+#else
+  (void)op; (void)a; (void)bwd; (void)stream;
+#endif
+  return true;
+}
+
 }  // namespace
 
-void swiglu_fwd(const TensorView& gate, const TensorView& up, const TensorView& y, int threads) {
+void swiglu_fwd(const TensorView& gate, const TensorView& up, const TensorView& y, int threads, intptr_t stream) {
   check_main(kFwd, "gate", gate);
   const int64_t F = gate.shape[gate.ndim - 1];
   check_like(kFwd, "up", up, gate, "gate", F);
@@ -61,11 +92,12 @@ void swiglu_fwd(const TensorView& gate, const TensorView& up, const TensorView& 
   cpu::SwigluArgs a = base_args(gate, F, threads);
   a.g = gate.data; a.u = up.data; a.y = y.data;
   a.g_stride = a.u_stride = a.y_stride = F;
+  if (run_cuda(kFwd, gate, a, false, stream)) return;
   if (a.rows) LF_CPU_DISPATCH(swiglu_fwd, a);
 }
 
 void swiglu_bwd(const TensorView& dy, const TensorView& gate, const TensorView& up, const TensorView& dgate,
-                const TensorView& dup, int threads) {
+                const TensorView& dup, int threads, intptr_t stream) {
   check_main(kBwd, "gate", gate);
   const int64_t F = gate.shape[gate.ndim - 1];
   check_like(kBwd, "up", up, gate, "gate", F);
@@ -76,10 +108,11 @@ void swiglu_bwd(const TensorView& dy, const TensorView& gate, const TensorView& 
   cpu::SwigluArgs a = base_args(gate, F, threads);
   a.g = gate.data; a.u = up.data; a.dy = dy.data; a.dg = dgate.data; a.du = dup.data;
   a.g_stride = a.u_stride = a.dy_stride = a.dg_stride = a.du_stride = F;
+  if (run_cuda(kBwd, gate, a, true, stream)) return;
   if (a.rows) LF_CPU_DISPATCH(swiglu_bwd, a);
 }
 
-void swiglu_packed_fwd(const TensorView& x, const TensorView& y, int threads) {
+void swiglu_packed_fwd(const TensorView& x, const TensorView& y, int threads, intptr_t stream) {
   const int64_t F = check_packed(kFwd, x), F2 = 2 * F;
   check_like(kFwd, "y", y, x, "x", F);
   check_threads(kFwd, threads);
@@ -88,10 +121,11 @@ void swiglu_packed_fwd(const TensorView& x, const TensorView& y, int threads) {
   a.g = x.data; a.u = static_cast<const char*>(x.data) + F * es; a.y = y.data;
   a.g_stride = a.u_stride = F2;
   a.y_stride = F;
+  if (run_cuda(kFwd, x, a, false, stream)) return;
   if (a.rows) LF_CPU_DISPATCH(swiglu_fwd, a);
 }
 
-void swiglu_packed_bwd(const TensorView& dy, const TensorView& x, const TensorView& dx, int threads) {
+void swiglu_packed_bwd(const TensorView& dy, const TensorView& x, const TensorView& dx, int threads, intptr_t stream) {
   const int64_t F = check_packed(kBwd, x), F2 = 2 * F;
   check_like(kBwd, "grad_y", dy, x, "x", F);
   check_like(kBwd, "grad_x", dx, x, "x", F2);
@@ -102,6 +136,7 @@ void swiglu_packed_bwd(const TensorView& dy, const TensorView& x, const TensorVi
   a.dg = dx.data; a.du = static_cast<char*>(dx.data) + F * es;
   a.g_stride = a.u_stride = a.dg_stride = a.du_stride = F2;
   a.dy_stride = F;
+  if (run_cuda(kBwd, x, a, true, stream)) return;
   if (a.rows) LF_CPU_DISPATCH(swiglu_bwd, a);
 }
 

@@ -3,6 +3,13 @@
     python -m bench qmatmul [--record]
 
 GB/s counts the weight bytes read (packed codes + scales) plus x and y.
+
+    python -m bench qmatmul --device cuda [--record]
+
+CUDA cases (kernels/int4_matmul.cu, kernels/int8_matmul.cu): int4 g128 GEMV for W 8192x8192
+and 4096x14336 (N x K) at batch 1 and 16 against bf16 torch.matmul (cuBLAS) on the same
+weight, with "% peak" = weight-stream GB/s over the measured device copy bandwidth; W8A8
+at 4096^3 against bf16 cuBLAS (TFLOP/s).
 """
 from __future__ import annotations
 
@@ -10,10 +17,53 @@ import torch
 import torch.nn.functional as F
 
 from bench.harness import finish, row, time_fn
-from llmforge.ops import int4_linear, int8_linear, quantize_int4, quantize_int8, w8a8_linear
+from llmforge.ops import (int4_linear, int8_linear, quantize_activations_int8, quantize_int4, quantize_int8,
+                          w8a8_linear)
+from llmforge.ops._native import C, stream
+
+
+def run_cuda(quick: bool = False):
+    rows = []
+    torch.manual_seed(0)
+    dev = "cuda"
+    shapes = [(8192, 8192)] if quick else [(8192, 8192), (4096, 14336)]
+    for N, K in shapes:
+        w = (torch.randn(N, K, device=dev) / K ** 0.5)
+        wb = w.bfloat16()
+        q4 = quantize_int4(w, 128, True)
+        q8 = quantize_int8(w)
+        for M in (1, 16):
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+            case = f"GEMV {M}x{K} @ {N}x{K}^T bf16"
+            flops = 2 * M * N * K
+            act = (M * K + M * N) * 2
+            with torch.no_grad():
+                rows.append(row(case, "torch matmul bf16", time_fn(lambda: x @ wb.t(), dev), dev,
+                                bytes_moved=N * K * 2 + act, flops=flops))
+                rows.append(row(case, "llmforge int4 g128", time_fn(lambda: int4_linear(x, q4), dev), dev,
+                                bytes_moved=N * K // 2 + q4["scales"].numel() * 8 + act, flops=flops))
+                rows.append(row(case, "llmforge int8", time_fn(lambda: int8_linear(x, q8), dev), dev,
+                                bytes_moved=N * K + N * 4 + act, flops=flops))
+    n = 2048 if quick else 4096
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    wb = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    q8 = quantize_int8(wb.float())
+    case = f"GEMM {n}^3"
+    with torch.no_grad():
+        rows.append(row(case, "torch matmul bf16", time_fn(lambda: a @ wb.t(), dev), dev, flops=2 * n ** 3))
+        rows.append(row(case, "llmforge W8A8 (incl. act. quant)", time_fn(lambda: w8a8_linear(a, q8), dev), dev,
+                        flops=2 * n ** 3))
+        xq, xs = quantize_activations_int8(a)
+        y = torch.empty(n, n, device=dev)
+        rows.append(row(case, "llmforge W8A8 kernel only",
+                        time_fn(lambda: C.w8a8_matmul_cuda(xq, xs, q8["q"], q8["scale"], y, stream(a)), dev), dev,
+                        flops=2 * n ** 3))
+    return finish(rows, baseline="torch matmul bf16")
 
 
 def run(device: str = "cpu", quick: bool = False):
+    if device == "cuda":
+        return run_cuda(quick)
     if device != "cpu":
         return []
     rows = []

@@ -3,8 +3,10 @@
     python -m bench rmsnorm_gemm [--record] [--quick]
 
 Cases: K = 4096 hidden, N = 4096 (and 11008) outputs, M = 1 .. 2048 rows, float32 and
-bfloat16; "torch matmul only" (x @ W.T without the norm) is shown for reference. One
-backward case (M = 512, float32) against torch's autograd of the same composite.
+bfloat16; "torch matmul only" (x @ W.T without the norm; cuBLAS on CUDA) is shown for
+reference. One backward case (M = 512, float32) against torch's autograd of the same composite.
+--device cuda runs the same cases on kernels/rmsnorm_gemm.cu (float32 there means bf16
+tensor-core operands, so compare it with the bf16 cuBLAS row as well).
 """
 from __future__ import annotations
 
@@ -51,10 +53,10 @@ def run(device: str = "cpu", quick: bool = False):
             rows.append(row(case, "torch matmul only", _timing(lambda: x @ w.t(), device), device, flops=flops))
     if not quick:
         M, N, dt = 512, 4096, torch.float32
-        x = torch.randn(M, K, dtype=dt, requires_grad=True)
-        g = torch.randn(K, dtype=dt, requires_grad=True)
-        w = (torch.randn(N, K, dtype=dt) / K**0.5).requires_grad_(True)
-        dy = torch.randn(M, N, dtype=dt)
+        x = torch.randn(M, K, dtype=dt, device=device, requires_grad=True)
+        g = torch.randn(K, dtype=dt, device=device, requires_grad=True)
+        w = (torch.randn(N, K, dtype=dt, device=device) / K**0.5).requires_grad_(True)
+        dy = torch.randn(M, N, dtype=dt, device=device)
         y1 = rmsnorm_linear(x, g, w, EPS)
         y2 = F.rms_norm(x, (K,), g, EPS) @ w.t()
         case = f"bwd M={M} K={K} N={N} float32"

@@ -30,7 +30,7 @@ def run(device: str = "cpu", quick: bool = False):
     torch.manual_seed(0)
     for B, S, H, D, dt in cases:
         x = torch.randn(B, S, H, D, dtype=dt, device=device)
-        cos, sin = rope_cos_sin(S, D)
+        cos, sin = rope_cos_sin(S, D, device=device)
         cf, sf = torch.cat([cos, cos], -1)[None, :, None].to(dt), torch.cat([sin, sin], -1)[None, :, None].to(dt)
         ch, sh = cos[None, :, None].to(dt), sin[None, :, None].to(dt)
         nbytes = 2 * x.numel() * x.element_size()

@@ -113,3 +113,159 @@ def test_bad_input():
         _C.int4_matmul(torch.randn(2, 64), q["packed"], q["scales"], q["zeros"], y, 48, 1)
     with pytest.raises(ValueError, match="rows"):
         _C.int4_dequant(q["packed"], q["scales"], q["zeros"], torch.empty(4, 64), 6, 32, 1)
+
+
+# ---- CUDA (kernels/int4_matmul.cu, kernels/int8_matmul.cu) ------------------------------------
+# The kernels feed the tensor cores bf16(x) and bf16(dequant(W)) and accumulate in fp32, so the
+# tight checks compare with float64 products of exactly those bf16 operands; SQNR checks
+# compare with the float64 product of the unrounded operands.
+from llmforge.ops.int4_matmul import dequantize_int4_kernel  # noqa: E402
+from llmforge.ops._native import stream as _stream  # noqa: E402
+
+
+def _cuda(q):
+    return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in q.items()}
+
+
+def _sqnr_db(got, ref):
+    ref = ref.double()
+    err = (got.double() - ref).pow(2).sum().clamp_min(1e-300)
+    return 10 * torch.log10(ref.pow(2).sum() / err).item()
+
+
+def _close_bf16_operands(got, a, b):
+    """got ~ a @ b.T for the bf16-valued float64 operands a, b: the products are exact and only
+    the tensor cores' fp32 accumulation rounds, so the error is bounded by a small multiple of
+    eps_fp32 * (|a| @ |b|.T) per element (4e-5 leaves room for K/16 truncating adds); a wrong
+    fragment index gives errors of the order of the bound itself."""
+    want, bound = a @ b.t(), a.abs() @ b.abs().t()
+    err = (got.double() - want).abs()
+    assert (err <= 4e-5 * bound + 1e-6).all(), (err / (bound + 1e-30)).max().item()
+    return want
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_dequant_cuda_is_bit_exact(group, symmetric):
+    w = torch.randn(77, 384) * torch.rand(77, 1) * 3
+    q = quantize_int4(w, group, symmetric)
+    got = dequantize_int4_kernel(_cuda(q)).cpu()
+    assert torch.equal(got.view(torch.int32), dequantize_int4(q).view(torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("M", [1, 5, 16, 17, 100])
+@pytest.mark.parametrize("NK", [(97, 384), (8, 128), (300, 4224)])
+def test_int4_linear_cuda(group, M, NK):
+    N, K = NK
+    w = torch.randn(N, K) * torch.rand(N, 1) * 2
+    q = quantize_int4(w, group, symmetric=M % 2 == 0)
+    x = torch.randn(M, K)
+    y = int4_linear(x.cuda(), _cuda(q)).cpu()
+    assert y.dtype == torch.float32 and y.shape == (M, N)
+    want = _close_bf16_operands(y, x.bfloat16().double(), dequantize_int4(q).bfloat16().double())
+    assert _sqnr_db(y, int4_linear_reference(x, q)) > 40
+    yb = int4_linear(x.bfloat16().cuda(), _cuda(q)).cpu()
+    assert yb.dtype == torch.bfloat16 and _sqnr_db(yb, want) > 45
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M", [1, 7, 16, 17, 70])
+def test_int4_cuda_writes_every_output_and_is_deterministic(M):
+    N, K, G = 97, 224, 32  # N and K not multiples of the 64-row / 128-wide tiles
+    q = _cuda(quantize_int4(torch.randn(N, K), G))
+    x = torch.randn(M, K, device="cuda").bfloat16()
+    outs = []
+    for _ in range(2):
+        y = torch.full((M, N), float("nan"), device="cuda")
+        ws = torch.full((max(_C.int4_cuda_workspace_floats(M, N), 1),), float("nan"), device="cuda")
+        _C.int4_matmul_cuda(x, q["packed"], q["scales"], q["zeros"], y, ws, G, _stream(x))
+        assert not y.isnan().any()
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])  # split-K partials are summed in a fixed order
+    dx = torch.full((M, K), float("nan"), device="cuda")
+    _C.int4_grad_x_cuda(torch.randn(M, N, device="cuda").bfloat16(), q["packed"], q["scales"], q["zeros"], dx, G,
+                        _stream(x))
+    assert not dx.isnan().any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M", [1, 33])
+@pytest.mark.parametrize("NK", [(97, 224), (130, 1024)])
+def test_int4_grad_x_cuda_qlora(M, NK):
+    N, K = NK
+    q = quantize_int4(torch.randn(N, K), 64 if K % 64 == 0 else 32)
+    x = torch.randn(M, K, device="cuda", requires_grad=True)
+    dy = torch.randn(M, N)
+    int4_linear(x, _cuda(q)).backward(dy.cuda())
+    got = x.grad.cpu()
+    _close_bf16_operands(got, dy.bfloat16().double(), dequantize_int4(q).bfloat16().double().t())
+    assert _sqnr_db(got, dy.double() @ dequantize_int4(q).double()) > 40
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M", [1, 7, 16, 33])
+@pytest.mark.parametrize("NK", [(97, 160), (256, 2048)])
+def test_int8_linear_cuda(M, NK):
+    N, K = NK
+    q = quantize_int8(torch.randn(N, K))
+    x = torch.randn(M, K)
+    y = int8_linear(x.cuda(), _cuda(q)).cpu()
+    _close_bf16_operands(y, x.bfloat16().double(), dequantize_int8(q).bfloat16().double())
+    assert _sqnr_db(y, int8_linear_reference(x, q)) > 40
+    yn = torch.full((M, N), float("nan"), device="cuda")
+    ws = torch.empty(max(_C.int8_cuda_workspace_floats(M, N), 1), device="cuda")
+    xb = x.cuda().bfloat16()
+    _C.int8_matmul_cuda(xb, _cuda(q)["q"], _cuda(q)["scale"], yn, ws, _stream(xb))
+    assert not yn.isnan().any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("M", [1, 64, 130])
+@pytest.mark.parametrize("NK", [(8, 64), (97, 200), (128, 77)])
+def test_w8a8_cuda_matches_int32_reference(M, NK):
+    N, K = NK
+    q = quantize_int8(torch.randn(N, K))
+    x = torch.randn(M, K) * 3
+    y = w8a8_linear(x.cuda(), _cuda(q)).cpu()
+    # int32 accumulation is exact; only the two float32 scalings round
+    torch.testing.assert_close(y.double(), w8a8_linear_reference(x, q), rtol=1e-6, atol=1e-6)
+    xq, xs = quantize_activations_int8(x)
+    yn = torch.full((M, N), float("nan"), device="cuda")
+    _C.w8a8_matmul_cuda(xq.cuda(), xs.cuda(), q["q"].cuda(), q["scale"].cuda(), yn, 0)
+    torch.cuda.synchronize()
+    assert not yn.isnan().any()
+
+
+@pytest.mark.cuda
+def test_cuda_bad_input():
+    q = _cuda(quantize_int4(torch.randn(8, 64), 32))
+    with pytest.raises(ValueError, match="on cpu but x is on cuda|device"):
+        int4_linear(torch.randn(2, 64, device="cuda"), {**q, "packed": q["packed"].cpu()})
+    q8 = _cuda(quantize_int8(torch.randn(8, 24)))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        int8_linear(torch.randn(2, 24, device="cuda"), q8)
+    with pytest.raises(ValueError, match="aligned"):  # a view 2 bytes into its storage
+        y = torch.empty(1, 8, device="cuda")
+        xb = torch.randn(1, 65, device="cuda").bfloat16()[:, 1:]
+        _C.int4_matmul_cuda(xb, q["packed"], q["scales"], q["zeros"], y, torch.empty(256, device="cuda"), 32, 0)
+
+
+def test_cuda_entry_points_reject_cpu_tensors():
+    # runs without a GPU: the adapter's checks come before any CUDA call
+    q = quantize_int4(torch.randn(8, 64), 32)
+    x, y = torch.randn(2, 64).bfloat16(), torch.empty(2, 8)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        _C.int4_matmul_cuda(x, q["packed"], q["scales"], q["zeros"], y, torch.empty(256), 32, 0)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        _C.int4_grad_x_cuda(torch.randn(2, 8).bfloat16(), q["packed"], q["scales"], q["zeros"], torch.empty(2, 64), 32, 0)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        _C.int4_dequant_cuda(q["packed"], q["scales"], q["zeros"], torch.empty(8, 64), 0, 32, 0)
+    q8 = quantize_int8(torch.randn(8, 64))
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        _C.int8_matmul_cuda(x, q8["q"], q8["scale"], y, torch.empty(256), 0)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        _C.w8a8_matmul_cuda(q8["q"][:2].contiguous(), torch.ones(2), q8["q"], q8["scale"], y, 0)
+    assert _C.int4_cuda_workspace_floats(16, 10) == 16 * 16 * 10 and _C.int4_cuda_workspace_floats(17, 10) == 0

@@ -240,3 +240,50 @@ def test_native_boundary_rejects_bad_arguments():
         _C.rope_apply(x, cos, sin, None, y, "neox", False, 0)
     with pytest.raises(ValueError, match="style"):
         _C.rope_apply(x, cos, sin, None, y, "x", False, 1)
+
+
+# ---- CUDA (kernels/rope.cu) ---------------------------------------------------------------------
+CUDA_TOLS = [(torch.float32, 2e-6, 2e-6), (torch.bfloat16, 1e-5, 2**-8), (torch.float16, 1e-5, 2**-10)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol,rtol", CUDA_TOLS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("style", ["neox", "norm"])
+@pytest.mark.parametrize("pos_kind", [None, "seq", "batch"])
+def test_cuda_matches_float64(shape, dtype, atol, rtol, style, pos_kind):
+    B, S, H, D = shape
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    cos, sin = rope_cos_sin(S + 3, D, base=500.0, dtype=torch.float64)
+    pos = None if pos_kind is None else torch.randint(0, S + 3, (S,) if pos_kind == "seq" else (B, S))
+    out = apply_rope(x.cuda(), cos.cuda(), sin.cuda(), positions=None if pos is None else pos.cuda(), style=style)
+    assert out.dtype == dtype and out.device.type == "cuda"
+    tol = max(atol, 4e-7 * x.double().abs().max().item())
+    want = _rotate64(x, _theta(B, S, D, 500.0, pos), style)
+    torch.testing.assert_close(out.cpu().double(), want, atol=tol, rtol=rtol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("style", ["neox", "norm"])
+def test_cuda_backward_is_the_inverse_rotation(style):
+    B, S, H, D = 2, 9, 3, 64
+    cos, sin = rope_cos_sin(S, D, device="cuda")
+    x = torch.randn(B, S, H, D, device="cuda", requires_grad=True)
+    dy = torch.randn(B, S, H, D, device="cuda")
+    apply_rope(x, cos, sin, style=style).backward(dy)
+    # the rotation is orthogonal: grad = R^T dy, and R (R^T dy) = dy
+    torch.testing.assert_close(apply_rope(x.grad, cos, sin, style=style), dy, atol=1e-5, rtol=1e-5)
+    # and it matches the float64 reference's autograd
+    x64 = x.detach().cpu().double().requires_grad_(True)
+    apply_rope_reference(x64, cos.cpu(), sin.cpu(), style=style).backward(dy.cpu().double())
+    torch.testing.assert_close(x.grad.cpu().double(), x64.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_positions_outside_the_table():
+    cos, sin = rope_cos_sin(8, 16, device="cuda")
+    x = torch.randn(1, 4, 1, 16, device="cuda")
+    with pytest.raises(ValueError, match="positions"):
+        apply_rope(x, cos, sin, positions=torch.tensor([0, 1, 8, 2], device="cuda"))
+    with pytest.raises(ValueError, match="positions"):
+        apply_rope(x, cos, sin, positions=torch.tensor([0, -1, 2, 3], device="cuda"))

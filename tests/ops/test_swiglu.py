@@ -145,3 +145,48 @@ def test_native_boundary_rejects_bad_arguments():
         _C.swiglu_fwd(g, u, torch.empty(3, 8), 0)
     with pytest.raises(TypeError, match="not a tensor"):
         _C.swiglu_fwd([1.0], u, torch.empty(3, 8), 1)
+
+
+# ---- CUDA (kernels/swiglu.cu) -----------------------------------------------------------------
+CUDA_TOLS = [(torch.float32, 1e-6, 2e-6), (torch.bfloat16, 1e-5, 2**-8), (torch.float16, 1e-5, 2**-10)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,atol,rtol", CUDA_TOLS)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 1003)])
+def test_cuda_matches_float64(shape, dtype, atol, rtol):
+    g, u = _inputs(shape, dtype)
+    gc, uc = g.cuda().requires_grad_(True), u.cuda().requires_grad_(True)
+    y = swiglu(gc, uc)
+    torch.testing.assert_close(y.cpu().double(), _silu64(g.double()) * u.double(), atol=atol, rtol=rtol)
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype)
+    y.backward(dy.cuda())
+    dg, du = _grads64(g, u, dy)
+    atol, rtol = {torch.float32: (1e-6, 1e-5), torch.bfloat16: (1e-4, 2**-7), torch.float16: (1e-4, 2**-9)}[dtype]
+    torch.testing.assert_close(gc.grad.cpu().double(), dg, atol=atol, rtol=rtol)
+    torch.testing.assert_close(uc.grad.cpu().double(), du, atol=atol, rtol=rtol)
+    x = torch.cat([g, u], -1).cuda().requires_grad_(True)
+    yp = swiglu_packed(x)
+    torch.testing.assert_close(yp.cpu(), y.detach().cpu(), atol=0, rtol=0)  # same kernel, strided views
+    yp.backward(dy.cuda())
+    torch.testing.assert_close(x.grad.cpu().double(), torch.cat([dg, du], -1), atol=atol, rtol=rtol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cols", [1001, 4096])  # scalar and 16-byte paths
+def test_cuda_writes_every_output(cols):
+    x = torch.randn(5, 2 * cols, device="cuda")
+    y = torch.full((5, cols), float("nan"), device="cuda")
+    _C.swiglu_packed_fwd(x, y, 1, torch.cuda.current_stream().cuda_stream)
+    assert not y.isnan().any()
+    dx = torch.full_like(x, float("nan"))
+    _C.swiglu_packed_bwd(torch.randn(5, cols, device="cuda"), x, dx, 1, torch.cuda.current_stream().cuda_stream)
+    assert not dx.isnan().any()
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_float64_and_mixed_devices():
+    with pytest.raises(TypeError, match="float64"):
+        swiglu(torch.randn(4, device="cuda", dtype=torch.float64), torch.randn(4, device="cuda", dtype=torch.float64))
+    with pytest.raises(ValueError, match="device"):
+        swiglu(torch.randn(4, device="cuda"), torch.randn(4))

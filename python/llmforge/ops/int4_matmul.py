@@ -15,13 +15,21 @@ and unpack nibbles in registers (int4_gemv); larger batches dequantise 256-row p
 (int4_dequant, in registers) and multiply them with torch's GEMM. The backward gives x its
 gradient (dX = dY @ dequant(W), panel by panel) so QLoRA can train adapters over a frozen
 int4 base; the quantised weights get none.
+
+CUDA (kernels/int4_matmul.cu; same packed layout, no repacking): up to 16 rows run a split-K
+tensor-core GEMV that streams the weights once with cp.async and dequantises in registers;
+more rows run a tiled mma GEMM that dequantises weight tiles into shared memory; the backward
+dX = dY @ dequant(W) is the same GEMM with the weight tiles read transposed (no bf16 copy of
+W is ever materialised). x and grad_y enter the tensor cores as bfloat16 (float32 inputs are
+rounded), the weights as bfloat16(dequant) with dequant bit-identical to dequantize_int4;
+accumulation is float32.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._native import C, require, threads
+from ._native import C, require, stream, threads
 
 GROUP_SIZES = (32, 64, 128)
 GEMV_MAX_ROWS = 16
@@ -89,7 +97,12 @@ def _check(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size:
                 f"int4_linear: {name} has shape {tuple(t.shape)}, expected {(packed.shape[0], K // group_size)}")
     for name, t in (("packed", packed), ("scales", scales), ("zeros", zeros)):
         require(t.device == x.device, f"int4_linear: {name} is on {t.device} but x is on {x.device}")
-    require(x.device.type in ("cpu", "meta"), "int4_linear: CPU tensors only (the CUDA kernel is not built yet)")
+    require(x.device.type in ("cpu", "cuda", "meta"), f"int4_linear: CPU or CUDA tensors only, got {x.device}")
+
+
+def _aligned16(t: Tensor) -> Tensor:
+    """t itself when its data is 16-byte aligned (the CUDA kernels' vector loads), else a copy."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _dequant_panels(packed, scales, zeros, G):
@@ -105,6 +118,14 @@ def _dequant_panels(packed, scales, zeros, G):
 def int4_linear_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     _check(x, packed, scales, zeros, group_size)
     K, N = x.shape[-1], packed.shape[0]
+    if x.device.type == "cuda":
+        x2 = _aligned16(x.detach().reshape(-1, K).to(torch.bfloat16).contiguous())
+        M = x2.shape[0]
+        y = torch.empty(M, N, dtype=torch.float32, device=x.device)
+        ws = torch.empty(max(C.int4_cuda_workspace_floats(M, N), 1), dtype=torch.float32, device=x.device)
+        C.int4_matmul_cuda(x2, packed.contiguous(), scales.contiguous(), zeros.contiguous(), y, ws, group_size,
+                           stream(x))
+        return y.to(x.dtype).reshape(*x.shape[:-1], N)
     x2 = x.detach().reshape(-1, K).float().contiguous()
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
@@ -125,6 +146,12 @@ def _(x, packed, scales, zeros, group_size):
 @torch.library.custom_op("llmforge::int4_linear_grad_x", mutates_args=())
 def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     N, K = packed.shape[0], packed.shape[1] * 2
+    if grad_y.device.type == "cuda":
+        g2 = _aligned16(grad_y.detach().reshape(-1, N).to(torch.bfloat16).contiguous())
+        dx = torch.empty(g2.shape[0], K, dtype=torch.float32, device=grad_y.device)
+        C.int4_grad_x_cuda(g2, packed.contiguous(), scales.contiguous(), zeros.contiguous(), dx, group_size,
+                           stream(grad_y))
+        return dx.to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
     g2 = grad_y.detach().reshape(-1, N).float()
     dx = torch.zeros(g2.shape[0], K, dtype=torch.float32)
     for r0, rows, buf in _dequant_panels(packed.contiguous(), scales.contiguous(), zeros.contiguous(), group_size):
@@ -154,6 +181,19 @@ int4_linear_op.register_autograd(_backward, setup_context=_setup)
 def int4_linear(x: Tensor, q: dict, bias: Tensor | None = None) -> Tensor:
     y = int4_linear_op(x, q["packed"], q["scales"], q["zeros"], int(q["group_size"]))
     return y if bias is None else y + bias
+
+
+def dequantize_int4_kernel(q: dict) -> Tensor:
+    """dequant(W) (N, K) float32 from the native dequantiser of q's device (CPU or CUDA) —
+    must equal dequantize_int4(q) bit for bit."""
+    packed, scales, zeros = q["packed"].contiguous(), q["scales"].contiguous(), q["zeros"].contiguous()
+    N, K = packed.shape[0], packed.shape[1] * 2
+    w = torch.empty(N, K, dtype=torch.float32, device=packed.device)
+    if packed.device.type == "cuda":
+        C.int4_dequant_cuda(packed, scales, zeros, w, 0, int(q["group_size"]), stream(packed))
+    else:
+        C.int4_dequant(packed, scales, zeros, w, 0, int(q["group_size"]), threads())
+    return w
 
 
 def int4_linear_reference(x: Tensor, q: dict, bias: Tensor | None = None) -> Tensor:

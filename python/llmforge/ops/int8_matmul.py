@@ -7,13 +7,19 @@
 
 int8 codes: q = round(w / scale), scale = absmax(row) / 127 (1 for an all-zero row).
 W8A8: y[m, n] = xs[m] * scale[n] * sum_k xq[m, k] q[n, k], exact in int32 for K < 2^17.
+
+CUDA (kernels/int8_matmul.cu): weight-only runs a split-K tensor-core GEMV for up to 16 rows
+(weights streamed once with cp.async, widened to bfloat16 in registers) and a tiled mma GEMM
+above that; x enters as bfloat16 and K must be a multiple of 16. W8A8 runs mma.m16n8k32 on
+int8 tensor cores with int32 accumulation and the same per-token / per-channel scaling;
+the activations are quantised by quantize_activations_int8 (torch ops) first.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._native import C, require, threads
+from ._native import C, require, stream, threads
 
 GEMV_MAX_ROWS = 16
 
@@ -53,12 +59,20 @@ def _check(x, q, scale):
     require(q.dim() == 2 and x.shape[-1] == q.shape[1], f"int8: x has {x.shape[-1]} features, q has shape {tuple(q.shape)}")
     require(tuple(scale.shape) == (q.shape[0],), f"int8: scale must have shape ({q.shape[0]},)")
     require(x.device == q.device == scale.device, "int8: x, q and scale must be on one device")
-    require(x.device.type in ("cpu", "meta"), "int8: CPU tensors only (the CUDA kernel is not built yet)")
+    require(x.device.type in ("cpu", "cuda", "meta"), f"int8: CPU or CUDA tensors only, got {x.device}")
 
 
 @torch.library.custom_op("llmforge::int8_linear", mutates_args=())
 def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
+    if x.device.type == "cuda":
+        x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+        x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()  # the kernels' 16-byte loads
+        M, N = x2.shape[0], q.shape[0]
+        y = torch.empty(M, N, dtype=torch.float32, device=x.device)
+        ws = torch.empty(max(C.int8_cuda_workspace_floats(M, N), 1), dtype=torch.float32, device=x.device)
+        C.int8_matmul_cuda(x2, q.contiguous(), scale.contiguous(), y, ws, stream(x))
+        return y.to(x.dtype).reshape(*x.shape[:-1], N)
     x2 = x.detach().reshape(-1, x.shape[-1]).float().contiguous()
     y = torch.empty(x2.shape[0], q.shape[0], dtype=torch.float32)
     if x2.shape[0] <= GEMV_MAX_ROWS:
@@ -93,8 +107,11 @@ int8_linear_op.register_autograd(_backward, setup_context=_setup)
 def w8a8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
     xq, xs = quantize_activations_int8(x.detach())
-    y = torch.empty(xq.shape[0], q.shape[0], dtype=torch.float32)
-    C.w8a8_matmul(xq, xs, q.contiguous(), scale.contiguous(), y, threads())
+    y = torch.empty(xq.shape[0], q.shape[0], dtype=torch.float32, device=x.device)
+    if x.device.type == "cuda":
+        C.w8a8_matmul_cuda(xq, xs, q.contiguous(), scale.contiguous(), y, stream(x))
+    else:
+        C.w8a8_matmul(xq, xs, q.contiguous(), scale.contiguous(), y, threads())
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 

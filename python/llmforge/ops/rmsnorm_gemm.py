@@ -16,13 +16,18 @@ packing its panels (the normalised x is not materialised in the backward either)
 grad_a = grad_y @ weight (materialised, (M, K)); grad_x and grad_norm_weight then come from
 the llmforge rmsnorm backward kernel applied to grad_a (one extra pass over (M, K)).
 Gradients flow to x, norm_weight and weight; there is no double backward.
+
+CUDA (kernels/rmsnorm_gemm.cu; float32, float16, bfloat16): rstd once per row, then a tiled
+mma.m16n8k16 GEMM whose A loader applies x * rstd * norm_weight while filling shared memory;
+the backward GEMMs read their operands transposed and normalise x inside the loader too.
+Tensor-core operands are bf16 (fp16 for float16), accumulation float32.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, threads
+from ._native import C, arg, require, same_device, stream, threads
 from .rmsnorm import rmsnorm_bwd as _rmsnorm_bwd
 
 
@@ -33,7 +38,6 @@ def _check(x: Tensor, norm_weight: Tensor, weight: Tensor) -> tuple[int, int]:
             f"rmsnorm_linear: x must have a positive last (hidden) dimension, got shape {tuple(x.shape)}")
     K = x.shape[-1]
     same_device(x, norm_weight=norm_weight, weight=weight)
-    require(x.device.type != "cuda", "rmsnorm_linear: only CPU kernels exist so far")
     require(norm_weight.shape == (K,), f"rmsnorm_linear: norm_weight must have shape ({K},), got {tuple(norm_weight.shape)}")
     require(weight.dim() == 2 and weight.shape[1] == K and weight.shape[0] > 0,
             f"rmsnorm_linear: weight must have shape (out_features, {K}), got {tuple(weight.shape)}")
@@ -53,7 +57,7 @@ def rmsnorm_linear_fwd(x: Tensor, norm_weight: Tensor, weight: Tensor, eps: floa
     x2 = x.view(-1, K)
     y = x.new_empty(x2.shape[0], N)
     rstd = torch.empty(x2.shape[0], dtype=_rstd_dtype(x), device=x.device)
-    C.rmsnorm_gemm_fwd(arg(x2), arg(norm_weight), arg(weight), y, rstd, float(eps), threads(), int(path))
+    C.rmsnorm_gemm_fwd(arg(x2), arg(norm_weight), arg(weight), y, rstd, float(eps), threads(), int(path), stream(x))
     return y.view(*x.shape[:-1], N), rstd.view(x.shape[:-1])
 
 
@@ -72,7 +76,7 @@ def rmsnorm_linear_bwd_a(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight:
     if x2.shape[0] == 0:
         return da.view(x.shape)
     C.rmsnorm_gemm_bwd(arg(grad_y.contiguous().view(-1, N)), arg(x2), arg(norm_weight), arg(weight),
-                       arg(rstd.reshape(-1)), da, None, threads())
+                       arg(rstd.reshape(-1)), da, None, threads(), stream(x))
     return da.view(x.shape)
 
 
@@ -91,7 +95,7 @@ def rmsnorm_linear_bwd_weight(grad_y: Tensor, x: Tensor, norm_weight: Tensor, we
         return torch.zeros_like(weight)
     dw = torch.empty_like(weight)
     C.rmsnorm_gemm_bwd(arg(grad_y.contiguous().view(-1, N)), arg(x.view(-1, K)), arg(norm_weight), arg(weight),
-                       arg(rstd.reshape(-1)), None, dw, threads())
+                       arg(rstd.reshape(-1)), None, dw, threads(), stream(x))
     return dw
 
 

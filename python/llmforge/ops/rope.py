@@ -17,8 +17,8 @@ Styles: "neox" rotates (x[i], x[i + d/2]) — Hugging Face Llama's rotate_half;
 "norm" rotates (x[2i], x[2i+1]) — the original RoPE / GPT-J / llama.cpp NORM. Both
 rotate the pair by angle pos * inv_freq[i]: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
 
-Kernel: csrc/cpu/rope.cpp (CPU: float32, bfloat16 with float32 tables, float64 with
-float64 tables). The backward is the inverse rotation (the same kernel, angle negated);
+Kernels: csrc/cpu/rope.cpp (CPU: float32, bfloat16 with float32 tables, float64 with
+float64 tables) and kernels/rope.cu (CUDA: float32, float16, bfloat16 with float32 tables). The backward is the inverse rotation (the same kernel, angle negated);
 gradients flow to x only — cos and sin are treated as constants.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, threads
+from ._native import C, arg, require, same_device, stream, threads
 
 STYLES = ("neox", "norm")
 
@@ -138,8 +138,11 @@ def _check(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, style:
 def rope_op(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, style: str, inverse: bool) -> Tensor:
     """Rotate x (batch, seq, heads, head_dim) by the table rows; inverse rotates backwards."""
     _check(x, cos, sin, positions, style)
+    if positions is not None and x.device.type == "cuda":  # the CPU adapter checks host positions itself
+        require(bool(((positions >= 0) & (positions < cos.shape[0])).all()),
+                f"rope: positions must lie in the cos/sin table [0, {cos.shape[0]})")
     y = torch.empty_like(x)
-    C.rope_apply(arg(x), arg(cos), arg(sin), arg(positions), y, style, bool(inverse), threads())
+    C.rope_apply(arg(x), arg(cos), arg(sin), arg(positions), y, style, bool(inverse), threads(), stream(x))
     return y
 
 

@@ -7,8 +7,9 @@
 In the packed form the FIRST half of the last dimension is the gate and the second half
 is up (x.chunk(2, -1) == (gate, up)), i.e. one matmul against cat([W_gate, W_up]).
 
-Kernel: csrc/cpu/swiglu.cpp (CPU: float32, bfloat16, float64; float32 maths for bf16,
-a vectorised exp/sigmoid from csrc/cpu/swiglu_simd.h). Inputs must be contiguous.
+Kernels: csrc/cpu/swiglu.cpp (CPU: float32, bfloat16, float64; float32 maths for bf16,
+a vectorised exp/sigmoid from csrc/cpu/swiglu_simd.h) and kernels/swiglu.cu (CUDA: float32,
+float16, bfloat16; one fused pass, float32 maths). Inputs must be contiguous.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, threads
+from ._native import C, arg, require, same_device, stream, threads
 
 
 def _check(gate: Tensor, up: Tensor) -> None:
@@ -43,7 +44,7 @@ def _check_packed(x: Tensor) -> int:
 def swiglu_fwd(gate: Tensor, up: Tensor) -> Tensor:
     _check(gate, up)
     y = torch.empty_like(gate)
-    C.swiglu_fwd(arg(gate), arg(up), y, threads())
+    C.swiglu_fwd(arg(gate), arg(up), y, threads(), stream(gate))
     return y
 
 
@@ -58,7 +59,7 @@ def swiglu_bwd(grad_y: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor
     """Returns (grad_gate, grad_up)."""
     _check(gate, up)
     dg, du = torch.empty_like(gate), torch.empty_like(up)
-    C.swiglu_bwd(arg(grad_y.contiguous()), arg(gate), arg(up), dg, du, threads())
+    C.swiglu_bwd(arg(grad_y.contiguous()), arg(gate), arg(up), dg, du, threads(), stream(gate))
     return dg, du
 
 
@@ -85,7 +86,7 @@ swiglu_fwd.register_autograd(_backward, setup_context=_setup)
 def swiglu_packed_fwd(x: Tensor) -> Tensor:
     ffn = _check_packed(x)
     y = x.new_empty(*x.shape[:-1], ffn)
-    C.swiglu_packed_fwd(arg(x), y, threads())
+    C.swiglu_packed_fwd(arg(x), y, threads(), stream(x))
     return y
 
 
@@ -99,7 +100,7 @@ def _(x):
 def swiglu_packed_bwd(grad_y: Tensor, x: Tensor) -> Tensor:
     _check_packed(x)
     dx = torch.empty_like(x)
-    C.swiglu_packed_bwd(arg(grad_y.contiguous()), arg(x), dx, threads())
+    C.swiglu_packed_bwd(arg(grad_y.contiguous()), arg(x), dx, threads(), stream(x))
     return dx
 
 
