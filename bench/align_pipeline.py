@@ -102,7 +102,7 @@ def make_sft(recipe_path: str) -> str:
     return model
 
 
-def preference_suite(model_dir: str, out_root: str, steps: int) -> dict:
+def preference_suite(model_dir: str, out_root: str, steps: int, n_train: int) -> dict:
     import torch
 
     from llmforge.align.data import synthetic_preferences, tokenize_pairs
@@ -114,8 +114,8 @@ def preference_suite(model_dir: str, out_root: str, steps: int) -> dict:
 
     tok = _tok(model_dir)
     pad = _pad_id(tok)
-    recs = synthetic_preferences(440, seed=0)
-    train, held_recs = recs[:400], recs[400:]
+    recs = synthetic_preferences(n_train + 40, seed=0)
+    train, held_recs = recs[:n_train], recs[n_train:]
     held = tokenize_pairs(held_recs, tok)
     probe = DPOConfig(beta=0.1, batch_size=8)
     ref_held = pair_logprobs(load_hf(model_dir), held, pad, 8, 1024)
@@ -166,17 +166,14 @@ def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float) -> 
     out = {}
 
     def evaluate(model, cfg):
-        r = heldout_reward(model, tok, held, reward, cfg.max_new_tokens, cfg.temperature, cfg.top_k, samples=4)
-        for k, fn in parts.items():
-            r[f"{k}_sampled"] = heldout_reward(model, tok, held, fn, cfg.max_new_tokens, cfg.temperature,
-                                               cfg.top_k, samples=4)["reward_sampled"]
-        return r
+        return heldout_reward(model, tok, held, reward, cfg.max_new_tokens, cfg.temperature, cfg.top_k, samples=4,
+                              parts=parts)
 
     for name, cfg, fn in (
         ("grpo", GRPOConfig(out_dir=f"{out_root}/grpo", steps=10_000, prompts_per_step=4, group_size=8,
-                            max_new_tokens=4, lr=5e-4, beta=0.04, max_seconds=grpo_s, progress=False), grpo),
-        ("ppo", PPOConfig(out_dir=f"{out_root}/ppo", steps=10_000, batch_prompts=32, max_new_tokens=4, lr=5e-4,
-                          kl_beta=0.05, max_seconds=ppo_s, progress=False), ppo),
+                            max_new_tokens=4, lr=2e-3, beta=0.01, max_seconds=grpo_s, progress=False), grpo),
+        ("ppo", PPOConfig(out_dir=f"{out_root}/ppo", steps=10_000, batch_prompts=32, max_new_tokens=4, lr=2e-3,
+                          kl_beta=0.01, max_seconds=ppo_s, progress=False), ppo),
     ):
         torch.manual_seed(0)
         model = load_hf(model_dir)
@@ -200,16 +197,18 @@ def write_report(path: str, info: dict, pref: dict, online: dict, mem: dict) -> 
     L = ["# Alignment on the pipeline's SFT model", "",
          f"- date: {info['date']}", f"- machine: {info['machine']}", f"- commit: {info['commit']}",
          f"- SFT model: `{info['sft']}` ({info['params']:,} parameters; {info['sft_how']})",
-         f"- load: {info['load']} (timings measured under load: the machine is shared)",
+         f"- load: {info['load']} (timings measured under heavy load: 2 cores shared by several jobs)",
          f"- command: `{info['command']}` ({info['total_s']:.0f} s in all)", "",
-         "## Preference methods (learnable synthetic preference, 400 train / 40 held-out pairs)", "",
+         f"## Preference methods (learnable synthetic preference, {info['pairs']} train / 40 held-out pairs, "
+         f"{info['steps']} steps of 8 pairs each)", "",
          "Reward model: held-out accuracy of reward(chosen) > reward(rejected) (target > 0.6).", "",
          "| method | held-out accuracy before | after | seconds |", "|---|---|---|---|",
          f"| reward model | {f3(pref['reward']['accuracy_before'])} | {f3(pref['reward']['accuracy_after'])} "
          f"| {pref['reward']['seconds']:.0f} |", "",
          "DPO / KTO / ORPO, all measured the same way: implicit reward r = 0.1 * (log pi(reply) - log pi_sft(reply))"
          " on held-out pairs; accuracy = share with r(chosen) > r(rejected), margin = mean r(chosen) - r(rejected),"
-         " and the mean log-prob gap log pi(chosen) - log pi(rejected) (which the SFT model starts from).", "",
+         " and the mean log-prob gap log pi(chosen) - log pi(rejected) (which the SFT model starts from). Before"
+         " training the policy is the reference, so r = 0 and the accuracy is 0 by construction.", "",
          "| method | accuracy before | after | margin before | after | logp gap before | after | seconds |",
          "|---|---|---|---|---|---|---|---|"]
     for m in ("dpo", "kto", "orpo"):
@@ -257,9 +256,10 @@ def main():
     ap.add_argument("--sft", help="an SFT model directory")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "align.md"))
     ap.add_argument("--runs", default="runs/align_bench_methods")
-    ap.add_argument("--steps", type=int, default=80, help="optimisation steps of RM/DPO/KTO/ORPO")
-    ap.add_argument("--grpo-seconds", type=float, default=480.0)
-    ap.add_argument("--ppo-seconds", type=float, default=240.0)
+    ap.add_argument("--steps", type=int, default=40, help="optimisation steps of RM/DPO/KTO/ORPO")
+    ap.add_argument("--pairs", type=int, default=200, help="training pairs (40 more are held out)")
+    ap.add_argument("--grpo-seconds", type=float, default=240.0)
+    ap.add_argument("--ppo-seconds", type=float, default=120.0)
     ap.add_argument("--memory-child")
     ap.add_argument("--only", default="memory,preference,online")
     a = ap.parse_args()
@@ -292,7 +292,7 @@ def main():
         return done[name]
 
     mem = stage("memory", lambda: measure_memory(a.sft))
-    pref = stage("preference", lambda: preference_suite(a.sft, a.runs, a.steps))
+    pref = stage("preference", lambda: preference_suite(a.sft, a.runs, a.steps, a.pairs))
     online = stage("online", lambda: online_suite(a.sft, a.runs, a.grpo_seconds, a.ppo_seconds))
     cpu = _sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -302,7 +302,7 @@ def main():
             "sft": a.sft, "params": load_hf(a.sft).cfg.n_params(), "sft_how": sft_how,
             "load": "load average " + _sh("cut -d' ' -f1-3 /proc/loadavg"),
             "command": "nice python bench/align_pipeline.py " + " ".join(sys.argv[1:]),
-            "total_s": time.perf_counter() - t0}
+            "total_s": time.perf_counter() - t0, "pairs": a.pairs, "steps": a.steps}
     write_report(a.out, info, pref, online, mem)
     print(open(a.out).read())
 

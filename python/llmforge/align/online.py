@@ -31,8 +31,9 @@ METHODS = ("grpo", "ppo", "rejection")
 
 @torch.no_grad()
 def heldout_reward(model, tokenizer, prompts, reward_fn, max_new_tokens: int, temperature: float = 1.0,
-                   top_k: int = 0, samples: int = 4, seed: int = 1234) -> dict:
-    """Mean reward of `samples` sampled completions per prompt, and of the greedy completion."""
+                   top_k: int = 0, samples: int = 4, seed: int = 1234, parts: dict | None = None) -> dict:
+    """Mean reward of `samples` sampled completions per prompt, and of the greedy completion;
+    parts: more {name: reward_fn} scored on the same completions (keys name_sampled, name_greedy)."""
     from ..generate.engine import generate
     from ..generate.sampling import SamplingParams
     from .grpo import stop_ids
@@ -48,6 +49,8 @@ def heldout_reward(model, tokenizer, prompts, reward_fn, max_new_tokens: int, te
         recs = [p for p in prompts for _ in range(k)]
         texts = [tokenizer.decode([t for t in c if t not in stop]) for c in gen.tokens]
         out[f"reward_{name}"] = sum(float(reward_fn(r, t)) for r, t in zip(recs, texts)) / len(recs)
+        for pname, fn in (parts or {}).items():
+            out[f"{pname}_{name}"] = sum(float(fn(r, t)) for r, t in zip(recs, texts)) / len(recs)
         if name == "greedy":
             out["examples"] = [{"prompt": p.get("question", p["prompt"]), "completion": t}
                                for p, t in zip(prompts[:3], texts[:3])]
