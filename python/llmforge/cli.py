@@ -4,7 +4,11 @@
     llmforge pretrain recipes/pretrain_shakespeare.toml
     llmforge sft recipes/sft_chitchat.toml
     llmforge align recipes/dpo_synthetic.toml        (dpo | orpo | kto | reward)
+    llmforge eval recipe.toml | --model DIR [--out DIR] [--tasks mmlu,champ,...]
     llmforge pipeline recipes/tiny.toml
+    llmforge generate MODEL -p "Once upon a time"   (MODEL: HF-layout dir or .gguf; --quant int8|int4)
+    llmforge chat MODEL                              interactive chat, streaming (/reset, /exit)
+    llmforge serve MODEL --port 8000                 OpenAI-compatible HTTP server
 """
 from __future__ import annotations
 
@@ -19,21 +23,49 @@ def info() -> dict:
     return llmforge.build_info()
 
 
-def pipeline(recipe: str) -> int:
-    # The end-to-end pipeline lands with the pipeline issue; until then say so plainly.
-    print(f"llmforge pipeline {recipe}: STUB - the default pipeline is not implemented yet.")
-    print("The stages exist as commands and functions today: `llmforge pretrain recipes/pretrain_shakespeare.toml`,")
-    print("`llmforge sft recipes/sft_chitchat.toml`, `llmforge align recipes/dpo_synthetic.toml` (see README).")
-    print("Smoke check of the native ops:")
-    import torch
+def pipeline(recipe: str, out_dir: str | None = None) -> int:
+    from .pipeline import run_pipeline
+    from .recipes import load_recipe
 
-    from llmforge.ops import rmsnorm, rmsnorm_reference
+    res = run_pipeline(load_recipe(recipe), out_dir=out_dir)
+    print(f"report: {res['report']}")
+    return 0
 
-    x = torch.randn(37, 257)
-    w = torch.randn(257)
-    err = (rmsnorm(x, w) - rmsnorm_reference(x, w)).abs().max().item()
-    print(json.dumps({**info(), "rmsnorm_max_abs_err_vs_float64": err}, indent=2))
-    return 0 if err < 1e-4 else 1
+
+# ---- eval ------------------------------------------------------------------------------------
+def add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate a model: perplexity, MMLU, champ, HumanEval, contamination")
+    ev.add_argument("recipe", nargs="?", help="TOML recipe with an [eval] section (or give --model)")
+    ev.add_argument("--model", help="model directory (HF layout, as llmforge saves it)")
+    ev.add_argument("--out", help="output directory for eval.json / eval.md (default: next to the model)")
+    ev.add_argument("--tasks", help="comma-separated: perplexity,mmlu,champ,humaneval,contamination")
+    ev.add_argument("--mmlu-limit", type=int)
+    ev.add_argument("--mmlu-shots", type=int)
+    ev.add_argument("--mmlu-subjects", help="comma-separated subject names")
+    ev.add_argument("--champ-limit", type=int)
+    ev.add_argument("--humaneval-limit", type=int)
+    ev.add_argument("--humaneval-n", type=int)
+
+
+def eval_command(a) -> int:
+    from .eval.runner import run_eval
+    from .recipes import load_recipe
+
+    recipe = load_recipe(a.recipe) if a.recipe else {}
+    e = recipe.setdefault("eval", {})
+    for key, val in (("model", a.model), ("out_dir", a.out), ("mmlu_limit", a.mmlu_limit),
+                     ("mmlu_shots", a.mmlu_shots), ("champ_limit", a.champ_limit),
+                     ("humaneval_limit", a.humaneval_limit), ("humaneval_n", a.humaneval_n)):
+        if val is not None:
+            e[key] = val
+    if a.tasks:
+        e["tasks"] = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    if a.mmlu_subjects:
+        e["mmlu_subjects"] = [t.strip() for t in a.mmlu_subjects.split(",") if t.strip()]
+    if "humaneval_n" in e and "humaneval_k" not in e:
+        e["humaneval_k"] = [k for k in (1, 2, 5, 10) if k <= e["humaneval_n"]]
+    print(json.dumps(run_eval(recipe), indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,18 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="build and machine information")
     pp = sub.add_parser("pipeline", help="run a recipe end to end")
     pp.add_argument("recipe")
+    pp.add_argument("--out-dir", default=None, help="default: the recipe's out_dir, else runs/<name>")
     pt = sub.add_parser("pretrain", help="train a tokenizer and pretrain a model from a TOML recipe")
     pt.add_argument("recipe")
     st = sub.add_parser("sft", help="supervised fine-tuning (full, LoRA, QLoRA) from a TOML recipe")
     st.add_argument("recipe")
     al = sub.add_parser("align", help="alignment (DPO, ORPO, KTO, reward model, GRPO, PPO, rejection sampling) from a TOML recipe")
     al.add_argument("recipe")
+    add_eval_parser(sub)
+    # ---- generate / chat / serve (llmforge.generate.commands) ----
+    from .generate import commands as gen_commands
+
+    gen_commands.add_parsers(sub)
+    # ---- end generate / chat / serve ----
     a = p.parse_args(argv)
+    if a.cmd in gen_commands.COMMANDS:
+        return gen_commands.run(a)
     if a.cmd == "info":
         print(json.dumps(info(), indent=2))
         return 0
     if a.cmd == "pipeline":
-        return pipeline(a.recipe)
+        return pipeline(a.recipe, a.out_dir)
     if a.cmd == "pretrain":
         from .recipes import load_recipe, run_pretrain
 
@@ -69,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(run_align(load_recipe(a.recipe)), indent=2))
         return 0
+    if a.cmd == "eval":
+        return eval_command(a)
     return 2
 
 

@@ -72,6 +72,14 @@ def split_documents(text: str, heldout: float) -> tuple[list[str], list[str]]:
 
 
 def run_pretrain(recipe: dict) -> dict:
+    data_cfg = recipe.get("data", {})
+    train_docs, held_docs = split_documents(corpus_text(data_cfg), float(data_cfg.get("heldout", 0.1)))
+    return pretrain_from_docs(recipe, train_docs, held_docs)
+
+
+def pretrain_from_docs(recipe: dict, train_docs: list[str], held_docs: list[str]) -> dict:
+    """Train (or load) the tokenizer, pack the documents, pretrain, score held-out bits/byte and save the
+    model (HF layout + tokenizer) under [train] out_dir/model. The [data] corpus keys are not used here."""
     import torch
 
     from .data.pack import PackedDataset, write_packed
@@ -86,7 +94,6 @@ def run_pretrain(recipe: dict) -> dict:
     os.makedirs(out, exist_ok=True)
     seq_len = int(data_cfg.get("seq_len", 256))
     t0 = time.perf_counter()
-    train_docs, held_docs = split_documents(corpus_text(data_cfg), float(data_cfg.get("heldout", 0.1)))
     tok_path = os.path.join(out, "tokenizer.json")
     if tok_cfg.get("path"):
         tok = Tokenizer.load(tok_cfg["path"])

@@ -72,3 +72,12 @@ def test_processors():
     assert (freq - probs).abs().max() < 0.03
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
+
+
+def test_presence_penalty_and_finite_params():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 3.0]])
+    pp = process_logits(logits, SamplingParams(presence_penalty=0.5), history=torch.tensor([[4, 4, 1, -1]]))
+    assert pp[0].tolist() == [2.0, 0.5, 0.5, -1.0, 2.5]           # once per seen token, whatever the count
+    for bad in ({"temperature": float("nan")}, {"top_p": float("inf")}, {"top_k": 1.5}, {"presence_penalty": None}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)

@@ -56,3 +56,70 @@ def test_rejects_bad_requests():
         eng.submit([500], 4)
     with pytest.raises(ValueError, match="blocks"):
         eng.submit([1] * 60, 60)
+
+
+# ---- stop strings, quantized models, abort (generation + serving issue) ---------------------------
+def _tok_model():
+    from llmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_from_iterator(["the fox and the dog ran over the hill to the king. " * 30], vocab_size=280)
+    torch.manual_seed(2)
+    m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                                max_seq_len=128)).eval()
+    m.reset_parameters(std=0.15)
+    return tok, m
+
+
+def test_stop_strings_cut_text_in_engine_and_generate():
+    tok, model = _tok_model()
+    prompt = tok.encode("the fox")
+    full = generate(model, [prompt], 30, SamplingParams(temperature=0)).tokens[0]
+    text = tok.decode(full, skip_special=True)
+    cut = next(i for i in range(2, len(text) - 2) if "\ufffd" not in text[i:i + 2])
+    stop = text[cut:cut + 2]
+    eng = Engine(model, num_blocks=16, tokenizer=tok)
+    rid = eng.submit(prompt, 30, SamplingParams(temperature=0), stop=[stop])
+    res = eng.run()[rid]
+    want = text[:text.find(stop)]
+    assert res.finish_reason == "stop" and res.text == want
+    assert res.tokens == full[:len(res.tokens)] and stop in tok.decode(res.tokens, skip_special=True)
+    assert stop not in tok.decode(res.tokens[:-1], skip_special=True)   # stopped at the token completing it
+    g = generate(model, [prompt, tok.encode("the dog")], 30, SamplingParams(temperature=0), stop=[stop], tokenizer=tok)
+    assert g.texts[0] == want and g.finished[0] and g.tokens[0] == res.tokens
+    deltas = []
+    eng.submit(prompt, 30, SamplingParams(temperature=0), stop=[stop],
+               on_token=lambda r, t, d, f: deltas.append((d, f)))
+    eng.run()
+    assert "".join(d for d, _ in deltas) == want and [f for _, f in deltas][-1] == "stop"
+    with pytest.raises(ValueError, match="tokenizer"):
+        Engine(model, num_blocks=8).submit(prompt, 4, stop=["x"])
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_model_decodes_like_its_recompute(quant):
+    from llmforge.generate.load import quantize_for_inference
+
+    model = _model()
+    assert quantize_for_inference(model, quant)
+    prompts = [[5, 7, 9, 11], [1], [40, 41, 42, 43, 44, 45]]
+    eng = Engine(model, num_blocks=20, max_batch=2)
+    rids = [eng.submit(p, 10, SamplingParams(temperature=0)) for p in prompts]
+    res = eng.run()
+    for rid, p in zip(rids, prompts):
+        seq = list(p)
+        with torch.no_grad():
+            for _ in range(10):
+                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        assert res[rid].tokens == seq[len(p):]
+        assert generate(model, [p], 10, SamplingParams(temperature=0)).tokens[0] == seq[len(p):]
+
+
+def test_abort_frees_blocks():
+    eng = Engine(_model(), num_blocks=20, max_batch=1)
+    a = eng.submit([1, 2, 3], 40)
+    b = eng.submit([4, 5], 40)
+    eng.step()
+    assert eng.cache.num_used_blocks > 0
+    assert eng.abort(a) and eng.abort(b) and not eng.abort(a)
+    assert eng.cache.num_free_blocks == 20 and not eng.running and not eng.waiting
+    assert eng.done[a].finish_reason == "abort" and eng.done[b].tokens == []

@@ -2,6 +2,7 @@
 
     cache = KVCache(model.cfg, batch=B, max_len=L, valid=prompt_mask)   # valid: (B, P) real-token mask
     logits = model.forward_cached(tokens, positions, cache)
+    cache.reorder(beam_index)          # beam search: rows follow their parent beams
 
 Keys/values live in (B, n_kv_heads, max_len, head_dim) buffers per layer. `valid` marks
 real (non-padding) slots; attention masks out padding and the future.
@@ -47,3 +48,11 @@ class KVCache:
 
     def advance(self, T: int) -> None:
         self.length += T
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` of the batch, in that order (beam search: a row may repeat or vanish;
+        the batch size becomes len(index))."""
+        index = index.to(self.valid.device, torch.long)
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+        self.valid = self.valid.index_select(0, index)

@@ -3,6 +3,8 @@
     out = generate(model, [prompt_ids, ...], max_new_tokens=64, params=SamplingParams(temperature=0),
                    stop_ids={eos}, seed=0)
     out.tokens[i]      # generated ids of prompt i (stop token included when hit)
+    out = generate(model, prompts, 64, stop=["\n\n"], tokenizer=tok, stop_ids={eos})
+    out.texts[i]       # decoded text, cut before the first stop string (stop tokens add no text)
 """
 from __future__ import annotations
 
@@ -12,22 +14,27 @@ import torch
 
 from .cache import KVCache
 from .sampling import SamplingParams, sample
+from .stop import TextStream, text_decoder
 
 
 @dataclass
 class Generation:
     tokens: list[list[int]]
-    finished: list[bool]          # stopped on a stop token (else hit max_new_tokens)
+    finished: list[bool]          # stopped on a stop token or stop string (else hit max_new_tokens)
+    texts: list[str] | None = None  # with a tokenizer: the decoded completions
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None,
-             stop_ids=(), seed: int | None = None, pad_id: int = 0) -> Generation:
+             stop_ids=(), seed: int | None = None, pad_id: int = 0, stop=None, tokenizer=None) -> Generation:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     params = params or SamplingParams()
+    if stop and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer")
+    streams = None if tokenizer is None else [TextStream(text_decoder(tokenizer), stop, stop_ids) for _ in prompts]
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -62,7 +69,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
                 t = int(nxt[i])
                 out[i].append(t)
                 history[i].append(t)
-                if t in stop:
+                if streams is not None:
+                    streams[i].feed(t)
+                if t in stop or (streams is not None and streams[i].stopped):
                     done[i] = True
         if all(done):
             break
@@ -70,4 +79,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
         logits = model.forward_cached(nxt[:, None], next_pos[:, None], cache)[:, -1]
         next_pos = next_pos + 1
     model.train(was)
-    return Generation(out, done)
+    if streams is not None:
+        for s in streams:
+            s.finish()
+    return Generation(out, done, [s.text for s in streams] if streams is not None else None)

@@ -1,10 +1,16 @@
 """Continuous batching over a paged KV cache: requests join and leave the running batch at
 every step, so a short answer never waits for a long one.
 
-    eng = Engine(model, num_blocks=1024, block_size=16, max_batch=16)
-    rid = eng.submit(prompt_ids, max_new_tokens=64, params=SamplingParams(temperature=0), stop_ids={eos}, seed=0)
-    results = eng.run()                  # {rid: Result(tokens, finish_reason)}
+    eng = Engine(model, num_blocks=1024, block_size=16, max_batch=16, tokenizer=tok)
+    rid = eng.submit(prompt_ids, max_new_tokens=64, params=SamplingParams(temperature=0), stop_ids={eos}, seed=0,
+                     stop=["\n\n"], on_token=callback)   # stop strings need the tokenizer
+    results = eng.run()                  # {rid: Result(tokens, finish_reason, text)}
     for rid, tok in eng.stream(): ...    # tokens as they are produced
+    eng.abort(rid)                       # drop a request (e.g. its client went away)
+
+With a tokenizer every request also carries its text (generate.stop.TextStream: stop
+strings cut it, stop tokens add nothing), and on_token(rid, token, text_delta,
+finish_reason) is called for every produced token (finish_reason None until the last).
 
 Each step: admit waiting requests while the block pool and max_batch allow and prefill
 them (the prompt's keys/values written to its pages, attention over the prompt itself),
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from ..model.llama import apply_rope, rope_cos_sin
 from .paged_cache import OutOfBlocksError, PagedKVCache
 from .sampling import SamplingParams, sample
+from .stop import TextStream, text_decoder
 
 
 @dataclass
@@ -36,18 +43,22 @@ class Request:
     generator: torch.Generator
     out: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    text: TextStream | None = None
+    on_token: object = None
 
 
 @dataclass
 class Result:
     tokens: list[int]
-    finish_reason: str          # "stop" | "length"
+    finish_reason: str          # "stop" | "length" | "abort"
+    text: str | None = None     # with a tokenizer: the decoded text (stop string and stop token excluded)
 
 
 class Engine:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, tokenizer=None):
         self.model = model.eval()
+        self.tokenizer = tokenizer
         c = model.cfg
         self.cfg = c
         self.cache = PagedKVCache(num_blocks, c.n_kv_heads, c.head_dim, c.n_layers, block_size, dtype=dtype)
@@ -59,7 +70,7 @@ class Engine:
         self._events: list[tuple[int, int]] = []
 
     def submit(self, prompt: list[int], max_new_tokens: int = 64, params: SamplingParams | None = None,
-               stop_ids=(), seed: int = 0) -> int:
+               stop_ids=(), seed: int = 0, stop=None, on_token=None) -> int:
         if not prompt:
             raise ValueError("empty prompt")
         if max_new_tokens < 1:
@@ -71,8 +82,12 @@ class Engine:
         need = -(-(len(prompt) + max_new_tokens) // self.cache.block_size)
         if need > self.cache.num_blocks:
             raise ValueError(f"request needs {need} blocks; the pool has {self.cache.num_blocks}")
+        if stop and self.tokenizer is None:
+            raise ValueError("stop strings need an Engine with a tokenizer")
+        text = TextStream(text_decoder(self.tokenizer), stop, stop_ids) if self.tokenizer is not None else None
         g = torch.Generator().manual_seed(seed)
-        r = Request(next(self._ids), list(prompt), max_new_tokens, params or SamplingParams(), set(stop_ids), g)
+        r = Request(next(self._ids), list(prompt), max_new_tokens, params or SamplingParams(), set(stop_ids), g,
+                    text=text, on_token=on_token)
         self.waiting.append(r)
         return r.rid
 
@@ -126,16 +141,35 @@ class Engine:
         tok = int(sample(logits_row[None], req.params, req.generator, hist)[0])
         req.out.append(tok)
         self._events.append((req.rid, tok))
-        if tok in req.stop_ids:
+        delta = req.text.feed(tok) if req.text is not None else None
+        if tok in req.stop_ids or (req.text is not None and req.text.stopped):
             req.finish_reason = "stop"
         elif len(req.out) >= req.max_new_tokens:
             req.finish_reason = "length"
+        if req.finish_reason and req.text is not None:
+            delta += req.text.finish()
+        if req.on_token is not None:
+            req.on_token(req.rid, tok, delta, req.finish_reason)
+
+    def abort(self, rid: int) -> bool:
+        """Drop a waiting or running request (its blocks are freed); False if it is not in flight."""
+        for r in self.waiting:
+            if r.rid == rid:
+                self.waiting.remove(r)
+                self.done[rid] = Result(r.out, "abort", r.text.text if r.text is not None else None)
+                return True
+        for r in self.running:
+            if r.rid == rid and not r.finish_reason:
+                r.finish_reason = "abort"
+                self._retire()
+                return True
+        return False
 
     def _retire(self) -> None:
         for r in [r for r in self.running if r.finish_reason]:
             self.running.remove(r)
             self.cache.free_sequence(r.rid)
-            self.done[r.rid] = Result(r.out, r.finish_reason)
+            self.done[r.rid] = Result(r.out, r.finish_reason, r.text.text if r.text is not None else None)
 
     def step(self) -> None:
         # admit: reserve the whole request's blocks up front so a running request never starves

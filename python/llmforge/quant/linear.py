@@ -13,22 +13,38 @@ from ..ops import dequantize_int4, dequantize_int8, int4_linear, int8_linear, qu
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None):
+    """compact=True stores the group scales as bfloat16 (float32's range, 2^-9 relative rounding, far
+    below int4's own step) and, for symmetric codes, one zero point
+    instead of one per group (QLoRA's frozen base: 0.53 bytes per weight at group 64, 3.8x below
+    bf16); each call then widens them, which costs a little on small, latency-bound calls."""
+
+    def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None,
+                 compact: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.group_size = int(q["group_size"])
+        scales, zeros = q["scales"], q["zeros"]
+        if compact:
+            if not torch.isfinite(scales).all():
+                raise ValueError("Int4Linear: scales must be finite")
+            scales = scales.to(torch.bfloat16)
+            if zeros.numel() and bool((zeros == zeros.reshape(-1)[0]).all()):
+                zeros = zeros.reshape(-1)[:1].clone()
         self.register_buffer("packed", q["packed"])
-        self.register_buffer("scales", q["scales"])
-        self.register_buffer("zeros", q["zeros"])
+        self.register_buffer("scales", scales)
+        self.register_buffer("zeros", zeros)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 64, symmetric: bool = True) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int = 64, symmetric: bool = True,
+                    compact: bool = False) -> "Int4Linear":
         q = quantize_int4(linear.weight.detach().float(), group_size, symmetric)
-        return cls(q, linear.in_features, linear.out_features, linear.bias)
+        return cls(q, linear.in_features, linear.out_features, linear.bias, compact=compact)
 
     def _q(self):
-        return {"packed": self.packed, "scales": self.scales, "zeros": self.zeros, "group_size": self.group_size}
+        shape = (self.out_features, self.in_features // self.group_size)
+        zeros = self.zeros.expand(shape).contiguous() if self.zeros.numel() == 1 else self.zeros
+        return {"packed": self.packed, "scales": self.scales.float(), "zeros": zeros, "group_size": self.group_size}
 
     def forward(self, x):
         dt = x.dtype

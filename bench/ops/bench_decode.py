@@ -1,0 +1,85 @@
+"""Decode throughput at batch 1 on a Q4_0 GGUF: our engine (the file's Q4_0 blocks run on our int4
+matmul, see export/gguf_int4.py) next to llama.cpp (llama-cpp-python) on the same file.
+
+    python -m bench decode [--record]
+
+Each side: a 32-token prompt is prefilled, then 64 tokens are decoded one at a time, greedy; the
+figure is decode time per token (prefill excluded: the run with 1 new token is subtracted).
+llama.cpp runs with as many threads as torch uses. Cases: the pipeline's model when
+runs/tiny/dpo/model exists (else the same shape with random weights), and a ~110M model where the
+weights, not per-call overheads, dominate.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from bench.harness import finish, row, time_fn
+from llmforge.export.gguf_export import export_gguf
+from llmforge.export.gguf_int4 import load_gguf_int4
+from llmforge.generate.engine import generate
+from llmforge.generate.sampling import SamplingParams
+from llmforge.model import ModelConfig, Transformer, load_hf
+from llmforge.tokenizer import Tokenizer
+
+PIPELINE_MODEL = "runs/tiny/dpo/model"
+NEW = 64
+
+
+def _models():
+    if os.path.isdir(PIPELINE_MODEL):
+        yield "pipeline tiny model", load_hf(PIPELINE_MODEL), Tokenizer.load(os.path.join(PIPELINE_MODEL, "llmforge_tokenizer.json"))
+    else:
+        tok = Tokenizer.train(["to be or not to be, that is the question " * 200], vocab_size=2048)
+        torch.manual_seed(0)
+        yield "tiny shape (random)", Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
+                                                              ffn_dim=704, max_seq_len=512, tie_embeddings=True)), tok
+    tok = Tokenizer.train(["to be or not to be, that is the question " * 200], vocab_size=8192)
+    torch.manual_seed(0)
+    yield "~110M (dim 768, 12 layers)", Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=768, n_layers=12, n_heads=12,
+                                                                  n_kv_heads=4, ffn_dim=2048, max_seq_len=512,
+                                                                  tie_embeddings=True)), tok
+
+
+def run(device: str = "cpu", quick: bool = False):
+    if device != "cpu":
+        return []
+    try:
+        import llama_cpp
+    except ImportError:
+        print("decode: llama-cpp-python is not installed (make llamacpp); skipped")
+        return []
+    from llmforge.export.llamacpp_check import _quiet_stderr
+
+    rows = []
+    greedy = SamplingParams(temperature=0)
+    for name, model, tok in _models():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m-q4_0.gguf")
+            export_gguf(model.eval(), tok, path, "q4_0")
+            ours, _ = load_gguf_int4(path)
+            prompt = torch.randint(0, tok.vocab_size, (32,), generator=torch.Generator().manual_seed(0)).tolist()
+            with _quiet_stderr():
+                llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=torch.get_num_threads(),
+                                      verbose=False)
+
+            def llama_run(n):
+                llm.reset()
+                llm.eval(prompt)
+                for _ in range(n):
+                    nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+                    llm.eval([nxt])
+
+            def ours_run(n):
+                generate(ours, [prompt], n, greedy)
+
+            for impl, fn in (("llmforge engine, int4 (Q4_0 bits)", ours_run), ("llama.cpp", llama_run)):
+                full = time_fn(lambda: fn(NEW), warmup=1, iters=2 if quick else 5, min_time_s=0)
+                pre = time_fn(lambda: fn(1), warmup=1, iters=2 if quick else 5, min_time_s=0)
+                per = tuple((a - b) / (NEW - 1) for a, b in zip(full, pre))
+                rows.append(row(f"{name}, batch 1, decode ms/token", impl, per,
+                                tokens_per_s=f"{1000 / per[0]:,.1f}"))
+            del llm
+    return finish(rows, baseline="llama.cpp")

@@ -1,0 +1,70 @@
+"""Run a Q4_0 GGUF on our int4 matmul without requantising: Q4_0's blocks are our int4 layout.
+
+A Q4_0 block holds 32 weights as one float16 scale d and 16 bytes whose low nibbles are weights
+0..15 and high nibbles weights 16..31, each w = d * (q - 8). Our int4 format (ops/int4_matmul.py)
+with group_size 32, zero point 8 and the same nibble order is byte for byte the same codes, so the
+linear layers of the imported model become Int4Linear modules over the file's own bits — the
+weights llama.cpp multiplies are exactly the ones we multiply.
+
+    model, tok = load_gguf_int4("model-q4_0.gguf")     # Q4_0 linears -> Int4Linear, the rest float
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+Q4_0_BLOCK_BYTES = 18  # float16 d + 16 bytes of nibbles
+
+
+def q4_0_to_int4(raw: np.ndarray, rows: int, cols: int) -> dict:
+    """Our int4 dict (packed, scales, zeros, group_size=32) from Q4_0 bytes of a (rows, cols) matrix."""
+    if cols % 32:
+        raise ValueError(f"Q4_0 rows must be a multiple of 32 weights, got {cols}")
+    raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+    nb = cols // 32
+    if raw.size != rows * nb * Q4_0_BLOCK_BYTES:
+        raise ValueError(f"Q4_0 data has {raw.size} bytes, expected {rows * nb * Q4_0_BLOCK_BYTES} for {rows}x{cols}")
+    blocks = raw.reshape(rows, nb, Q4_0_BLOCK_BYTES)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if not np.isfinite(d).all():
+        raise ValueError("Q4_0 block scale is not finite (corrupt file?)")
+    packed = blocks[..., 2:].reshape(rows, nb * 16)
+    return {"packed": torch.from_numpy(np.ascontiguousarray(packed)), "scales": torch.from_numpy(d),
+            "zeros": torch.full((rows, nb), 8.0), "group_size": 32}
+
+
+def _unpermute_rows(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row order (see gguf_export.permute_rope) on any per-row tensor."""
+    rows = t.shape[0]
+    hd = rows // n_heads
+    return t.reshape(n_heads, hd // 2, 2, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+
+
+def load_gguf_int4(path: str):
+    import gguf
+
+    from ..quant.linear import Int4Linear
+    from .gguf_export import _names, import_gguf
+
+    model, tok = import_gguf(path)
+    r = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in r.tensors}
+    cfg = model.cfg
+    swapped = 0
+    for hf, gg in _names(cfg):
+        t = tensors[gg]
+        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0 or not hf.endswith("proj.weight"):
+            continue
+        cols, rows = (int(x) for x in t.shape.tolist())
+        q = q4_0_to_int4(np.asarray(t.data), rows, cols)
+        if gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight"):
+            nh = cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads
+            q = {**q, **{k: _unpermute_rows(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
+        parent = model.get_submodule(hf.rsplit(".", 2)[0])
+        name = hf.rsplit(".", 2)[1]
+        old = getattr(parent, name)
+        setattr(parent, name, Int4Linear(q, cols, rows, old.bias))
+        swapped += 1
+    if not swapped:
+        raise ValueError(f"{path}: no Q4_0 linear weights to run in int4")
+    return model.eval(), tok
