@@ -149,7 +149,31 @@ def preference_suite(model_dir: str, out_root: str, steps: int, n_train: int) ->
     return out
 
 
-def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float) -> dict:
+def format_warmup(model, tok, prompts, steps: int, seed: int = 0) -> dict:
+    """A few supervised steps teaching the reply format only: each prompt answered with a random
+    number from the task's answer range (never the right answer on purpose), so that the exact-answer
+    reward starts near chance and a group of samples holds both right and wrong answers."""
+    import random
+
+    import torch
+
+    from llmforge.align.data import collate, tokenize_pairs
+
+    rng = random.Random(seed)
+    answers = sorted({int(p["answer"]) for p in prompts})
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(prompts, 16)
+        recs = [{"prompt": p["question"], "chosen": str(rng.choice(answers)), "rejected": "x"} for p in batch]
+        tokens, labels = collate(tokenize_pairs(recs, tok), getattr(tok, "pad_id", 0) or 0)
+        opt.zero_grad()
+        model.loss(tokens[:16], labels[:16]).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float, warmup_steps: int = 30) -> dict:
     import torch
 
     from llmforge.align.grpo import GRPOConfig, grpo
@@ -159,8 +183,9 @@ def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float) -> 
     from llmforge.model import load_hf
 
     tok = _tok(model_dir)
-    prompts = render_prompts(arithmetic_prompts(440, seed=0), "chatml")
+    prompts = render_prompts(arithmetic_prompts(440, seed=0, ops="+-", max_operand=3), "chatml")
     train, held = prompts[:400], prompts[400:]
+    warm = format_warmup(load_hf(model_dir), tok, train, warmup_steps)
     reward = make_reward("exact_format")
     parts = {"exact": make_reward("exact"), "format": make_reward("format")}
     out = {}
@@ -177,6 +202,7 @@ def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float) -> 
     ):
         torch.manual_seed(0)
         model = load_hf(model_dir)
+        model.load_state_dict(warm)
         before = evaluate(model, cfg)
         res = fn(model, tok, train, reward, cfg)
         out[name] = {"before": before, "after": evaluate(model, cfg), "steps": res["steps"],
@@ -221,9 +247,11 @@ def write_report(path: str, info: dict, pref: dict, online: dict, mem: dict) -> 
           f"{f3(pref['kto']['own_after']['margin'])}; ORPO length-normalised log-odds accuracy "
           f"{f3(pref['orpo']['own_before']['accuracy'])} -> {f3(pref['orpo']['own_after']['accuracy'])}.", "",
           "## GRPO and PPO (toy arithmetic, 400 train / 40 held-out prompts)", "",
-          "Prompt: \"a op b=\" (single digits, + - *) as a user turn. Reward = mean of format (the reply starts "
-          "with a number) and exact (its first number is the answer). Held-out: 4 samples per prompt at "
-          "temperature 1, and greedy.", "",
+          "Prompt: \"a op b=\" (a, b in 0..3, + or -) as a user turn. Reward = mean of format (the reply starts "
+          "with a number) and exact (its first number is the answer). The SFT model never answers with a number "
+          "(a first run straight from it: reward 0 in every sample, so no learning signal), so both start from "
+          "the SFT model after 30 supervised steps teaching the format only, with random answers from the "
+          "answer range. Held-out: 4 samples per prompt at temperature 1, and greedy.", "",
           "| method | budget steps | train s | mean reward before | after | exact before | after | format before "
           "| after | greedy before | after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in ("grpo", "ppo"):
