@@ -173,7 +173,8 @@ def format_warmup(model, tok, prompts, steps: int, seed: int = 0) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float, warmup_steps: int = 30) -> dict:
+def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float, warmup_steps: int = 30,
+                 task: str = "add_sub") -> dict:
     import torch
 
     from llmforge.align.grpo import GRPOConfig, grpo
@@ -183,7 +184,15 @@ def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float, war
     from llmforge.model import load_hf
 
     tok = _tok(model_dir)
-    prompts = render_prompts(arithmetic_prompts(440, seed=0, ops="+-", max_operand=3), "chatml")
+    if task == "times01":  # a*0 and a*1 for a in 0..99: answers a model can read off the prompt
+        import random
+
+        raw = [{"prompt": f"{a}*{b}=", "answer": str(a * b)} for a in range(100) for b in (0, 1)]
+        random.Random(0).shuffle(raw)
+        raw = raw[:-40] * 2 + raw[-40:]           # 160 distinct training prompts (twice), 40 held out
+    else:
+        raw = arithmetic_prompts(440, seed=0, ops="+-", max_operand=3)
+    prompts = render_prompts(raw, "chatml")
     train, held = prompts[:400], prompts[400:]
     warm = format_warmup(load_hf(model_dir), tok, train, warmup_steps)
     reward = make_reward("exact_format")
@@ -246,8 +255,9 @@ def write_report(path: str, info: dict, pref: dict, online: dict, mem: dict) -> 
           f"KTO reward margin desirable - undesirable {f3(pref['kto']['own_before']['margin'])} -> "
           f"{f3(pref['kto']['own_after']['margin'])}; ORPO length-normalised log-odds accuracy "
           f"{f3(pref['orpo']['own_before']['accuracy'])} -> {f3(pref['orpo']['own_after']['accuracy'])}.", "",
-          "## GRPO and PPO (toy arithmetic, 400 train / 40 held-out prompts)", "",
-          "Prompt: \"a op b=\" (a, b in 0..3, + or -) as a user turn. Reward = mean of format (the reply starts "
+          f"## GRPO and PPO (toy arithmetic, task {info['task']}, 400 train / 40 held-out prompts)", "",
+          ("Prompt: \"a op b=\" (a, b in 0..3, + or -)" if info["task"] == "add_sub" else
+           "Prompt: \"a*0=\" or \"a*1=\" (a in 0..99; 40 held-out prompts never trained on)") + " as a user turn. Reward = mean of format (the reply starts "
           "with a number) and exact (its first number is the answer). The SFT model never answers with a number "
           "(a first run straight from it: reward 0 in every sample, so no learning signal), so both start from "
           "the SFT model after 30 supervised steps teaching the format only, with random answers from the "
@@ -288,6 +298,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=200, help="training pairs (40 more are held out)")
     ap.add_argument("--grpo-seconds", type=float, default=240.0)
     ap.add_argument("--ppo-seconds", type=float, default=120.0)
+    ap.add_argument("--task", default="add_sub", help="add_sub (a+-b, a,b in 0..3) | times01 (a*0, a*1, a in 0..99)")
     ap.add_argument("--memory-child")
     ap.add_argument("--only", default="memory,preference,online")
     a = ap.parse_args()
@@ -321,7 +332,7 @@ def main():
 
     mem = stage("memory", lambda: measure_memory(a.sft))
     pref = stage("preference", lambda: preference_suite(a.sft, a.runs, a.steps, a.pairs))
-    online = stage("online", lambda: online_suite(a.sft, a.runs, a.grpo_seconds, a.ppo_seconds))
+    online = stage("online", lambda: online_suite(a.sft, a.runs, a.grpo_seconds, a.ppo_seconds, task=a.task))
     cpu = _sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {cpu or '?'}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -330,7 +341,7 @@ def main():
             "sft": a.sft, "params": load_hf(a.sft).cfg.n_params(), "sft_how": sft_how,
             "load": "load average " + _sh("cut -d' ' -f1-3 /proc/loadavg"),
             "command": "nice python bench/align_pipeline.py " + " ".join(sys.argv[1:]),
-            "total_s": time.perf_counter() - t0, "pairs": a.pairs, "steps": a.steps}
+            "total_s": time.perf_counter() - t0, "pairs": a.pairs, "steps": a.steps, "task": a.task}
     write_report(a.out, info, pref, online, mem)
     print(open(a.out).read())
 
