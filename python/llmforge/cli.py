@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("recipe")
     st = sub.add_parser("sft", help="supervised fine-tuning (full, LoRA, QLoRA) from a TOML recipe")
     st.add_argument("recipe")
-    al = sub.add_parser("align", help="preference alignment (DPO, ORPO, KTO, reward model) from a TOML recipe")
+    al = sub.add_parser("align", help="alignment (DPO, ORPO, KTO, reward model, GRPO, PPO, rejection sampling) from a TOML recipe")
     al.add_argument("recipe")
     add_eval_parser(sub)
     add_quant_ladder_parser(sub)

@@ -197,8 +197,9 @@ def run_sft(recipe: dict) -> dict:
 
 
 def load_preferences(spec: str, n: int | None = None) -> list[dict]:
-    """'synthetic' (align.data.synthetic_preferences), 'champ' (human-labelled champ pairs), or a
-    JSON(L) path of {prompt, chosen, rejected} records."""
+    """'synthetic' (align.data.synthetic_preferences), 'champ' (human-labelled champ pairs),
+    'champ_verified' (pairs of champ model solutions labelled by checking their final answers,
+    align.champ), or a JSON(L) path of {prompt, chosen, rejected} records."""
     from .align.data import synthetic_preferences
     from .data.corpora import champ_preferences
     from .data.io import read_json_records
@@ -207,12 +208,18 @@ def load_preferences(spec: str, n: int | None = None) -> list[dict]:
         return synthetic_preferences(n or 400)
     if spec == "champ":
         return champ_preferences()
+    if spec == "champ_verified":
+        from .align.champ import champ_verified_preferences
+
+        return champ_verified_preferences()[:n] if n else champ_verified_preferences()
     return list(read_json_records(spec, required=("prompt", "chosen", "rejected")))
 
 
 def run_align(recipe: dict) -> dict:
-    """[align] method = dpo | orpo | kto | reward; base = model dir; data = synthetic | champ | path;
-    heldout = n; plus the method's config fields in [align.config]."""
+    """[align] method = dpo | orpo | kto | reward; base = model dir; data = synthetic | champ |
+    champ_verified | path; heldout = n; plus the method's config fields in [config].
+    method = grpo | ppo | rejection: prompts from a task and a reward, see align.online.
+    The reward model is saved to out_dir/model (a RewardModel checkpoint: reward = "model" in GRPO/PPO)."""
     from .align.dpo import DPOConfig, dpo
     from .align.kto import KTOConfig, kto, kto_records_from_pairs
     from .align.orpo import ORPOConfig, orpo
@@ -222,8 +229,12 @@ def run_align(recipe: dict) -> dict:
 
     a = dict(recipe.get("align", {}))
     method, base = a.get("method"), a.get("base")
+    if method in ("grpo", "ppo", "rejection"):
+        from .align.online import run_online
+
+        return run_online(recipe)
     if method not in ("dpo", "orpo", "kto", "reward"):
-        raise ValueError(f"[align] method must be dpo, orpo, kto or reward, got {method!r}")
+        raise ValueError(f"[align] method must be dpo, orpo, kto, reward, grpo, ppo or rejection, got {method!r}")
     if not base:
         raise ValueError("[align] needs base = a model directory")
     recs = load_preferences(a.get("data", "synthetic"), a.get("n"))
@@ -243,11 +254,13 @@ def run_align(recipe: dict) -> dict:
     elif method == "kto":
         res = kto(model, tok, kto_records_from_pairs(train), cfg, kto_records_from_pairs(evals))
     else:
-        res = train_reward_model(RewardModel(model), tok, train, cfg, evals)
+        rm = RewardModel(model)
+        res = train_reward_model(rm, tok, train, cfg, evals)
+        rm.save(os.path.join(cfg.out_dir, "model"))
     if method != "reward":
         save_hf(model, os.path.join(cfg.out_dir, "model"))
-        tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
-        tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
+    tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
     out = {k: v for k, v in res.items() if k in ("before", "after", "accuracy_before", "accuracy_after")}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=2)

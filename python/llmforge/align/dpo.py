@@ -20,10 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..train.lora import adapters_disabled, lora_modules
-from ..train.metrics import MetricsLog, Progress, plot_curves
-from ..train.optim import cosine_lr, make_optimizer
 from .data import collate, tokenize_pairs
 from .logprobs import sequence_logprobs
+from .loop import optimize
 from .losses import dpo_loss
 
 
@@ -114,35 +113,21 @@ def dpo(model, tokenizer, train_records, cfg: DPOConfig, eval_records=None) -> d
     torch.save(ref, ref_path)
     ref_held = pair_logprobs(model, held, pad, cfg.batch_size, cfg.chunk_tokens, reference=True) if held else None
     before = preference_metrics(model, held, ref_held, pad, cfg) if held else None
-    opt = make_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.95))
-    log = MetricsLog(cfg.out_dir)
-    bar = Progress(cfg.steps) if cfg.progress else None
     g = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(pairs), generator=g)
-    pos = 0
-    model.train()
-    for step in range(cfg.steps):
-        if pos + cfg.batch_size > len(order):
-            order, pos = torch.randperm(len(pairs), generator=g), 0
-        idx = order[pos:pos + cfg.batch_size].tolist()
-        pos += cfg.batch_size
+    state = {"order": torch.randperm(len(pairs), generator=g), "pos": 0}
+
+    def step_fn(step):  # epochs of shuffled pairs
+        if state["pos"] + cfg.batch_size > len(state["order"]):
+            state["order"], state["pos"] = torch.randperm(len(pairs), generator=g), 0
+        idx = state["order"][state["pos"]:state["pos"] + cfg.batch_size].tolist()
+        state["pos"] += cfg.batch_size
         tokens, labels = collate([pairs[i] for i in idx], pad)
         lp = sequence_logprobs(model, tokens, labels, chunk_tokens=cfg.chunk_tokens)
         n = len(idx)
-        loss, m = dpo_loss(lp[:n], lp[n:], ref[idx, 0], ref[idx, 1], cfg.beta, cfg.loss_type, cfg.label_smoothing)
-        lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        opt.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log.write(step=step + 1, loss=loss.item(), lr=lr, **m)
-        if bar:
-            bar.update(step + 1, loss=loss.item(), acc=m["accuracy"])
+        return dpo_loss(lp[:n], lp[n:], ref[idx, 0], ref[idx, 1], cfg.beta, cfg.loss_type, cfg.label_smoothing)
+
+    optimize(model, cfg, step_fn, curves=("loss", "reward_margin", "accuracy"), bar_key="accuracy")
     after = preference_metrics(model, held, ref_held, pad, cfg) if held else None
-    plot_curves(log.path, os.path.join(cfg.out_dir, "curves.png"), keys=("loss", "reward_margin", "accuracy"))
     result = {"before": before, "after": after, "memory_estimate": est, "config": asdict(cfg)}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(result, f, indent=2)

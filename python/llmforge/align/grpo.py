@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,17 @@ class GRPOConfig:
     inner_epochs: int = 1
     grad_clip: float = 1.0
     seed: int = 0
+    max_seconds: float = 0.0      # wall-clock budget: stop after the step that passes it (0: none)
     log_every: int = 1
     progress: bool = True
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """Token ids that end a completion: end-of-sequence, and the chat end-of-turn token if known."""
+    out = {getattr(tokenizer, "eos_id", None)}
+    if hasattr(tokenizer, "token_to_id"):
+        out.add(tokenizer.token_to_id("<|im_end|>"))
+    return {int(i) for i in out if i is not None}
 
 
 def _batch(prompts_ids, completions, pad):
@@ -61,7 +71,7 @@ def grpo(model, tokenizer, prompts, reward_fn, cfg: GRPOConfig) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     pad = getattr(tokenizer, "pad_id", None) or getattr(tokenizer, "eos_id", None) or 0
-    stop = {i for i in (getattr(tokenizer, "eos_id", None),) if i is not None}
+    stop = stop_ids(tokenizer)
     ref_model = None if lora_modules(model) else copy.deepcopy(model).eval().requires_grad_(False)
     opt = make_optimizer(model, "adamw", cfg.lr, 0.0, (0.9, 0.95))
     log = MetricsLog(cfg.out_dir)
@@ -69,7 +79,10 @@ def grpo(model, tokenizer, prompts, reward_fn, cfg: GRPOConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     sp = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k)
     history = []
+    t_start = time.perf_counter()
     for step in range(cfg.steps):
+        if cfg.max_seconds and step and time.perf_counter() - t_start > cfg.max_seconds:
+            break
         idx = torch.randint(0, len(prompts), (cfg.prompts_per_step,), generator=g).tolist()
         recs = [prompts[i] for i in idx for _ in range(cfg.group_size)]
         p_ids = [tokenizer.encode(r["prompt"]) for r in recs]
@@ -100,4 +113,5 @@ def grpo(model, tokenizer, prompts, reward_fn, cfg: GRPOConfig) -> dict:
         if bar:
             bar.update(step + 1, reward=mean_r)
     k = max(1, len(history) // 5)
-    return {"reward_first": sum(history[:k]) / k, "reward_last": sum(history[-k:]) / k, "rewards": history}
+    return {"reward_first": sum(history[:k]) / k, "reward_last": sum(history[-k:]) / k, "rewards": history,
+            "steps": len(history), "seconds": time.perf_counter() - t_start}

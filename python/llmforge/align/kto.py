@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ..data.chat import tokenize_chat
-from ..train.metrics import MetricsLog, Progress
-from ..train.optim import cosine_lr, make_optimizer
 from .data import _conv
 from .dpo import _pad_id
 from .logprobs import sequence_logprobs
+from .loop import optimize
 from .losses import kto_loss
 
 
@@ -101,12 +100,9 @@ def kto(model, tokenizer, records, cfg: KTOConfig, eval_records=None) -> dict:
                 "margin": (r[lab].mean() - r[~lab].mean()).item()}
 
     before = margin() if held else None
-    opt = make_optimizer(model, "adamw", cfg.lr, 0.0, (0.9, 0.95))
-    log = MetricsLog(cfg.out_dir)
-    bar = Progress(cfg.steps) if cfg.progress else None
     g = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    for step in range(cfg.steps):
+
+    def step_fn(step):
         idx = torch.randint(0, len(items), (cfg.batch_size,), generator=g).tolist()
         batch = [items[i] for i in idx]
         lp = _logps(model, batch, pad, cfg.chunk_tokens)
@@ -119,16 +115,8 @@ def kto(model, tokenizer, records, cfg: KTOConfig, eval_records=None) -> dict:
             model.train()
             kl = (kl_pol - ref[idx]).mean()  # reference of a mismatched pair ~ its own policy value at start
         labels = torch.tensor([b[2] for b in batch])
-        loss, m = kto_loss(lp, ref[idx], labels, kl, cfg.beta, cfg.w_desirable, cfg.w_undesirable)
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            log.write(step=step + 1, loss=loss.item(), **{k: v for k, v in m.items() if v == v})
-        if bar:
-            bar.update(step + 1, loss=loss.item())
+        return kto_loss(lp, ref[idx], labels, kl, cfg.beta, cfg.w_desirable, cfg.w_undesirable)
+
+    optimize(model, cfg, step_fn)
     after = margin() if held else None
     return {"before": before, "after": after}

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..train.metrics import MetricsLog, Progress
-from ..train.optim import cosine_lr, make_optimizer
 from .data import collate, tokenize_pairs
 from .dpo import _pad_id
 from .logprobs import sequence_logprobs
+from .loop import optimize
 from .losses import orpo_loss
 
 
@@ -66,25 +65,14 @@ def orpo(model, tokenizer, train_records, cfg: ORPOConfig, eval_records=None) ->
     pairs = tokenize_pairs(train_records, tokenizer, cfg.template, cfg.max_len)
     held = tokenize_pairs(eval_records, tokenizer, cfg.template, cfg.max_len) if eval_records else None
     before = odds_accuracy(model, held, pad, cfg) if held else None
-    opt = make_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.95))
-    log = MetricsLog(cfg.out_dir)
-    bar = Progress(cfg.steps) if cfg.progress else None
     g = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    for step in range(cfg.steps):
+
+    def step_fn(step):
         idx = torch.randint(0, len(pairs), (cfg.batch_size,), generator=g).tolist()
         avg, _ = _avg_logps(model, [pairs[i] for i in idx], pad, cfg.chunk_tokens)
         n = len(idx)
-        loss, m = orpo_loss(avg[:n], avg[n:], -avg[:n], cfg.lam)
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            log.write(step=step + 1, loss=loss.item(), **m)
-        if bar:
-            bar.update(step + 1, loss=loss.item())
+        return orpo_loss(avg[:n], avg[n:], -avg[:n], cfg.lam)
+
+    optimize(model, cfg, step_fn)
     after = odds_accuracy(model, held, pad, cfg) if held else None
     return {"before": before, "after": after}

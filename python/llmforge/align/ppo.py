@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from ..generate.engine import generate
 from ..generate.sampling import SamplingParams
 from ..train.lora import adapters_disabled, lora_modules
 from ..train.metrics import MetricsLog, Progress
-from .grpo import _batch
+from .grpo import _batch, stop_ids
 from .logprobs import token_logprobs
 from .losses import gae, ppo_losses
 
@@ -45,6 +46,7 @@ class PPOConfig:
     epochs: int = 2
     grad_clip: float = 1.0
     seed: int = 0
+    max_seconds: float = 0.0      # wall-clock budget: stop after the step that passes it (0: none)
     progress: bool = True
 
 
@@ -63,7 +65,7 @@ def ppo(model, tokenizer, prompts, reward_fn, cfg: PPOConfig) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     pad = getattr(tokenizer, "pad_id", None) or getattr(tokenizer, "eos_id", None) or 0
-    stop = {i for i in (getattr(tokenizer, "eos_id", None),) if i is not None}
+    stop = stop_ids(tokenizer)
     ref_model = None if lora_modules(model) else copy.deepcopy(model).eval().requires_grad_(False)
     value = ValueHead(model.cfg.dim)
     params = [p for p in model.parameters() if p.requires_grad] + list(value.parameters())
@@ -73,7 +75,10 @@ def ppo(model, tokenizer, prompts, reward_fn, cfg: PPOConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     sp = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k)
     history = []
+    t_start = time.perf_counter()
     for step in range(cfg.steps):
+        if cfg.max_seconds and step and time.perf_counter() - t_start > cfg.max_seconds:
+            break
         idx = torch.randint(0, len(prompts), (cfg.batch_prompts,), generator=g).tolist()
         recs = [prompts[i] for i in idx]
         p_ids = [tokenizer.encode(r["prompt"]) for r in recs]
@@ -112,4 +117,5 @@ def ppo(model, tokenizer, prompts, reward_fn, cfg: PPOConfig) -> dict:
             bar.update(step + 1, reward=history[-1])
     k = max(1, len(history) // 5)
     return {"reward_first": sum(history[:k]) / k, "reward_last": sum(history[-k:]) / k, "rewards": history,
+            "steps": len(history), "seconds": time.perf_counter() - t_start,
             "value_head": value}

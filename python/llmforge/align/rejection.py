@@ -14,6 +14,7 @@ import torch
 
 from ..generate.engine import generate
 from ..generate.sampling import SamplingParams
+from .grpo import stop_ids
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RejectionConfig:
 
 
 def rejection_sample(model, tokenizer, prompts, score_fn, cfg: RejectionConfig) -> list[dict]:
-    stop = {i for i in (getattr(tokenizer, "eos_id", None),) if i is not None}
+    stop = stop_ids(tokenizer)
     pad = getattr(tokenizer, "pad_id", None) or 0
     sp = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p)
     rows = []

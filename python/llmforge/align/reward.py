@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..train.metrics import MetricsLog, Progress
-from ..train.optim import cosine_lr, make_optimizer
 from .data import collate, tokenize_pairs
+from .loop import optimize
 from .losses import bt_loss
 
 
@@ -36,6 +35,30 @@ class RewardModel(nn.Module):
 
     def forward(self, tokens, lengths):
         return self.score(tokens, lengths)
+
+    def save(self, path: str) -> None:
+        """A checkpoint directory: the backbone in HF layout plus reward_head.pt."""
+        from ..model import save_hf
+
+        save_hf(self.backbone, path)
+        torch.save({"weight": self.head.weight.detach().cpu(), "bias": self.head.bias.detach().cpu()},
+                   os.path.join(path, "reward_head.pt"))
+
+    @classmethod
+    def load(cls, path: str) -> "RewardModel":
+        from ..model import load_hf
+
+        head = os.path.join(path, "reward_head.pt")
+        if not os.path.exists(head):
+            raise FileNotFoundError(f"{path} is not a reward model checkpoint (no reward_head.pt)")
+        rm = cls(load_hf(path))
+        sd = torch.load(head, map_location="cpu", weights_only=True)
+        if set(sd) != {"weight", "bias"} or tuple(sd["weight"].shape) != (1, rm.cfg.dim):
+            raise ValueError(f"{head}: expected a (1, {rm.cfg.dim}) head, got {({k: tuple(v.shape) for k, v in sd.items()})}")
+        with torch.no_grad():
+            rm.head.weight.copy_(sd["weight"])
+            rm.head.bias.copy_(sd["bias"])
+        return rm.eval()
 
 
 @dataclass
@@ -81,25 +104,14 @@ def train_reward_model(rm: RewardModel, tokenizer, train_records, cfg: RewardCon
     pairs = tokenize_pairs(train_records, tokenizer, cfg.template, cfg.max_len)
     held = tokenize_pairs(eval_records, tokenizer, cfg.template, cfg.max_len) if eval_records else None
     before = preference_accuracy(rm, held, pad) if held else None
-    opt = make_optimizer(rm, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.95))
-    log = MetricsLog(cfg.out_dir)
-    bar = Progress(cfg.steps) if cfg.progress else None
     g = torch.Generator().manual_seed(cfg.seed)
-    rm.train()
-    for step in range(cfg.steps):
+
+    def step_fn(step):
         idx = torch.randint(0, len(pairs), (cfg.batch_size,), generator=g).tolist()
         s = rm.score(*_batch([pairs[i] for i in idx], pad))
         n = len(idx)
-        loss, m = bt_loss(s[:n], s[n:])
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip)
-        opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            log.write(step=step + 1, loss=loss.item(), **m)
-        if bar:
-            bar.update(step + 1, loss=loss.item())
+        return bt_loss(s[:n], s[n:])
+
+    optimize(rm, cfg, step_fn)
     after = preference_accuracy(rm, held, pad) if held else None
     return {"accuracy_before": before, "accuracy_after": after}
