@@ -8,6 +8,7 @@
 
 #include "device.h"
 #include "dlpack.h"
+#include "ggml_quants.h"
 #include "isa.h"
 #include "paged_kv.h"
 #include "qmatmul.h"
@@ -457,4 +458,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("grad_lse"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"), py::arg("causal"),
         py::arg("scale"), py::arg("window"), py::arg("threads"));
+
+  // ---- ggml (GGUF) block quantisation ---------------------------------------------
+  m.def("ggml_quantize",
+        [](py::handle x, py::handle q, int type, int threads) {
+          auto X = to_view(x, "x"), Q = to_view(q, "q");
+          py::gil_scoped_release nogil;
+          lf::ggml_quantize(X.view, Q.view, type, threads);
+        },
+        py::arg("x"), py::arg("q"), py::arg("type"), py::arg("threads"));
+  m.def("ggml_dequantize",
+        [](py::handle q, py::handle y, int type, int threads) {
+          auto Q = to_view(q, "q"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::ggml_dequantize(Q.view, Y.view, type, threads);
+        },
+        py::arg("q"), py::arg("y"), py::arg("type"), py::arg("threads"));
 }
