@@ -39,7 +39,9 @@ def weights(kind: str, rows: int, cols: int, seed: int) -> np.ndarray:
     elif kind == "positive":  # all of one sign (mins are zero / scales one-sided)
         w = np.abs(rng.standard_normal((rows, cols))) + 0.1
     elif kind == "sparse":
-        w = rng.standard_normal((rows, cols)) * (rng.random((rows, cols)) < 0.05)
+        w = np.where(rng.random((rows, cols)) < 0.05, rng.standard_normal((rows, cols)), 0.0)
+    elif kind == "signed_zeros":  # blocks of -0.0: ggml's Q4_0/Q5_0 write d = -0 there, gguf's numpy +0
+        w = np.where(rng.random((rows, cols)) < 0.02, rng.standard_normal((rows, cols)), -0.0)
     else:
         raise ValueError(kind)
     return w.astype(np.float32)
@@ -68,7 +70,7 @@ def test_dequantize_equals_gguf(qtype):
     q = quantize(w, qtype)
     ours = dequantize(q, qtype, 3 * bs)
     ref = gguf.quants.dequantize(q, _gguf_type(qtype)).reshape(ours.shape)
-    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-30)
+    np.testing.assert_array_equal(ours, ref)  # same float expressions, so the same bits
 
 
 # Relative RMS error bound per format on normal weights: a uniform quantiser of step
@@ -179,7 +181,7 @@ def llamacpp_ref():
 
 
 @pytest.mark.llamacpp
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["signed_zeros"])
 @pytest.mark.parametrize("qtype", ALL)
 def test_bytes_equal_llamacpp(llamacpp_ref, qtype, kind):
     f = FORMATS[qtype]

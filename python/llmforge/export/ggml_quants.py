@@ -95,6 +95,8 @@ def dequantize(data, qtype: str, cols: int) -> np.ndarray:
             raise ValueError(f"{q.size} bytes are not whole rows of {cols} {qtype} values ({nbytes} bytes each)")
         q = q.reshape(-1, nbytes)
     q = np.ascontiguousarray(q.reshape(-1, nbytes))
+    if not q.flags.writeable:  # e.g. a GGUFReader memmap: DLPack will not export read-only arrays
+        q = q.copy()
     y = np.empty((q.shape[0], cols), dtype=np.float32)
     _C.ggml_dequantize(q, y, f.type_id, torch.get_num_threads())
     return y
