@@ -119,9 +119,10 @@ def test_llamacpp_quantised_logits(tmp_path, model256, qtype):
     model, tok = model256
     path = tmp_path / f"m-{qtype}.gguf"
     types = export_gguf(model, tok, str(path), qtype)
-    if qtype == "q4_k_m":  # the mix: Q6_K head, Q6_K attn_v / ffn_down in layers 0 and 1 of 2, Q4_K elsewhere
+    if qtype == "q4_k_m":  # the mix: Q6_K head, Q6_K attn_v / ffn_down in layer 1 of 2, Q4_K elsewhere
         assert types["output.weight"] == "q6_k" and types["blk.0.attn_q.weight"] == "q4_k"
-        assert types["blk.1.ffn_down.weight"] == "q6_k" and types["output_norm.weight"] == "f32"
+        assert types["blk.1.ffn_down.weight"] == "q6_k" and types["blk.0.ffn_down.weight"] == "q4_k"
+        assert types["output_norm.weight"] == "f32"
     ids = tok.encode(HELD[0] + " " + HELD[1])[:48]
     llm = _llama(path)
     llm.reset()
