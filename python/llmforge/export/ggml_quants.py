@@ -68,7 +68,8 @@ def _float32_rows(w) -> np.ndarray:
         raise ValueError(f"expected a floating-point array, got dtype {w.dtype}")
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D (rows, cols) weight, got shape {w.shape}")
-    return np.ascontiguousarray(w, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    return w if w.flags.writeable else w.copy()  # DLPack will not export read-only arrays
 
 
 def quantize(w, qtype: str) -> np.ndarray:
