@@ -8,6 +8,7 @@
 
 #include "device.h"
 #include "dlpack.h"
+#include "ggml_quants.h"
 #include "isa.h"
 #include "paged_kv.h"
 #include "qmatmul.h"
@@ -571,4 +572,20 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("q"), py::arg("k_pool"), py::arg("v_pool"), py::arg("block_table"), py::arg("seq_lens"),
         py::arg("out"), py::arg("workspace"), py::arg("scale"), py::arg("max_len"), py::arg("stream"));
+
+  // ---- ggml (GGUF) block quantisation ---------------------------------------------
+  m.def("ggml_quantize",
+        [](py::handle x, py::handle q, int type, int threads) {
+          auto X = to_view(x, "x"), Q = to_view(q, "q");
+          py::gil_scoped_release nogil;
+          lf::ggml_quantize(X.view, Q.view, type, threads);
+        },
+        py::arg("x"), py::arg("q"), py::arg("type"), py::arg("threads"));
+  m.def("ggml_dequantize",
+        [](py::handle q, py::handle y, int type, int threads) {
+          auto Q = to_view(q, "q"), Y = to_view(y, "y");
+          py::gil_scoped_release nogil;
+          lf::ggml_dequantize(Q.view, Y.view, type, threads);
+        },
+        py::arg("q"), py::arg("y"), py::arg("type"), py::arg("threads"));
 }

@@ -87,3 +87,69 @@ def test_corrupt_gguf_raises(tmp_path, model_and_tok):
         import_gguf(str(tmp_path / "junk.gguf"))
     with pytest.raises(ValueError, match="qtype"):
         export_gguf(model, tok, str(tmp_path / "x.gguf"), "q3_k")
+
+
+# ---- k-quants and the *_K_M mixes ------------------------------------------------------
+
+def test_k_m_mix_plan():
+    """use_more_bits as llama.cpp: first and last eighth of the layers and every third between."""
+    from llmforge.export.gguf_export import tensor_type, use_more_bits
+
+    assert [i for i in range(16) if use_more_bits(i, 16)] == [0, 1, 4, 7, 10, 13, 14, 15]
+    assert [i for i in range(2) if use_more_bits(i, 2)] == [1]
+    t = lambda name, shape=(256, 256), q="q4_k_m", tied=False: tensor_type(name, shape, q, 16, tied)
+    assert t("output.weight") == "q6_k" and t("token_embd.weight") == "q4_k"
+    assert t("token_embd.weight", tied=True) == "q6_k"
+    assert t("blk.4.attn_v.weight") == "q6_k" and t("blk.5.attn_v.weight") == "q4_k"
+    assert t("blk.13.ffn_down.weight") == "q6_k" and t("blk.12.ffn_down.weight") == "q4_k"
+    assert t("blk.4.attn_q.weight") == "q4_k" and t("blk.4.attn_norm.weight", (256,)) == "f32"
+    assert t("blk.5.attn_v.weight", q="q5_k_m") == "q5_k" and t("blk.5.attn_v.weight", q="q6_k") == "q6_k"
+
+
+def test_kquant_fallback_warns(tmp_path, model_and_tok):
+    model, tok = model_and_tok  # dim 64, ffn 128: no row is a multiple of 256
+    path = str(tmp_path / "m.gguf")
+    with pytest.warns(UserWarning, match=r"blk\.0\.attn_q\.weight \(64, 64\): q4_k -> q5_0") as rec:
+        types = export_gguf(model, tok, path, "q4_k_m")
+    msg = str(rec[0].message)
+    assert "output.weight" not in msg or "q6_k -> q8_0" in msg
+    assert types["blk.0.attn_q.weight"] == "q5_0" and types["blk.0.ffn_down.weight"] == "q5_0"
+    assert types["blk.1.ffn_down.weight"] == "q8_0"  # a use_more_bits layer: Q6_K -> Q8_0
+    assert types["blk.0.attn_norm.weight"] == "f32"
+    r = gguf.GGUFReader(path)
+    stored = {t.name: t.tensor_type.name.lower() for t in r.tensors}
+    assert stored == types
+    rep = verify_gguf(model, tok, path, ["Whether 'tis nobler in the mind"])
+    assert rep["kl_per_token"] < 0.05 and rep["tokenizer_identical"], rep
+
+
+@pytest.fixture(scope="module")
+def model256():
+    text = "The quality of mercy is not strain'd; it droppeth as the gentle rain from heaven. " * 20
+    tok = Tokenizer.train([text], vocab_size=300)
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=256, n_layers=1, n_heads=4, n_kv_heads=2,
+                                    ffn_dim=512, max_seq_len=64, tie_embeddings=False)).eval()
+    return model, tok
+
+
+@pytest.mark.parametrize("qtype,max_kl", [("q4_k_m", 0.05), ("q6_k", 0.005), ("q5_1", 0.02)])
+def test_kquant_export_reload(tmp_path, model256, qtype, max_kl):
+    from llmforge.export.ggml_quants import dequantize, quantize
+
+    model, tok = model256
+    path = str(tmp_path / f"m-{qtype}.gguf")
+    types = export_gguf(model, tok, path, qtype)
+    model2, _ = import_gguf(path)
+    # Import gives back exactly our dequantised blocks (attn_q / attn_k after undoing the rope permutation).
+    w = model.model.layers[0].mlp.up_proj.weight.detach().numpy()
+    t = types["blk.0.ffn_up.weight"]
+    assert t == {"q4_k_m": "q4_k"}.get(qtype, qtype)
+    np.testing.assert_array_equal(model2.model.layers[0].mlp.up_proj.weight.detach().numpy(),
+                                  dequantize(quantize(w, t), t, w.shape[1]))
+    rep = verify_gguf(model, tok, path, ["The quality of mercy", "droppeth as the gentle rain"])
+    assert rep["kl_per_token"] < max_kl, rep
+    data = open(path, "rb").read()
+    (tmp_path / "trunc.gguf").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ValueError):
+        import_gguf(str(tmp_path / "trunc.gguf"))

@@ -1,14 +1,27 @@
 """GGUF export (arch "llama") that llama.cpp loads, GGUF import, and self-verification.
 
-    export_gguf(model, tokenizer, "model.gguf", qtype="q8_0")    # f32 | f16 | bf16 | q8_0 | q4_0
+    export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
     report = verify_gguf(model, tokenizer, "model.gguf", texts)  # per-token KL, top-1 agreement, tokenizer
 
+qtype: f32 | f16 | bf16 (every matrix in that type), q8_0 | q4_0 | q4_1 | q5_0 | q5_1 |
+q4_k | q5_k | q6_k (every matrix; blocks written by our C++ quantisers, byte-identical to
+llama.cpp's, see ggml_quants.py), or the llama.cpp mixes q4_k_m / q5_k_m. The mixes follow
+llama.cpp's llama_tensor_get_type in outline: the base type is Q4_K (Q5_K); output.weight
+(token_embd.weight when embeddings are tied) is Q6_K; attn_v.weight and ffn_down.weight are
+Q6_K in the layers where use_more_bits(i, n) holds (the first and last eighth of the layers
+and every third layer between); everything else keeps the base type. Not reproduced: the
+70B / MoE / GQA special cases and imatrix-driven choices. 1-D tensors (norms) stay F32.
+
+A matrix whose rows are not a multiple of its type's block falls back per tensor as
+llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when even 32 does not
+divide the row), with one warning listing the tensors.
+
 Layout facts (../shared/GGUF_FACTS.md): llama.cpp's llama arch rotates adjacent pairs while
 the HF layout rotates halves, so attn_q / attn_k rows are permuted per head on export (and
-back on import); a missing output.weight means tied embeddings; 1-D tensors (norms) stay
-F32; tensors whose rows are not a multiple of 32 fall back to F32 with a warning.
-Files are written to a temporary name and renamed.
+back on import); a missing output.weight means tied embeddings. Files are written to a
+temporary name and renamed. import_gguf dequantises every type above (truncated or corrupt
+files raise ValueError).
 """
 from __future__ import annotations
 
@@ -18,9 +31,39 @@ import warnings
 import numpy as np
 import torch
 
-from .ggml_quants import QUANTIZERS
+from .ggml_quants import FORMATS, dequantize, quantize
 
-QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
+_MIX_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
+_FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}  # llama.cpp's, for rows not a multiple of 256
+_FTYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
+          "q4_1": "MOSTLY_Q4_1", "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "q4_k": "MOSTLY_Q4_K_S",
+          "q5_k": "MOSTLY_Q5_K_S", "q6_k": "MOSTLY_Q6_K", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"}
+
+
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """llama.cpp's choice of layers that get more bits in the *_K_M mixes."""
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def tensor_type(name: str, shape: tuple, qtype: str, n_layers: int, tied: bool) -> str:
+    """The type one tensor is stored in for an export of qtype (before the block-size fallback)."""
+    if len(shape) != 2:
+        return "f32"
+    if qtype not in _MIX_BASE:
+        return qtype
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        return "q6_k"
+    if name.endswith(("attn_v.weight", "ffn_down.weight")) and use_more_bits(int(name.split(".")[1]), n_layers):
+        return "q6_k"
+    return _MIX_BASE[qtype]
+
+
+def _fit_block(want: str, cols: int) -> str:
+    """Falls back (as llama.cpp) until the type's block divides the row."""
+    while want in FORMATS and cols % FORMATS[want].block:
+        want = _FALLBACK.get(want, "f16")
+    return want
 
 
 def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -86,37 +129,35 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
             raise ValueError(f"rope scaling {kind!r} is not exported (linear only)")
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
-    w.add_file_type(ftype)
+    w.add_file_type(getattr(gguf.LlamaFileType, _FTYPE[qtype]))
     for key, val in tokenizer.gguf_metadata().items():
         _add_kv(w, key, val)
     template = getattr(tokenizer, "chat_template", None)
     if template:
         w.add_chat_template(template)
-    types = {}
+    types, fell_back = {}, []
     for hf, gg in _names(cfg):
         t = sd[hf]
         if gg.endswith("attn_q.weight"):
             t = permute_rope(t, cfg.n_heads)
         elif gg.endswith("attn_k.weight"):
             t = permute_rope(t, cfg.n_kv_heads)
-        want = qtype if t.ndim == 2 else "f32"
-        if want in QUANTIZERS and t.shape[1] % 32:
-            warnings.warn(f"{gg}: rows of {t.shape[1]} are not a multiple of 32; stored as F32")
-            want = "f32"
-        if want == "f32":
+        want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings)
+        got = _fit_block(want, t.shape[-1])
+        if got != want:
+            fell_back.append(f"{gg} {tuple(t.shape)}: {want} -> {got}")
+        if got == "f32":
             w.add_tensor(gg, t.astype(np.float32))
-        elif want == "f16":
+        elif got == "f16":
             w.add_tensor(gg, t.astype(np.float16))
-        elif want == "bf16":
+        elif got == "bf16":
             bits = (torch.from_numpy(t).to(torch.bfloat16).view(torch.int16).numpy()).view(np.uint16)
             w.add_tensor(gg, bits.astype(np.uint16), raw_shape=t.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
-            q = QUANTIZERS[want][0](t)
-            w.add_tensor(gg, q, raw_dtype=getattr(gguf.GGMLQuantizationType, want.upper()))
-        types[gg] = want
+            w.add_tensor(gg, quantize(t, got), raw_dtype=getattr(gguf.GGMLQuantizationType, got.upper()))
+        types[gg] = got
+    if fell_back:
+        warnings.warn("rows not a multiple of the block size, stored in another type: " + "; ".join(fell_back))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -148,7 +189,7 @@ def _field(reader, key, default=None):
 def import_gguf(path: str):
     """(Transformer, Tokenizer) from an arch-llama GGUF written by export_gguf (or compatible)."""
     import gguf
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize as dequantize_gguf
 
     from ..model import ModelConfig, Transformer
     from ..tokenizer import Tokenizer
@@ -174,17 +215,17 @@ def import_gguf(path: str):
     for hf, gg in _names(cfg):
         if gg not in tensors:
             raise ValueError(f"{path}: tensor {gg} is missing")
-        t = tensors[gg]
-        arr = dequantize(t.data, t.tensor_type).astype(np.float32)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        arr = arr.reshape(shape)
+        arr = _tensor_array(path, tensors[gg], dequantize_gguf)
         if gg.endswith("attn_q.weight"):
             arr = unpermute_rope(arr, cfg.n_heads)
         elif gg.endswith("attn_k.weight"):
             arr = unpermute_rope(arr, cfg.n_kv_heads)
         state[hf] = torch.from_numpy(np.ascontiguousarray(arr))
     model = Transformer(cfg)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensor shapes do not fit the model its metadata describes: {e}") from None
     toks = _field(r, "tokenizer.ggml.tokens")
     merges = _field(r, "tokenizer.ggml.merges")
     ttypes = _field(r, "tokenizer.ggml.token_type")
@@ -193,6 +234,26 @@ def import_gguf(path: str):
         tok = _tokenizer_from_gguf(Tokenizer, toks, merges or [], ttypes or [], _field(r, "tokenizer.ggml.bos_token_id"),
                                    _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"))
     return model, tok
+
+
+def _tensor_array(path, t, dequantize_gguf) -> np.ndarray:
+    """One GGUF tensor as float32 of its (rows, cols) shape: our dequantisers for the block
+    formats, gguf's for F32 / F16 / BF16."""
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    kind = t.tensor_type.name.lower()
+    try:
+        if kind in FORMATS:
+            arr = dequantize(np.asarray(t.data).view(np.uint8), kind, shape[-1])
+        elif kind in ("f32", "f16", "bf16"):
+            arr = dequantize_gguf(t.data, t.tensor_type).astype(np.float32)
+        else:
+            raise ValueError(f"type {t.tensor_type.name} is not supported")
+        arr = arr.reshape(shape)
+    except ValueError as e:
+        raise ValueError(f"{path}: tensor {t.name} {shape}: {e}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: tensor {t.name} holds NaN or infinity (corrupt file?)")
+    return arr
 
 
 def _tokenizer_from_gguf(Tokenizer, toks, merges, ttypes, bos, eos, pad):
