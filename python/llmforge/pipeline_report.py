@@ -86,7 +86,7 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
         h = p.get("heldout", {})
         L += ["", "## Pretraining", "",
               f"{p['params']:,} parameters, {p['steps']} steps, {p['train_tokens']:,} tokens in {p['train_s']} s. "
-              f"Held-out: **{_f(h.get('bits_per_byte'))} bits per byte** (loss {_f(h.get('loss'))} nats/token)."]
+              f"Held-out: **{_f(h.get('bits_per_byte'))} bits per byte** ({_f(h.get('nats_per_token'))} nats/token)."]
     s = results.get("sft")
     if s:
         L += ["", "## SFT (LoRA, chitchat conversations)", "",
@@ -101,12 +101,11 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
               f"| reward margin | {_f(b['reward_margin'])} | **{_f(af['reward_margin'])}** |"]
     e = results.get("eval")
     if e:
-        L += ["", "## Evaluation", ""]
-        h = e.get("heldout", {})
-        L.append(f"Held-out text (final model): {_f(h.get('bits_per_byte'))} bits per byte.")
+        L += ["", "## Evaluation (final model)"]
         md = os.path.join(root, "eval", "eval.md")
         if os.path.exists(md):
-            L += ["", open(md).read().strip()]
+            body = open(md).read().strip().split("\n")
+            L += [""] + ["#" + x if x.startswith("## ") else x for x in (body[1:] if body[0].startswith("# ") else body)]
         else:
             for k, v in e.items():
                 if k != "heldout":
