@@ -96,6 +96,8 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
     if a and a.get("before"):
         b, af = a["before"], a["after"]
         L += ["", "## DPO (cached reference log-probs)", "",
+              "Implicit reward r = beta * (log pi - log pi_ref) of each held-out reply; before training the "
+              "policy is the reference, so every r is 0 and the accuracy (share with r(chosen) > r(rejected)) is 0.", "",
               "| held-out | before | after |", "|---|---:|---:|",
               f"| preference accuracy | {_f(b['accuracy'])} | **{_f(af['accuracy'])}** |",
               f"| reward margin | {_f(b['reward_margin'])} | **{_f(af['reward_margin'])}** |"]
