@@ -149,28 +149,7 @@ def preference_suite(model_dir: str, out_root: str, steps: int, n_train: int) ->
     return out
 
 
-def format_warmup(model, tok, prompts, steps: int, seed: int = 0) -> dict:
-    """A few supervised steps teaching the reply format only: each prompt answered with a random
-    number from the task's answer range (never the right answer on purpose), so that the exact-answer
-    reward starts near chance and a group of samples holds both right and wrong answers."""
-    import random
-
-    import torch
-
-    from llmforge.align.data import collate, tokenize_pairs
-
-    rng = random.Random(seed)
-    answers = sorted({int(p["answer"]) for p in prompts})
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(steps):
-        batch = rng.sample(prompts, 16)
-        recs = [{"prompt": p["question"], "chosen": str(rng.choice(answers)), "rejected": "x"} for p in batch]
-        tokens, labels = collate(tokenize_pairs(recs, tok), getattr(tok, "pad_id", 0) or 0)
-        opt.zero_grad()
-        model.loss(tokens[:16], labels[:16]).backward()
-        opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from llmforge.align.online import format_warmup  # noqa: E402
 
 
 def online_suite(model_dir: str, out_root: str, grpo_s: float, ppo_s: float, warmup_steps: int = 30,

@@ -110,3 +110,19 @@ def test_load_prompts_rejects_bad_records(tmp_path):
     p.write_text(json.dumps({"prompt": ""}) + "\n")
     with pytest.raises(ValueError):
         load_prompts(str(p))
+
+
+def test_format_warmup_teaches_the_reply_format(base_dir):
+    from llmforge.align.online import _tokenizer, format_warmup, heldout_reward
+    from llmforge.align.tasks import load_prompts, make_reward, render_prompts
+    from llmforge.model import load_hf
+
+    tok, model = _tokenizer(str(base_dir)), load_hf(str(base_dir))
+    prompts = render_prompts(load_prompts("arithmetic", 40, 0), "chatml")
+    fmt = make_reward("format")
+    before = heldout_reward(model, tok, prompts[:8], fmt, 3, 1.0, 0, 2)["reward_greedy"]
+    model.load_state_dict(format_warmup(model, tok, prompts, 25))
+    after = heldout_reward(model, tok, prompts[:8], fmt, 3, 1.0, 0, 2)["reward_greedy"]
+    assert after == 1.0 and after > before
+    with pytest.raises(ValueError, match="answer"):
+        format_warmup(model, tok, [{"prompt": "x"}], 1)

@@ -79,7 +79,7 @@ def run_online(recipe: dict) -> dict:
     if not base:
         raise ValueError("[align] needs base = a model directory")
     known = {"method", "base", "task", "n", "heldout", "template", "reward", "format", "reward_model",
-             "out_dir", "eval_samples", "seed", "config"}
+             "out_dir", "eval_samples", "seed", "config", "format_warmup"}
     unknown = sorted(set(a) - known)
     if unknown:
         raise ValueError(f"[align] unknown keys {unknown}; known: {sorted(known)}")
@@ -123,6 +123,8 @@ def run_online(recipe: dict) -> dict:
         train, evals = prompts[:-held], prompts[-held:]
         ev = lambda: heldout_reward(model, tok, evals, reward_fn, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                     int(a.get("eval_samples", 4)))
+        if int(a.get("format_warmup", 0)) > 0:  # a model that never answers in format gets no reward signal
+            model.load_state_dict(format_warmup(model, tok, train, int(a["format_warmup"]), int(a.get("seed", 0))))
         before = ev()
         res = (grpo if method == "grpo" else ppo)(model, tok, train, reward_fn, cfg)
         after = ev()
@@ -135,3 +137,31 @@ def run_online(recipe: dict) -> dict:
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def format_warmup(model, tok, prompts, steps: int, seed: int = 0) -> dict:
+    """A few supervised steps teaching the reply format only: each prompt answered with a random
+    number from the task's answer range (never the right answer on purpose), so that the exact-answer
+    reward starts near chance and a group of samples holds both right and wrong answers."""
+    import random
+
+    import torch
+
+    from .data import collate, tokenize_pairs
+
+    rng = random.Random(seed)
+    answers = sorted({str(p["answer"]) for p in prompts if "answer" in p},
+                     key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
+    if not answers:
+        raise ValueError("format_warmup needs prompt records with an 'answer' field")
+    k = min(16, len(prompts))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(prompts, k)
+        recs = [{"prompt": p.get("question", p["prompt"]), "chosen": rng.choice(answers), "rejected": "x"} for p in batch]
+        tokens, labels = collate(tokenize_pairs(recs, tok), getattr(tok, "pad_id", 0) or 0)
+        opt.zero_grad()
+        model.loss(tokens[:k], labels[:k]).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
