@@ -121,7 +121,7 @@ def test_format_warmup_teaches_the_reply_format(base_dir):
     prompts = render_prompts(load_prompts("arithmetic", 40, 0), "chatml")
     fmt = make_reward("format")
     before = heldout_reward(model, tok, prompts[:8], fmt, 3, 1.0, 0, 2)["reward_greedy"]
-    model.load_state_dict(format_warmup(model, tok, prompts, 25))
+    model.load_state_dict(format_warmup(model, tok, prompts, 60))
     after = heldout_reward(model, tok, prompts[:8], fmt, 3, 1.0, 0, 2)["reward_greedy"]
     assert after == 1.0 and after > before
     with pytest.raises(ValueError, match="answer"):
