@@ -62,7 +62,7 @@ def run(device: str = "cpu", quick: bool = False):
             ours, _ = load_gguf_int4(path)
             prompt = torch.randint(0, tok.vocab_size, (32,), generator=torch.Generator().manual_seed(0)).tolist()
             with _quiet_stderr():
-                llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=torch.get_num_threads(),
+                llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=torch.get_num_threads(), logits_all=True,
                                       verbose=False)
 
             def llama_run(n):
