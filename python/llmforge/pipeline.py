@@ -304,8 +304,40 @@ def _key(ctx: Context, st: Stage) -> str:
     return h.hexdigest()[:16]
 
 
-def run_pipeline(recipe: dict, out_dir: str | None = None, only: list[str] | None = None) -> dict:
-    """Run (or resume) every stage in order; returns {stage: results} and writes the report."""
+def _run_stage(ctx: Context, st: Stage) -> dict:
+    """Serve the stage from its cache when its key matches, else run it; returns its timing."""
+    import torch
+
+    key = _key(ctx, st)
+    ctx.keys[st.name] = key
+    d = ctx.dir(st.name)
+    done = os.path.join(d, "stage.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            prev = json.load(f)
+        if prev.get("key") == key:
+            ctx.results[st.name] = prev["results"]
+            _log(f"{st.name}: cached ({prev['seconds']:.0f} s when it ran)")
+            return {"seconds": prev["seconds"], "cached": True}
+        _log(f"{st.name}: recipe changed since the cached run; running it again")
+        shutil.rmtree(d)
+    elif os.path.isdir(d) and st.name not in ("pretrain", "sft"):
+        shutil.rmtree(d)  # a half-finished stage without its own checkpoints starts over
+    os.makedirs(d, exist_ok=True)
+    _log(f"{st.name}: running")
+    t0 = time.perf_counter()
+    torch.manual_seed(int(ctx.recipe.get("seed", 0)))
+    res = st.run(ctx)
+    secs = time.perf_counter() - t0
+    _write_json(done, {"key": key, "seconds": secs, "results": res})
+    ctx.results[st.name] = json.loads(json.dumps(res, default=str))
+    _log(f"{st.name}: done in {secs:.0f} s")
+    return {"seconds": secs, "cached": False}
+
+
+def run_pipeline(recipe: dict, out_dir: str | None = None, until: str | None = None) -> dict:
+    """Run (or resume) the stages in order, all of them or up to and including `until`; returns
+    {stage: results} and writes the report (of the stages run so far)."""
     import torch
 
     name = recipe.get("name", "pipeline")
@@ -313,6 +345,8 @@ def run_pipeline(recipe: dict, out_dir: str | None = None, only: list[str] | Non
     unknown = sorted(set(recipe) - set(STAGES) - {"name", "out_dir", "seed", "threads"})
     if unknown:
         raise ValueError(f"recipe: unknown sections {unknown}; stages are {list(STAGES)}")
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until must be one of {list(STAGES)}, got {until!r}")
     if recipe.get("threads"):
         torch.set_num_threads(int(recipe["threads"]))
     os.makedirs(root, exist_ok=True)
@@ -320,34 +354,9 @@ def run_pipeline(recipe: dict, out_dir: str | None = None, only: list[str] | Non
     t_all = time.perf_counter()
     timings = {}
     for st in PIPELINE:
-        key = _key(ctx, st)
-        ctx.keys[st.name] = key
-        d = ctx.dir(st.name)
-        done = os.path.join(d, "stage.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                prev = json.load(f)
-            if prev.get("key") == key:
-                ctx.results[st.name] = prev["results"]
-                timings[st.name] = {"seconds": prev["seconds"], "cached": True}
-                _log(f"{st.name}: cached ({prev['seconds']:.0f} s when it ran)")
-                continue
-            _log(f"{st.name}: recipe changed since the cached run; running it again")
-            shutil.rmtree(d)
-        elif os.path.isdir(d) and st.name not in ("pretrain", "sft"):
-            shutil.rmtree(d)  # a half-finished stage without its own checkpoints starts over
-        if only and st.name not in only:
-            raise RuntimeError(f"stage {st.name} is not cached and not among {only}")
-        os.makedirs(d, exist_ok=True)
-        _log(f"{st.name}: running")
-        t0 = time.perf_counter()
-        torch.manual_seed(int(recipe.get("seed", 0)))
-        res = st.run(ctx)
-        secs = time.perf_counter() - t0
-        _write_json(done, {"key": key, "seconds": secs, "results": res})
-        ctx.results[st.name] = json.loads(json.dumps(res, default=str))
-        timings[st.name] = {"seconds": secs, "cached": False}
-        _log(f"{st.name}: done in {secs:.0f} s")
+        timings[st.name] = _run_stage(ctx, st)
+        if st.name == until:
+            break
     from .pipeline_report import write_report
 
     report = write_report(ctx.root, recipe, ctx.results, timings, time.perf_counter() - t_all)

@@ -22,6 +22,18 @@ def _rel(root, path):
     return os.path.relpath(path, root) if path and os.path.exists(path) else None
 
 
+def _embedded(md: str) -> list[str]:
+    """A stage's own Markdown report as lines of this one: its title dropped, its sections one level down."""
+    if not os.path.exists(md):
+        return []
+    body = open(md, encoding="utf-8").read().strip().split("\n")
+    if body and body[0].startswith("# "):
+        body = body[1:]
+    while body and not body[0].strip():
+        body = body[1:]
+    return [""] + ["#" + x if x.startswith("## ") else x for x in body]
+
+
 def training_curves(root: str) -> str | None:
     """One PNG with the loss curves of pretraining, SFT and DPO side by side."""
     import matplotlib
@@ -104,22 +116,12 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
     e = results.get("eval")
     if e:
         L += ["", "## Evaluation (final model)"]
-        md = os.path.join(root, "eval", "eval.md")
-        if os.path.exists(md):
-            body = open(md).read().strip().split("\n")
-            L += [""] + ["#" + x if x.startswith("## ") else x for x in (body[1:] if body[0].startswith("# ") else body)]
-        else:
-            for k, v in e.items():
-                if k != "heldout":
-                    L.append(f"- {k}: {json.dumps(v, default=str)[:300]}")
+        L += _embedded(os.path.join(root, "eval", "eval.md"))
     q = results.get("quantize")
     if q:
         L += ["", "## Quantization"]
-        md = os.path.join(root, "quantize", "quant_ladder.md")
+        L += _embedded(os.path.join(root, "quantize", "quant_ladder.md"))
         png = os.path.join(root, "quantize", "quant_ladder.png")
-        if os.path.exists(md):
-            body = open(md).read().strip().split("\n")
-            L += [""] + (body[2:] if body and body[0].startswith("# ") else body)
         if os.path.exists(png):
             L += ["", f"![quant ladder]({_rel(root, png)})"]
     x = results.get("export")

@@ -81,3 +81,12 @@ def test_rerun_is_cached_and_edits_rerun_downstream(first_run):
 def test_unknown_section_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown sections"):
         run_pipeline({"name": "x", "pretrian": {}}, out_dir=str(tmp_path))
+
+
+def test_until_stops_after_a_stage(first_run):
+    root, _ = first_run
+    res = run_pipeline(copy.deepcopy(MINI), out_dir=root, until="tokenizer")
+    assert list(res["timings"]) == ["data", "tokenizer"]
+    assert all(t["cached"] for t in res["timings"].values())
+    with pytest.raises(ValueError, match="until"):
+        run_pipeline(copy.deepcopy(MINI), out_dir=root, until="pretrian")

@@ -73,10 +73,11 @@ def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, hd // 2, inp).swapaxes(1, 2).reshape(out, inp)
 
 
-def unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
-    out, inp = w.shape
-    hd = out // n_heads
-    return w.reshape(n_heads, hd // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+def unpermute_rope(w, n_heads: int):
+    """Inverse of permute_rope, on the rows of any per-row array (numpy or torch): weights, or the
+    packed bytes / scales / zero points of a quantised weight."""
+    hd = w.shape[0] // n_heads
+    return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _names(cfg):

@@ -33,18 +33,11 @@ def q4_0_to_int4(raw: np.ndarray, rows: int, cols: int) -> dict:
             "zeros": torch.full((rows, nb), 8.0), "group_size": 32}
 
 
-def _unpermute_rows(t: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row order (see gguf_export.permute_rope) on any per-row tensor."""
-    rows = t.shape[0]
-    hd = rows // n_heads
-    return t.reshape(n_heads, hd // 2, 2, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
-
-
 def load_gguf_int4(path: str):
     import gguf
 
     from ..quant.linear import Int4Linear
-    from .gguf_export import _names, import_gguf
+    from .gguf_export import _names, import_gguf, unpermute_rope
 
     model, tok = import_gguf(path)
     r = gguf.GGUFReader(path)
@@ -59,7 +52,7 @@ def load_gguf_int4(path: str):
         q = q4_0_to_int4(np.asarray(t.data), rows, cols)
         if gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight"):
             nh = cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads
-            q = {**q, **{k: _unpermute_rows(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
+            q = {**q, **{k: unpermute_rope(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
         parent = model.get_submodule(hf.rsplit(".", 2)[0])
         name = hf.rsplit(".", 2)[1]
         old = getattr(parent, name)
