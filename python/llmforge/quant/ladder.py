@@ -136,43 +136,37 @@ def _w8a8_sq(model, ctx):
     return model, info
 
 
-def _rtn_method(bits, group):
+def _weight_only_method(bits, group, quantize):
+    """A weight-only method at `bits` / `group`: quantize(model, ctx, bits, g) edits the weights in place."""
     def fn(model, ctx):
         g = _group(model, group)
         info = _weight_only(model, bits, g, 16 + bits)
-        _rtn_model(model, bits, g)
+        quantize(model, ctx, bits, g)
         return model, info
     return fn
 
 
-def _gptq_method(bits, group):
-    def fn(model, ctx):
-        from .gptq import quantize_model_gptq
-
-        g = _group(model, group)
-        info = _weight_only(model, bits, g, 16 + bits)
-        quantize_model_gptq(model, ctx["calib"], bits, g, **ctx.get("gptq", {}))
-        return model, info
-    return fn
+def _rtn(model, ctx, bits, g):
+    _rtn_model(model, bits, g)
 
 
-def _awq_method(bits, group):
-    def fn(model, ctx):
-        from .awq import quantize_model_awq
+def _gptq(model, ctx, bits, g):
+    from .gptq import quantize_model_gptq
 
-        g = _group(model, group)
-        info = _weight_only(model, bits, g, 16 + bits)
-        quantize_model_awq(model, ctx["calib"], bits, g, **ctx.get("awq", {}))
-        return model, info
-    return fn
+    quantize_model_gptq(model, ctx["calib"], bits, g, **ctx.get("gptq", {}))
+
+
+def _awq(model, ctx, bits, g):
+    from .awq import quantize_model_awq
+
+    quantize_model_awq(model, ctx["calib"], bits, g, **ctx.get("awq", {}))
 
 
 for _b, _g in ((4, 64), (4, 128), (3, 128)):
-    register(f"int{_b}_g{_g}")(_rtn_method(_b, _g))
-register("gptq4_g128")(_gptq_method(4, 128))
-register("gptq3_g128")(_gptq_method(3, 128))
-register("awq4_g128")(_awq_method(4, 128))
-register("awq3_g128")(_awq_method(3, 128))
+    register(f"int{_b}_g{_g}")(_weight_only_method(_b, _g, _rtn))
+for _b in (4, 3):
+    register(f"gptq{_b}_g128")(_weight_only_method(_b, 128, _gptq))
+    register(f"awq{_b}_g128")(_weight_only_method(_b, 128, _awq))
 
 
 class _NoVocab:
