@@ -4,10 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <deque>
+#include <memory>
 #include <optional>
 
 #include "device.h"
 #include "dlpack.h"
+#include "decode_model.h"
 #include "ggml_quants.h"
 #include "isa.h"
 #include "paged_kv.h"
@@ -139,6 +142,31 @@ std::vector<int64_t> ids_from_seq(const py::handle& seq, const char* what) {
 }
 
 }  // namespace
+
+// ---- native decode step: the model object keeps every weight's capsule alive ----
+struct PyDecodeModel {
+  std::deque<Arg> keep;  // stable addresses: views are borrowed while the model is built
+  std::unique_ptr<lf::DecodeModel> impl;
+
+  const TensorView* hold(const py::handle& obj, const std::string& name) {
+    keep.push_back(to_view(obj, name.c_str()));
+    return &keep.back().view;
+  }
+  lf::DecodeLinearViews linear(const py::dict& d, const std::string& name) {
+    lf::DecodeLinearViews v;
+    auto get = [&](const char* key) -> const TensorView* {
+      if (!d.contains(key) || d[key].is_none()) return nullptr;
+      return hold(d[key], name + "." + key);
+    };
+    v.w = get("weight");
+    v.packed = get("packed");
+    v.scales = get("scales");
+    v.zeros = get("zeros");
+    v.bias = get("bias");
+    v.group_size = d.contains("group_size") ? d["group_size"].cast<int64_t>() : 0;
+    return v;
+  }
+};
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llmforge native kernels (CPU; CUDA when built with it). Call through llmforge.ops.";
@@ -588,4 +616,50 @@ PYBIND11_MODULE(_C, m) {
           lf::ggml_dequantize(Q.view, Y.view, type, threads);
         },
         py::arg("q"), py::arg("y"), py::arg("type"), py::arg("threads"));
+
+  // ---- native decode step (one call per token; python/llmforge/generate/native.py) ------
+  py::class_<PyDecodeModel>(m, "DecodeModel")
+      .def(py::init([](const py::dict& cfg, py::handle embed, py::handle cos, py::handle sin, py::handle final_norm,
+                       const py::dict& output, const py::list& layers, int threads) {
+             auto self = std::make_unique<PyDecodeModel>();
+             auto geti = [&](const char* k) { return cfg[k].cast<int64_t>(); };
+             lf::DecodeConfig c{geti("dim"), geti("n_layers"), geti("n_heads"), geti("n_kv_heads"), geti("head_dim"),
+                                geti("ffn_dim"), geti("vocab"), geti("max_len"), cfg["eps"].cast<double>(),
+                                cfg["act_q8"].cast<bool>()};
+             const TensorView* E = self->hold(embed, "embed");
+             const TensorView* C = self->hold(cos, "rope_cos");
+             const TensorView* S = self->hold(sin, "rope_sin");
+             const TensorView* FN = self->hold(final_norm, "final_norm");
+             lf::DecodeLinearViews out = self->linear(output, "output");
+             std::vector<lf::DecodeLayerViews> ls;
+             for (size_t i = 0; i < layers.size(); ++i) {
+               const py::dict d = layers[i].cast<py::dict>();
+               const std::string p = "layers." + std::to_string(i) + ".";
+               lf::DecodeLayerViews v{self->hold(d["attn_norm"], p + "attn_norm"),
+                                      self->hold(d["mlp_norm"], p + "mlp_norm"),
+                                      self->linear(d["q"].cast<py::dict>(), p + "q"),
+                                      self->linear(d["k"].cast<py::dict>(), p + "k"),
+                                      self->linear(d["v"].cast<py::dict>(), p + "v"),
+                                      self->linear(d["o"].cast<py::dict>(), p + "o"),
+                                      self->linear(d["gate"].cast<py::dict>(), p + "gate"),
+                                      self->linear(d["up"].cast<py::dict>(), p + "up"),
+                                      self->linear(d["down"].cast<py::dict>(), p + "down")};
+               ls.push_back(v);
+             }
+             self->impl = std::make_unique<lf::DecodeModel>(c, *E, *C, *S, *FN, out, ls, threads);
+             return self;
+           }),
+           py::arg("config"), py::arg("embed"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("final_norm"),
+           py::arg("output"), py::arg("layers"), py::arg("threads"))
+      .def("forward",
+           [](PyDecodeModel& self, py::handle tokens, py::handle logits, bool all_logits) {
+             const std::vector<int64_t> ids = ids_from_seq(tokens, "DecodeModel.forward tokens");
+             auto L = to_view(logits, "logits");
+             py::gil_scoped_release nogil;
+             self.impl->forward(ids, L.view, all_logits);
+           },
+           py::arg("tokens"), py::arg("logits"), py::arg("all_logits") = false)
+      .def("truncate", [](PyDecodeModel& self, int64_t n) { self.impl->truncate(n); }, py::arg("n"))
+      .def_property_readonly("length", [](const PyDecodeModel& self) { return self.impl->length(); })
+      .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); });
 }

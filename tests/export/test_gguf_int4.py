@@ -39,11 +39,19 @@ def test_q4_0_model_runs_in_int4(tmp_path):
     deq, _ = import_gguf(path)
     q, tok2 = load_gguf_int4(path)
     n_int4 = sum(isinstance(m, Int4Linear) for m in q.modules())
-    assert n_int4 == 2 * 7
+    assert n_int4 == 2 * 7 + 1            # and the output head: tied embeddings stored in Q4_0
     for (name, m) in q.named_modules():
         if isinstance(m, Int4Linear):
-            assert torch.equal(m.dequantized_weight(), deq.get_submodule(name).weight)
+            ref = deq.model.embed_tokens.weight if name == "lm_head" and deq.lm_head is None else \
+                deq.get_submodule(name).weight
+            assert torch.equal(m.dequantized_weight(), ref)
+            assert m.act_round == "q8_0"      # llama.cpp rounds the activations of a Q4_0 matmul
     ids = torch.tensor([tok.encode("the lazy fox jumps over the quick dog")])
     with torch.no_grad():
-        a, b = q(ids).double(), deq(ids).double()
+        rounded, b = q(ids).double(), deq(ids).double()
+        for m in q.modules():
+            if isinstance(m, Int4Linear):
+                m.act_round = None
+        a = q(ids).double()
     assert (a - b).abs().max() < 1e-4 * b.abs().max()
+    assert 1e-4 * b.abs().max() < (rounded - b).abs().max() < 0.05 * b.abs().max()

@@ -4,9 +4,14 @@ A Q4_0 block holds 32 weights as one float16 scale d and 16 bytes whose low nibb
 0..15 and high nibbles weights 16..31, each w = d * (q - 8). Our int4 format (ops/int4_matmul.py)
 with group_size 32, zero point 8 and the same nibble order is byte for byte the same codes, so the
 linear layers of the imported model become Int4Linear modules over the file's own bits — the
-weights llama.cpp multiplies are exactly the ones we multiply.
+weights llama.cpp multiplies are exactly the ones we multiply — and, like llama.cpp, they round
+their inputs to Q8_0 first (act_round="q8_0").
 
     model, tok = load_gguf_int4("model-q4_0.gguf")     # Q4_0 linears -> Int4Linear, the rest float
+
+The output matrix in Q4_0 becomes an Int4Linear lm_head too, also when the embeddings are tied
+(llama.cpp then multiplies the file's token_embd bits for the logits; the lookup keeps the
+dequantised table).
 """
 from __future__ import annotations
 
@@ -46,18 +51,24 @@ def load_gguf_int4(path: str):
     swapped = 0
     for hf, gg in _names(cfg):
         t = tensors[gg]
-        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0 or not hf.endswith("proj.weight"):
+        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0 or not hf.endswith(("proj.weight", "lm_head.weight")):
             continue
         cols, rows = (int(x) for x in t.shape.tolist())
         q = q4_0_to_int4(np.asarray(t.data), rows, cols)
         if gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight"):
             nh = cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads
             q = {**q, **{k: unpermute_rope(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
-        parent = model.get_submodule(hf.rsplit(".", 2)[0])
-        name = hf.rsplit(".", 2)[1]
+        owner, name = hf[: -len(".weight")].rpartition(".")[::2]
+        parent = model.get_submodule(owner)
         old = getattr(parent, name)
-        setattr(parent, name, Int4Linear(q, cols, rows, old.bias))
+        setattr(parent, name, Int4Linear(q, cols, rows, old.bias, act_round="q8_0"))
         swapped += 1
     if not swapped:
         raise ValueError(f"{path}: no Q4_0 linear weights to run in int4")
+    emb = tensors["token_embd.weight"]
+    if "output.weight" not in tensors and emb.tensor_type == gguf.GGMLQuantizationType.Q4_0:
+        # tied embeddings stored in Q4_0: llama.cpp's output matmul runs on those bits, and so do we
+        # (the lookup keeps the dequantised table)
+        cols, rows = (int(x) for x in emb.shape.tolist())
+        model.lm_head = Int4Linear(q4_0_to_int4(np.asarray(emb.data), rows, cols), cols, rows, act_round="q8_0")
     return model.eval(), tok

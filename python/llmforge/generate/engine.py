@@ -5,6 +5,11 @@
     out.tokens[i]      # generated ids of prompt i (stop token included when hit)
     out = generate(model, prompts, 64, stop=["\n\n"], tokenizer=tok, stop_ids={eos})
     out.texts[i]       # decoded text, cut before the first stop string (stop tokens add no text)
+
+A single prompt on a CPU float32 model with nn.Linear / Int4Linear projections runs on the native
+decode step (generate/native.py: one C++ call per token; int4 weights then multiply int8-rounded
+activations, as llama.cpp's Q4_0). native=False forces the Python path, native=True requires the
+native one.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
+from .native import native_decoder, native_why_not
 from .sampling import SamplingParams, sample
 from .stop import TextStream, text_decoder
 
@@ -26,7 +32,8 @@ class Generation:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None,
-             stop_ids=(), seed: int | None = None, pad_id: int = 0, stop=None, tokenizer=None) -> Generation:
+             stop_ids=(), seed: int | None = None, pad_id: int = 0, stop=None, tokenizer=None,
+             native: bool | None = None) -> Generation:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if max_new_tokens < 1:
@@ -47,22 +54,31 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
     for i, p in enumerate(prompts):
         tokens[i, P - len(p):] = torch.tensor(p, device=dev)
         valid[i, P - len(p):] = True
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    cache = KVCache(model.cfg, B, total, dtype=next(model.parameters()).dtype, device=dev)
-    cache.set_valid(valid)
-    logits = model.forward_cached(tokens, positions, cache)[:, -1]
+    dec = native_decoder(model, total) if native is not False and B == 1 else None
+    if native and dec is None:
+        raise ValueError("native=True: " + (native_why_not(model) or "the native step runs one prompt at a time"))
+    if dec is not None:
+        logits = dec.forward(prompts[0])[None]
+    else:
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        cache = KVCache(model.cfg, B, total, dtype=next(model.parameters()).dtype, device=dev)
+        cache.set_valid(valid)
+        logits = model.forward_cached(tokens, positions, cache)[:, -1]
+        next_pos = positions[:, -1] + 1
     g = torch.Generator(device=dev)
     if seed is not None:
         g.manual_seed(seed)
     history = [list(p) for p in prompts]
     out = [[] for _ in range(B)]
     done = [False] * B
-    next_pos = positions[:, -1] + 1
     stop = set(int(s) for s in stop_ids)
+    penalties = params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
     for _ in range(max_new_tokens):
-        hist = torch.full((B, max(len(h) for h in history)), -1, dtype=torch.long, device=dev)
-        for i, h in enumerate(history):
-            hist[i, :len(h)] = torch.tensor(h, device=dev)
+        hist = None
+        if penalties:
+            hist = torch.full((B, max(len(h) for h in history)), -1, dtype=torch.long, device=dev)
+            for i, h in enumerate(history):
+                hist[i, :len(h)] = torch.tensor(h, device=dev)
         nxt = sample(logits, params, g, hist)
         for i in range(B):
             if not done[i]:
@@ -75,6 +91,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
                     done[i] = True
         if all(done):
             break
+        if dec is not None:
+            logits = dec.forward([int(nxt[0])])[None]
+            continue
         cache.set_valid(torch.ones(B, 1, dtype=torch.bool, device=dev))
         logits = model.forward_cached(nxt[:, None], next_pos[:, None], cache)[:, -1]
         next_pos = next_pos + 1

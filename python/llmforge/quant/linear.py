@@ -14,15 +14,34 @@ from ..ops import (dequantize_int4, dequantize_int8, int4_linear, int8_linear, q
                    w8a8_linear)
 
 
+def round_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """x rounded as ggml's Q8_0 (llama.cpp's activations before a Q4_0/Q5_0/Q8_0 matmul): per 32
+    values along the last dim, d = amax / 127 kept as float16, q = round-half-even(x * 127 / amax);
+    returns q * d in float32."""
+    if x.shape[-1] % 32:
+        raise ValueError(f"round_q8_0: the last dim ({x.shape[-1]}) must be a multiple of 32")
+    b = x.float().reshape(*x.shape[:-1], -1, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    q = torch.round(b * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    return (q * (amax / 127).half().float()).reshape(x.shape)
+
+
 class Int4Linear(nn.Module):
-    """compact=True stores the group scales as bfloat16 (float32's range, 2^-9 relative rounding, far
+    """act_round="q8_0" rounds the input as llama.cpp does before multiplying a Q4_0 tensor
+    (round_q8_0), so a model loaded from a Q4_0 GGUF computes what llama.cpp computes; None (the
+    default) multiplies the activations as they are.
+
+    compact=True stores the group scales as bfloat16 (float32's range, 2^-9 relative rounding, far
     below int4's own step) and, for symmetric codes, one zero point
     instead of one per group (QLoRA's frozen base: 0.53 bytes per weight at group 64, 3.8x below
     bf16); each call then widens them, which costs a little on small, latency-bound calls."""
 
     def __init__(self, q: dict, in_features: int, out_features: int, bias: torch.Tensor | None = None,
-                 compact: bool = False):
+                 compact: bool = False, act_round: str | None = None):
         super().__init__()
+        if act_round not in (None, "q8_0"):
+            raise ValueError(f"act_round must be None or 'q8_0', got {act_round!r}")
+        self.act_round = act_round
         self.in_features, self.out_features = in_features, out_features
         self.group_size = int(q["group_size"])
         scales, zeros = q["scales"], q["zeros"]
@@ -50,7 +69,9 @@ class Int4Linear(nn.Module):
 
     def forward(self, x):
         dt = x.dtype
-        y = int4_linear(x if dt in (torch.float32, torch.bfloat16) else x.float(), self._q(), self.bias)
+        if self.act_round == "q8_0":
+            x = round_q8_0(x)
+        y = int4_linear(x if x.dtype in (torch.float32, torch.bfloat16) else x.float(), self._q(), self.bias)
         return y.to(dt)
 
     def dequantized_weight(self) -> torch.Tensor:

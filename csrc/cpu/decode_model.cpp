@@ -1,0 +1,471 @@
+// decode_model.cpp — the one-call Llama decode step (see decode_model.h). Compiled once per ISA.
+// One OpenMP region per step; `omp single` runs the small row-wise ops (norms, int8 rounding),
+// `omp for` splits the matrix rows, attention heads and RoPE rows across the threads.
+#include "cpu/decode_model.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu/swiglu_simd.h"
+#include "cpu/vec.h"
+
+namespace lf::cpu::LF_ISA {
+namespace {
+
+constexpr int kRows = 4;  // token rows sharing one unpacked weight block (prefill)
+
+// Activations of one linear's input, M rows of K: float, and (when an int4 weight reads them)
+// int8 codes per 32-block with the block scale dx and dx * (sum of the block's codes).
+struct Act {
+  const float* f;
+  const int8_t* q;
+  const float* dx;
+  const float* xs;
+  int64_t K, ldq, ldb;  // row strides: floats/bytes of f and q, floats of dx/xs
+  bool q8;              // int4 weights multiply the int8 codes (else the floats)
+};
+
+inline float fp16_round(float x) {  // Q8_0 stores its scale as float16: keep what it keeps
+#if defined(__F16C__)
+  return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
+#else
+  if (x == 0.f || !std::isfinite(x)) return x;
+  int e;
+  std::frexp(x, &e);  // |x| in [2^(e-1), 2^e); float16 keeps 11 bits down to 2^-14, then steps of 2^-24
+  const float step = e >= -13 ? std::ldexp(1.f, e - 11) : std::ldexp(1.f, -24);
+  return std::nearbyint(x / step) * step;
+#endif
+}
+
+// Where the int8 code of activation k sits in a quantised row. Blocks are stored in pairs so
+// that one 32-byte load of two int4 blocks lines up with the codes: for blocks 2p and 2p+1, bytes
+// 64p..64p+31 hold the first halves (k 0..15) of both blocks, bytes 64p+32..64p+63 the second
+// halves (the weights' low and high nibbles). A trailing odd block is stored as is.
+inline int64_t q8_slot(int64_t k, int64_t nb) {
+  const int64_t b = k / 32, i = k % 32;
+  if (b == nb - 1 && nb % 2) return k;
+  const int64_t p = b / 2;
+  return 64 * p + (i < 16 ? 0 : 32) + (b % 2) * 16 + i % 16;
+}
+
+// Prepares one row (K a multiple of 32) for the int4 kernels. q8: Q8_0 rounding as ggml's
+// quantize_row_q8_0 (codes in q8_slot order, dx = block scale, xs = dx * sum of codes); otherwise
+// the float row is used as is and xs holds each block's sum (for the zero-point term).
+void prep_row(const float* x, int64_t K, int8_t* q, float* dx, float* xs, bool q8) {
+  const int64_t nb = K / 32;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* p = x + 32 * b;
+    if (!q8) {
+      float sum = 0.f;
+      for (int i = 0; i < 32; ++i) sum += p[i];
+      xs[b] = sum;
+      continue;
+    }
+    float amax = 0.f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(p[i]));
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    int sum = 0;
+    int8_t* q0 = q + q8_slot(32 * b, nb);
+    int8_t* q1 = q + q8_slot(32 * b + 16, nb);
+    for (int i = 0; i < 32; ++i) {
+      const int v = static_cast<int>(std::nearbyint(p[i] * id));  // round half to even
+      (i < 16 ? q0 : q1 - 16)[i] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    dx[b] = fp16_round(amax / 127.f);
+    xs[b] = dx[b] * static_cast<float>(sum);
+  }
+}
+
+#if defined(__AVX2__)
+inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = uint32_t(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  float f;
+  if (e == 0) {
+    f = std::ldexp(static_cast<float>(m), -24);
+  } else if (e == 31) {
+    f = m ? NAN : INFINITY;
+  } else {
+    const uint32_t u = ((e + 112) << 23) | (m << 13);
+    std::memcpy(&f, &u, 4);
+  }
+  return sign ? -f : f;
+#endif
+}
+
+inline float sload(const float* p, int64_t i) { return p[i]; }
+inline float sload(const uint16_t* p, int64_t i) { return half_to_float(p[i]); }
+#if defined(__AVX2__)
+inline __m256 sload8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 sload8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+
+// acc[r] = sum_b s_b * sum_k q_w,k x_k over the float activations of token row m0 + r.
+template <int R, class S>
+void int4_float_dot(const uint8_t* row, const S* sc, int64_t bpg, int64_t nb, const Act& a, int64_t m0, float* acc1) {
+#if defined(__AVX2__)
+  const __m256i mask = _mm256_set1_epi32(0x0f);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 16 * b)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 16 * b + 8)));
+    const __m256 w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask));
+    const __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
+    const __m256 s = _mm256_set1_ps(sload(sc, b / bpg));
+    for (int r = 0; r < R; ++r) {
+      const float* x = a.f + (m0 + r) * a.ldq + 32 * b;
+      __m256 d = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
+      d = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), d);
+      d = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), d);
+      d = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), d);
+      acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) acc1[r] = hsum(acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    const float* x = a.f + (m0 + r) * a.ldq;
+    float acc = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      float d = 0.f;
+      for (int i = 0; i < 16; ++i)
+        d += static_cast<float>(row[16 * b + i] & 0x0f) * x[32 * b + i] +
+             static_cast<float>(row[16 * b + i] >> 4) * x[32 * b + 16 + i];
+      acc += sload(sc, b / bpg) * d;
+    }
+    acc1[r] = acc;
+  }
+#endif
+}
+
+// y[r] = row n of an int4 weight . token row m0 + r, for R token rows; S: the scales' type.
+// Per 32-block b: s_b * d_x,b * (sum q_w q_x) - s_b * z_b * (d_x,b * sum q_x), the second term
+// (the zero point's share) summed separately as `corr`.
+template <int R, class S, bool Q8>
+void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
+  const int64_t K = L.K, nb = K / 32, bpg = L.G / 32, ng = K / L.G;
+  const uint8_t* row = L.packed + n * (K / 2);
+  const S* sc = static_cast<const S*>(L.scales) + n * ng;
+  const float* zs = L.zeros ? L.zeros + n * ng : nullptr;
+  float acc1[R];
+  if constexpr (!Q8) {
+    int4_float_dot<R>(row, sc, bpg, nb, a, m0, acc1);
+  } else {
+#if defined(__AVX2__)
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i m4x2 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {  // two blocks per step: low nibbles of both, then high nibbles
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * b));
+    const __m256i lo = _mm256_and_si256(bytes, m4x2), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4x2);
+    const float s0 = sload(sc, b / bpg), s1 = sload(sc, (b + 1) / bpg);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xq = a.q + (m0 + r) * a.ldq + 32 * b;
+      const float* dx = a.dx + (m0 + r) * a.ldb + b;
+      const __m256i p16 = _mm256_add_epi16(
+          _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq))),
+          _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32))));
+      const __m256 scale = _mm256_set_m128(_mm_set1_ps(s1 * dx[1]), _mm_set1_ps(s0 * dx[0]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), scale, acc[r]);
+    }
+  }
+  if (b < nb) {  // a trailing odd block, stored unpaired
+    const float s = sload(sc, b / bpg);
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * b));
+    const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), _mm_and_si128(bytes, m4));
+    for (int r = 0; r < R; ++r) {
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + (m0 + r) * a.ldq + 32 * b));
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s * a.dx[(m0 + r) * a.ldb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) acc1[r] = hsum(acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    const int8_t* xq = a.q + (m0 + r) * a.ldq;
+    const float* dx = a.dx + (m0 + r) * a.ldb;
+    float acc = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      int dot = 0;
+      for (int i = 0; i < 16; ++i) {
+        dot += (row[16 * b + i] & 0x0f) * xq[q8_slot(32 * b + i, nb)];
+        dot += (row[16 * b + i] >> 4) * xq[q8_slot(32 * b + 16 + i, nb)];
+      }
+      acc += sload(sc, b / bpg) * dx[b] * static_cast<float>(dot);
+    }
+    acc1[r] = acc;
+  }
+#endif
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* xs = a.xs + (m0 + r) * a.ldb;
+    float corr = 0.f;
+    int64_t b = 0;
+    if (!zs) {  // one zero point: z * sum_b s_b xs_b
+#if defined(__AVX2__)
+      if (bpg == 1) {
+        __m256 c = _mm256_setzero_ps();
+        for (; b + 8 <= nb; b += 8) c = _mm256_fmadd_ps(sload8(sc + b), _mm256_loadu_ps(xs + b), c);
+        corr = hsum(c);
+      }
+#endif
+      for (; b < nb; ++b) corr += sload(sc, b / bpg) * xs[b];
+      corr *= L.zero;
+    } else {
+      for (; b < nb; ++b) corr += sload(sc, b / bpg) * zs[b / bpg] * xs[b];
+    }
+    out[r] = acc1[r] - corr;
+  }
+}
+
+// y[r] = row n of a float32 weight . token row m0 + r.
+template <int R>
+void f32_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
+  const int64_t K = L.K;
+  const float* w = L.w + n * K;
+  V acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vzero();
+  int64_t k = 0;
+  for (; k + 2 * N <= K; k += 2 * N) {
+    const V w0 = vload(w + k), w1 = vload(w + k + N);
+    for (int r = 0; r < R; ++r) {
+      const float* x = a.f + (m0 + r) * a.ldq + k;
+      acc[r][0] = vfma(w0, vload(x), acc[r][0]);
+      acc[r][1] = vfma(w1, vload(x + N), acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* x = a.f + (m0 + r) * a.ldq;
+    float s = vsum(vadd(acc[r][0], acc[r][1]));
+    for (int64_t j = k; j < K; ++j) s += w[j] * x[j];
+    out[r] = s;
+  }
+}
+
+// Row n of L for every token row: y[m * ldy] (+)= W[n] . x[m] + bias[n].
+void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float* y, int64_t ldy, bool add) {
+  float out[kRows];
+  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+    const int64_t R = std::min<int64_t>(kRows, M - m0);
+    if (L.int4) {
+      const bool h = L.scales_f16, q = a.q8;
+      switch (R * 4 + (h ? 2 : 0) + (q ? 1 : 0)) {
+#define LF_INT4_CASE(r)                                                    \
+        case r * 4 + 0: int4_rows<r, float, false>(L, n, a, m0, out); break;    \
+        case r * 4 + 1: int4_rows<r, float, true>(L, n, a, m0, out); break;     \
+        case r * 4 + 2: int4_rows<r, uint16_t, false>(L, n, a, m0, out); break; \
+        case r * 4 + 3: int4_rows<r, uint16_t, true>(L, n, a, m0, out); break;
+        LF_INT4_CASE(1)
+        LF_INT4_CASE(2)
+        LF_INT4_CASE(3)
+        LF_INT4_CASE(4)
+#undef LF_INT4_CASE
+      }
+    } else {
+      switch (R) {
+        case 1: f32_rows<1>(L, n, a, m0, out); break;
+        case 2: f32_rows<2>(L, n, a, m0, out); break;
+        case 3: f32_rows<3>(L, n, a, m0, out); break;
+        default: f32_rows<4>(L, n, a, m0, out); break;
+      }
+    }
+    const float b = L.bias ? L.bias[n] : 0.f;
+    for (int64_t r = 0; r < R; ++r) {
+      float& dst = y[(m0 + r) * ldy];
+      dst = (add ? dst : 0.f) + out[r] + b;
+    }
+  }
+}
+
+// RMSNorm of rows [m0, m0 + rows) of x into h (float), then prep_row when an int4 weight reads h.
+void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, int64_t m0, int64_t rows,
+               int64_t ldh, int8_t* q8, float* dx, float* xs, int64_t ldq, int64_t ldb, bool quant, bool q8mode) {
+  for (int64_t m = m0; m < m0 + rows; ++m) {
+    const float* xr = x + m * D;
+    double ss = 0.0;
+    for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
+    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
+    float* hr = h + m * ldh;
+    for (int64_t i = 0; i < D; ++i) hr[i] = xr[i] * r * g[i];
+    if (quant) prep_row(hr, D, q8 + m * ldq, dx + m * ldb, xs + m * ldb, q8mode);
+  }
+}
+
+// softmax(q . k_l * scale) . v_l over cache positions 0..t of one kv head.
+void attend(const float* q, const float* kc, const float* vc, int64_t t, int64_t hd, float scale, float* s,
+            float* out) {
+  float mx = -INFINITY;
+  for (int64_t l = 0; l <= t; ++l) {
+    const float* k = kc + l * hd;
+    V acc = vzero();
+    int64_t i = 0;
+    for (; i + N <= hd; i += N) acc = vfma(vload(q + i), vload(k + i), acc);
+    float d = vsum(acc);
+    for (; i < hd; ++i) d += q[i] * k[i];
+    s[l] = d * scale;
+    mx = std::max(mx, s[l]);
+  }
+  float sum = 0.f;
+  int64_t l = 0;
+  for (; l + N <= t + 1; l += N) {
+    const V e = vexp(vsub(vload(s + l), vset1(mx)));
+    vstore(s + l, e);
+    sum += vsum(e);
+  }
+  for (; l <= t; ++l) {
+    s[l] = std::exp(s[l] - mx);
+    sum += s[l];
+  }
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.f;
+  for (l = 0; l <= t; ++l) {
+    const float p = s[l] / sum;
+    const float* v = vc + l * hd;
+    int64_t i = 0;
+    for (; i + N <= hd; i += N) vstore(out + i, vfma(vset1(p), vload(v + i), vload(out + i)));
+    for (; i < hd; ++i) out[i] += p * v[i];
+  }
+}
+
+inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c[i] - b * s[i];
+    x[i + half] = b * c[i] + a * s[i];
+  }
+}
+
+}  // namespace
+
+void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
+  const DecodeScratch sp(w, st.M, st.threads);
+  const int64_t M = st.M, D = w.dim, F = w.ffn_dim, H = w.n_heads, KV = w.n_kv_heads, hd = w.head_dim;
+  const int64_t kmax = std::max({D, F, H * hd}), ldb = kmax / 32 + 1, nqkv = (H + 2 * KV) * hd;
+  float* x = st.scratch + sp.x;
+  float* h = st.scratch + sp.h;
+  int8_t* q8 = reinterpret_cast<int8_t*>(st.scratch + sp.q8);
+  float* dx = st.scratch + sp.dx;
+  float* xs = st.scratch + sp.xs;
+  float* qkv = st.scratch + sp.qkv;
+  float* att = st.scratch + sp.att;
+  float* gu = st.scratch + sp.gu;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const int64_t out0 = st.all_logits ? 0 : M - 1, nout = M - out0;
+  auto act = [&](int64_t K, const float* f, int64_t m0) {
+    return Act{f + m0 * kmax, q8 + m0 * kmax, dx + m0 * ldb, xs + m0 * ldb, K, kmax, ldb, w.act_q8};
+  };
+
+#pragma omp parallel num_threads(st.threads)
+  {
+    float* scores = st.scratch + sp.scores + int64_t(omp_get_thread_num()) * (w.max_len + 16);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) std::memcpy(x + m * D, w.embed + st.tokens[m] * D, sizeof(float) * D);
+
+    for (int64_t li = 0; li < w.n_layers; ++li) {
+      const DecodeLayer& L = w.layers[li];
+      // ---- attention ----
+#pragma omp single
+      norm_rows(x, L.attn_norm, D, w.eps, h, 0, M, kmax, q8, dx, xs, kmax, ldb, L.q.int4 || L.k.int4 || L.v.int4, w.act_q8);
+      {
+        const Act a = act(D, h, 0);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < nqkv; ++n) {
+          const int64_t nq = H * hd, nk = KV * hd;
+          if (n < nq) linear_row(L.q, n, a, M, qkv + n, nqkv, false);
+          else if (n < nq + nk) linear_row(L.k, n - nq, a, M, qkv + n, nqkv, false);
+          else linear_row(L.v, n - nq - nk, a, M, qkv + n, nqkv, false);
+        }
+      }
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < M * (H + KV); ++i) {
+        const int64_t m = i / (H + KV), j = i % (H + KV), t = st.pos + m;
+        const float* c = w.rope_cos + t * (hd / 2);
+        const float* s = w.rope_sin + t * (hd / 2);
+        float* row = qkv + m * nqkv;
+        if (j < H) {
+          rope_row(row + j * hd, c, s, hd / 2);
+        } else {
+          const int64_t g = j - H;
+          float* k = row + (H + g) * hd;
+          rope_row(k, c, s, hd / 2);
+          std::memcpy(L.kcache + (g * w.max_len + t) * hd, k, sizeof(float) * hd);
+          std::memcpy(L.vcache + (g * w.max_len + t) * hd, row + (H + KV + g) * hd, sizeof(float) * hd);
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < M * H; ++i) {
+        const int64_t m = i / H, j = i % H, g = j / (H / KV);
+        attend(qkv + m * nqkv + j * hd, L.kcache + g * w.max_len * hd, L.vcache + g * w.max_len * hd, st.pos + m, hd,
+               scale, scores, att + (m * H + j) * hd);
+      }
+#pragma omp single
+      {
+        for (int64_t m = 0; m < M; ++m) {
+          std::memcpy(h + m * kmax, att + m * H * hd, sizeof(float) * H * hd);
+          if (L.o.int4) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
+        }
+      }
+      {
+        const Act a = act(H * hd, h, 0);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < D; ++n) linear_row(L.o, n, a, M, x + n, D, true);
+      }
+      // ---- MLP ----
+#pragma omp single
+      norm_rows(x, L.mlp_norm, D, w.eps, h, 0, M, kmax, q8, dx, xs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
+      {
+        const Act a = act(D, h, 0);
+#pragma omp for schedule(static)
+        for (int64_t f = 0; f < F; ++f) {
+          linear_row(L.gate, f, a, M, gu + f, 2 * F, false);
+          linear_row(L.up, f, a, M, gu + F + f, 2 * F, false);
+        }
+      }
+#pragma omp single
+      {
+        for (int64_t m = 0; m < M; ++m) {
+          const float* g = gu + m * 2 * F;
+          float* hr = h + m * kmax;
+          int64_t f = 0;
+          for (; f + N <= F; f += N) {
+            const V gv = vload(g + f);
+            vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(g + F + f)));
+          }
+          for (; f < F; ++f) hr[f] = g[f] / (1.f + std::exp(-g[f])) * g[F + f];
+          if (L.down.int4) prep_row(hr, F, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
+        }
+      }
+      {
+        const Act a = act(F, h, 0);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < D; ++n) linear_row(L.down, n, a, M, x + n, D, true);
+      }
+    }
+    // ---- output ----
+#pragma omp single
+    norm_rows(x, w.final_norm, D, w.eps, h, out0, nout, kmax, q8, dx, xs, kmax, ldb, w.output.int4, w.act_q8);
+    {
+      const Act a = act(D, h, out0);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < w.vocab; ++n) linear_row(w.output, n, a, nout, st.logits + n, w.vocab, false);
+    }
+  }
+}
+
+}  // namespace lf::cpu::LF_ISA

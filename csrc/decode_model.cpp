@@ -1,0 +1,150 @@
+// decode_model.cpp — argument checks and state for the native decode step (decode_model.h).
+#include "decode_model.h"
+
+#include <cmath>
+#include <string>
+
+#include "device.h"
+#include "isa.h"
+
+namespace lf {
+namespace {
+
+constexpr const char* kOp = "DecodeModel";
+
+void check_f32(const std::string& name, const TensorView* t, std::initializer_list<int64_t> shape) {
+  LF_CHECK(t != nullptr, kOp, ": ", name, " is missing");
+  check_cpu(kOp, name.c_str(), *t);
+  check_dtype(kOp, name.c_str(), *t, {DType::f32});
+  check_shape(kOp, name.c_str(), *t, shape);
+  check_contiguous(kOp, name.c_str(), *t);
+}
+
+void check_finite(const std::string& name, const TensorView& t) {
+  const float* p = t.ptr<float>();
+  for (int64_t i = 0, n = t.numel(); i < n; ++i)
+    LF_CHECK(std::isfinite(p[i]), kOp, ": ", name, " has a non-finite value at flat index ", i);
+}
+
+cpu::DecodeLinear make_linear(const std::string& name, const DecodeLinearViews& v, int64_t N, int64_t K) {
+  cpu::DecodeLinear L;
+  L.N = N;
+  L.K = K;
+  if (v.bias) {
+    check_f32(name + ".bias", v.bias, {N});
+    L.bias = v.bias->ptr<float>();
+  }
+  if (v.w) {
+    LF_CHECK(!v.packed, kOp, ": ", name, " has both a float weight and int4 codes");
+    check_f32(name + ".weight", v.w, {N, K});
+    L.w = v.w->ptr<float>();
+    return L;
+  }
+  LF_CHECK(v.packed && v.scales && v.zeros, kOp, ": ", name, " needs a float32 weight or int4 packed/scales/zeros");
+  const int64_t G = v.group_size;
+  LF_CHECK(G > 0 && G % 32 == 0 && K % G == 0, kOp, ": ", name, ": int4 group size ", G,
+           " must be a multiple of 32 dividing in_features ", K);
+  const std::string pn = name + ".packed";
+  check_cpu(kOp, pn.c_str(), *v.packed);
+  check_dtype(kOp, pn.c_str(), *v.packed, {DType::u8});
+  check_shape(kOp, pn.c_str(), *v.packed, {N, K / 2});
+  check_contiguous(kOp, pn.c_str(), *v.packed);
+  const std::string sn = name + ".scales";
+  check_cpu(kOp, sn.c_str(), *v.scales);
+  check_dtype(kOp, sn.c_str(), *v.scales, {DType::f32, DType::f16});
+  check_shape(kOp, sn.c_str(), *v.scales, {N, K / G});
+  check_contiguous(kOp, sn.c_str(), *v.scales);
+  if (v.scales->dtype == DType::f32) {
+    check_finite(sn, *v.scales);
+  } else {
+    const uint16_t* h = v.scales->ptr<uint16_t>();
+    for (int64_t i = 0, n = v.scales->numel(); i < n; ++i)
+      LF_CHECK((h[i] & 0x7c00) != 0x7c00, kOp, ": ", sn, " has a non-finite value at flat index ", i);
+  }
+  const bool uniform = v.zeros && v.zeros->ndim == 1;
+  if (uniform)
+    check_f32(name + ".zeros", v.zeros, {1});
+  else
+    check_f32(name + ".zeros", v.zeros, {N, K / G});
+  check_finite(name + ".zeros", *v.zeros);
+  L.int4 = true;
+  L.G = G;
+  L.packed = v.packed->ptr<uint8_t>();
+  L.scales = v.scales->data;
+  L.scales_f16 = v.scales->dtype == DType::f16;
+  L.zeros = uniform ? nullptr : v.zeros->ptr<float>();
+  L.zero = v.zeros->ptr<float>()[0];
+  return L;
+}
+
+}  // namespace
+
+DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const TensorView& rope_cos,
+                         const TensorView& rope_sin, const TensorView& final_norm, const DecodeLinearViews& output,
+                         const std::vector<DecodeLayerViews>& layers, int threads)
+    : threads_(threads) {
+  check_threads(kOp, threads);
+  LF_CHECK(c.dim > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0 && c.ffn_dim > 0 &&
+               c.vocab > 0 && c.max_len > 0,
+           kOp, ": every size must be positive");
+  LF_CHECK(c.n_heads % c.n_kv_heads == 0, kOp, ": n_heads ", c.n_heads, " is not a multiple of n_kv_heads ",
+           c.n_kv_heads);
+  LF_CHECK(c.head_dim % 2 == 0, kOp, ": head_dim must be even, got ", c.head_dim);
+  LF_CHECK(std::isfinite(c.eps) && c.eps >= 0, kOp, ": eps must be finite and >= 0");
+  LF_CHECK(int64_t(layers.size()) == c.n_layers, kOp, ": got ", layers.size(), " layers, expected ", c.n_layers);
+  const int64_t D = c.dim, F = c.ffn_dim, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+  LF_CHECK(c.max_len * (c.n_kv_heads * c.head_dim) * c.n_layers <= (int64_t(1) << 36), kOp,
+           ": the key/value cache would exceed 256 GiB; lower max_len");
+  w_ = cpu::DecodeWeights{D, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, F, c.vocab, c.max_len,
+                          static_cast<float>(c.eps), c.act_q8, nullptr, nullptr, nullptr, nullptr, {}, nullptr};
+  check_f32("embed", &embed, {c.vocab, D});
+  check_f32("rope_cos", &rope_cos, {c.max_len, c.head_dim / 2});
+  check_f32("rope_sin", &rope_sin, {c.max_len, c.head_dim / 2});
+  check_f32("final_norm", &final_norm, {D});
+  w_.embed = embed.ptr<float>();
+  w_.rope_cos = rope_cos.ptr<float>();
+  w_.rope_sin = rope_sin.ptr<float>();
+  w_.final_norm = final_norm.ptr<float>();
+  w_.output = make_linear("output", output, c.vocab, D);
+  cache_.assign(size_t(2 * c.n_layers * c.n_kv_heads * c.max_len * c.head_dim), 0.f);
+  const int64_t per = c.n_kv_heads * c.max_len * c.head_dim;
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const DecodeLayerViews& v = layers[size_t(i)];
+    const std::string p = "layers." + std::to_string(i) + ".";
+    check_f32(p + "attn_norm", v.attn_norm, {D});
+    check_f32(p + "mlp_norm", v.mlp_norm, {D});
+    cpu::DecodeLayer L{v.attn_norm->ptr<float>(), v.mlp_norm->ptr<float>(),
+                       make_linear(p + "q", v.q, qd, D), make_linear(p + "k", v.k, kvd, D),
+                       make_linear(p + "v", v.v, kvd, D), make_linear(p + "o", v.o, D, qd),
+                       make_linear(p + "gate", v.gate, F, D), make_linear(p + "up", v.up, F, D),
+                       make_linear(p + "down", v.down, D, F), cache_.data() + 2 * i * per,
+                       cache_.data() + (2 * i + 1) * per};
+    layers_.push_back(L);
+  }
+  w_.layers = layers_.data();
+}
+
+void DecodeModel::forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t M = int64_t(tokens.size());
+  LF_CHECK(M > 0, kOp, ": forward needs at least one token");
+  LF_CHECK(length_ + M <= w_.max_len, kOp, ": ", length_, " cached + ", M, " new tokens exceed max_len ",
+           w_.max_len);
+  for (int64_t i = 0; i < M; ++i)
+    LF_CHECK(tokens[size_t(i)] >= 0 && tokens[size_t(i)] < w_.vocab, kOp, ": token id ", tokens[size_t(i)],
+             " at index ", i, " is outside [0, ", w_.vocab, ")");
+  check_f32("logits", &logits, {all_logits ? M : 1, w_.vocab});
+  const cpu::DecodeScratch sp(w_, M, threads_);
+  if (scratch_.size() < size_t(sp.floats)) scratch_.assign(size_t(sp.floats), 0.f);
+  cpu::DecodeStep st{tokens.data(), M, length_, logits.ptr<float>(), all_logits, scratch_.data(), threads_};
+  LF_CPU_DISPATCH(decode_forward, w_, st);
+  length_ += M;
+}
+
+void DecodeModel::truncate(int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  LF_CHECK(n >= 0 && n <= length_, kOp, ": truncate(", n, ") outside [0, ", length_, "]");
+  length_ = n;
+}
+
+}  // namespace lf

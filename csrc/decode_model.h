@@ -1,0 +1,61 @@
+// decode_model.h — the native decode step at the boundary: a model's weights are checked once
+// (shapes, dtypes, CPU, contiguity, finite scales) and kept as views; the key/value cache lives
+// here; forward(tokens) runs one C++ call per step (kernel: csrc/cpu/decode_model.cpp).
+// Python: llmforge/generate/native.py. The tensors behind the views must outlive the object
+// (bindings.cpp keeps their DLPack capsules alive with it).
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "cpu/decode_model.h"
+#include "tensor.h"
+
+namespace lf {
+
+struct DecodeConfig {
+  int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_len;
+  double eps;
+  bool act_q8;  // int4 weights multiply Q8_0-rounded activations (llama.cpp's Q4_0 arithmetic)
+};
+
+// One linear: a float32 `w` (N, K), or int4 `packed` (N, K/2) u8 + `scales` (N, K/G) f32 or f16 +
+// `zeros` (N, K/G) f32, or (1,) for one zero point everywhere; `bias` (N,) f32 optional. Absent
+// tensors are null.
+struct DecodeLinearViews {
+  const TensorView* w = nullptr;
+  const TensorView* packed = nullptr;
+  const TensorView* scales = nullptr;
+  const TensorView* zeros = nullptr;
+  const TensorView* bias = nullptr;
+  int64_t group_size = 0;
+};
+
+struct DecodeLayerViews {
+  const TensorView* attn_norm;
+  const TensorView* mlp_norm;
+  DecodeLinearViews q, k, v, o, gate, up, down;
+};
+
+class DecodeModel {
+ public:
+  DecodeModel(const DecodeConfig& cfg, const TensorView& embed, const TensorView& rope_cos, const TensorView& rope_sin,
+              const TensorView& final_norm, const DecodeLinearViews& output, const std::vector<DecodeLayerViews>& layers,
+              int threads);
+  // Appends tokens (ids in [0, vocab)) at positions length()..; logits (1, vocab) f32 receives the
+  // last token's logits, or (len(tokens), vocab) all of them when all_logits.
+  void forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits);
+  int64_t length() const { return length_; }
+  void truncate(int64_t n);  // forget positions >= n (0 resets)
+  int64_t max_len() const { return w_.max_len; }
+
+ private:
+  cpu::DecodeWeights w_{};
+  std::vector<cpu::DecodeLayer> layers_;
+  std::vector<float> cache_, scratch_;
+  int64_t length_ = 0;
+  int threads_;
+  std::mutex mu_;
+};
+
+}  // namespace lf

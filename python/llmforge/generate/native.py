@@ -1,0 +1,155 @@
+"""The native decode step: a whole model forward per token in one C++ call (csrc/decode_model.cpp,
+kernel csrc/cpu/decode_model.cpp), with its own float32 key/value cache. The Python engine's
+per-op dispatch (~20 torch / custom-op calls per layer) is what bounds batch-1 decoding on a CPU;
+this path has none.
+
+    dec = NativeDecoder(model, max_len=512)          # raises NotSupported when it cannot run model
+    logits = dec.forward(prompt_ids)                  # (vocab,) of the last prompt token; prefill
+    logits = dec.forward([next_id])                   # one decode step
+    dec.reset()                                       # new sequence
+
+Runs CPU float32 Llama models (no MoE) whose projections and output head are nn.Linear or
+Int4Linear (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
+Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
+Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
+results are the Python forward's up to float summation order. One sequence at a time (batch 1).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _C
+from ..model.llama import MLP, RMSNorm, Transformer, rope_inv_freq
+from ..quant.linear import Int4Linear
+
+
+class NotSupported(ValueError):
+    """The model has a part the native decode step does not run (the caller falls back to Python)."""
+
+
+def _linear(m: nn.Module, name: str) -> dict:
+    if type(m) is nn.Linear:
+        if m.weight.dtype != torch.float32:
+            raise NotSupported(f"{name}: weight is {m.weight.dtype}, the native step runs float32")
+        d = {"weight": m.weight.detach().contiguous()}
+    elif isinstance(m, Int4Linear):
+        scales, zeros = m.scales.float(), m.zeros.float().reshape(-1)
+        half = scales.half()
+        if torch.equal(half.float(), scales):   # float16 holds them exactly (Q4_0's d): half the bytes
+            scales = half
+        if bool((zeros == zeros[0]).all()):
+            zeros = zeros[:1]                    # one zero point (symmetric codes)
+        else:
+            zeros = zeros.reshape(m.out_features, -1)
+        d = {"packed": m.packed.contiguous(), "scales": scales.contiguous(), "zeros": zeros.contiguous(),
+             "group_size": m.group_size}
+    else:
+        raise NotSupported(f"{name}: {type(m).__name__} is not an nn.Linear or Int4Linear")
+    bias = getattr(m, "bias", None)
+    if bias is not None:
+        d["bias"] = bias.detach().float().contiguous()
+    return d
+
+
+def _norm(m: nn.Module, name: str) -> torch.Tensor:
+    if not isinstance(m, RMSNorm) or m.weight.dtype != torch.float32:
+        raise NotSupported(f"{name}: expected a float32 RMSNorm")
+    return m.weight.detach().contiguous()
+
+
+class NativeDecoder:
+    def __init__(self, model: Transformer, max_len: int | None = None, threads: int | None = None):
+        cfg = model.cfg
+        if not isinstance(model, Transformer):
+            raise NotSupported(f"expected an llmforge Transformer, got {type(model).__name__}")
+        emb = model.model.embed_tokens.weight
+        if emb.device.type != "cpu" or emb.dtype != torch.float32:
+            raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
+        max_len = cfg.max_seq_len if max_len is None else int(max_len)
+        if not 0 < max_len <= cfg.max_seq_len:
+            raise ValueError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")
+        layers = []
+        for i, blk in enumerate(model.model.layers):
+            if type(blk.mlp) is not MLP:
+                raise NotSupported(f"layer {i}: {type(blk.mlp).__name__} (only dense SwiGLU MLPs run natively)")
+            a, f = blk.self_attn, blk.mlp
+            p = f"layers.{i}"
+            layers.append({"attn_norm": _norm(blk.input_layernorm, f"{p}.input_layernorm"),
+                           "mlp_norm": _norm(blk.post_attention_layernorm, f"{p}.post_attention_layernorm"),
+                           "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
+                           "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
+                           "gate": _linear(f.gate_proj, f"{p}.gate_proj"), "up": _linear(f.up_proj, f"{p}.up_proj"),
+                           "down": _linear(f.down_proj, f"{p}.down_proj")})
+        output = {"weight": emb.detach().contiguous()} if model.lm_head is None else _linear(model.lm_head, "lm_head")
+        rounding = {m.act_round for m in model.modules() if isinstance(m, Int4Linear)}
+        if len(rounding) > 1:
+            raise NotSupported(f"int4 layers mix activation rounding modes {sorted(map(str, rounding))}")
+        # RoPE tables exactly as the Python path builds them: angles in float64, then float32
+        ang = torch.arange(max_len, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)
+        self.cfg, self.max_len = cfg, max_len
+        self.threads = torch.get_num_threads() if threads is None else int(threads)
+        self._m = _C.DecodeModel(
+            {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+             "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "vocab": cfg.vocab_size, "max_len": max_len,
+             "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"}},
+            emb.detach().contiguous(), ang.cos().float().contiguous(), ang.sin().float().contiguous(),
+            _norm(model.model.norm, "norm"), output, layers, self.threads)
+
+    @staticmethod
+    def why_not(model) -> str | None:
+        """None when NativeDecoder(model) can be built, else the reason it cannot."""
+        try:
+            NativeDecoder(model, max_len=1)
+        except NotSupported as e:
+            return str(e)
+        return None
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache (the position the next token gets)."""
+        return self._m.length
+
+    def reset(self, length: int = 0) -> None:
+        """Forget the cache from position `length` on (0: start a new sequence)."""
+        self._m.truncate(length)
+
+    def forward(self, tokens, all_logits: bool = False) -> torch.Tensor:
+        """Append tokens (a list of ids or a 1-D integer tensor) and return float32 logits: the
+        last token's (vocab,), or (len(tokens), vocab) with all_logits."""
+        if isinstance(tokens, torch.Tensor):
+            if tokens.dim() != 1 or tokens.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"tokens must be a 1-D integer tensor, got {tokens.dtype} {tuple(tokens.shape)}")
+            tokens = tokens.tolist()
+        n = len(tokens)
+        out = torch.empty(n if all_logits else 1, self.cfg.vocab_size)
+        self._m.forward(tokens, out, all_logits)
+        return out if all_logits else out[0]
+
+
+def _fingerprint(model) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def native_decoder(model, max_len: int) -> NativeDecoder | None:
+    """A NativeDecoder for model with room for max_len positions, reset to an empty cache, or None
+    when the native step cannot run it. Kept on the model and rebuilt when a weight tensor is replaced
+    or modified in place (or the model is moved / converted)."""
+    if model.training or max_len > model.cfg.max_seq_len:
+        return None
+    got = model.__dict__.get("_llmforge_native")
+    fp = _fingerprint(model)
+    if got is None or got[0] != fp or got[1].max_len < max_len or got[1].threads != torch.get_num_threads():
+        try:
+            dec = NativeDecoder(model, max_len=max(max_len, min(model.cfg.max_seq_len, 512)))
+        except NotSupported:
+            model.__dict__["_llmforge_native"] = None
+            return None
+        got = (fp, dec)
+        model.__dict__["_llmforge_native"] = got
+    got[1].reset()
+    return got[1]
+
+
+def native_why_not(model) -> str | None:
+    return NativeDecoder.why_not(model)

@@ -1,0 +1,241 @@
+"""The native decode step (generate/native.py, csrc/cpu/decode_model.cpp) against float64 references:
+the Python model in float64 for float weights, and for int4 weights the same model with every int4
+projection's input rounded as Q8_0 (what the kernel and llama.cpp do); llama.cpp itself on a Q4_0
+GGUF (marked llamacpp)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from llmforge import _C
+from llmforge.generate.engine import generate
+from llmforge.generate.native import NativeDecoder, NotSupported, native_decoder
+from llmforge.generate.sampling import SamplingParams
+from llmforge.model import ModelConfig, Transformer
+from llmforge.quant.linear import Int4Linear, swap_linears
+
+PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _model(seed=0, std=0.15, **kw):
+    args = dict(vocab_size=301, dim=96, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=160, max_seq_len=64,
+                tie_embeddings=True)
+    args.update(kw)
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(**args)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, std) if p.dim() == 2 else p.uniform_(0.5, 1.5)
+    return m
+
+
+def _run(dec, ids, split):
+    """Prefill ids[:split] (all logits), then one token at a time."""
+    a = dec.forward(ids[:split], all_logits=True)
+    rest = [dec.forward([t]) for t in ids[split:]]
+    return torch.cat([a, torch.stack(rest)]) if rest else a
+
+
+def q8_round(x: torch.Tensor) -> torch.Tensor:
+    """Q8_0 in float32 as ggml: per 32 values d = amax/127 (kept as float16), q = round-half-even(x * 127/amax)."""
+    x32 = x.float()
+    b = x32.reshape(*x32.shape[:-1], -1, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    q = torch.round(b * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    return (q * (amax / 127).half().float()).reshape(x.shape).to(x.dtype)
+
+
+def _reference_int4(model):
+    """float64 copy: int4 projections dequantised; inputs Q8_0-rounded where act_round asks."""
+    r = copy.deepcopy(model)
+    for mod in list(r.modules()):
+        for name, ch in list(mod.named_children()):
+            if isinstance(ch, Int4Linear):
+                lin = nn.Linear(ch.in_features, ch.out_features, bias=ch.bias is not None)
+                lin.weight.data = ch.dequantized_weight()
+                if ch.bias is not None:
+                    lin.bias.data = ch.bias.data.clone()
+                if ch.act_round == "q8_0":
+                    lin.register_forward_pre_hook(lambda _m, a: (q8_round(a[0]),))
+                setattr(mod, name, lin)
+    return r.double()
+
+
+def _agree(got, ref, plain=None, loose=0.02):
+    """Int8 rounding decisions can flip between two float orders (a value within ~1e-7 of a .5
+    boundary), and a flip in a cached key/value shifts every later position a little: so the bound is
+    `loose` of the logit scale, and, given the reference without rounding (`plain`), the kernel must
+    sit far closer to the rounding reference than to it (it does round as Q8_0)."""
+    scale = ref.abs().max()
+    err = (got.double() - ref).abs().amax(-1) / scale
+    assert float(err.max()) < loose, err
+    assert float(err.min()) < 1e-5, err          # before the first flip the two agree to float precision
+    if plain is not None:
+        far = (got.double() - plain.double()).abs().amax(-1) / scale
+        assert float(err.mean()) < 0.3 * float(far.mean()), (err, far)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, attention_bias=True, n_kv_heads=3),
+                                dict(dim=72, n_heads=4, n_kv_heads=1, ffn_dim=100, rope_theta=500.0,
+                                     rope_scaling={"rope_type": "linear", "factor": 2.0})])
+def test_float_model_matches_float64_forward(kw):
+    m = _model(**kw)
+    ids = torch.randint(0, m.cfg.vocab_size, (23,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m.double()(ids[None])[0]
+    m.float()
+    got = _run(NativeDecoder(m, max_len=40), ids.tolist(), 9)
+    torch.testing.assert_close(got.double(), ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+
+
+def _int4(m, group_size=32, symmetric=True, act_round=None, targets=PROJ):
+    swap_linears(m, Int4Linear, targets=targets, group_size=group_size, symmetric=symmetric)
+    for mod in m.modules():
+        if isinstance(mod, Int4Linear):
+            mod.act_round = act_round
+    return m
+
+
+@pytest.mark.parametrize("group_size,symmetric,dim", [(32, True, 96), (64, False, 128), (32, False, 160)])
+def test_int4_model_matches_float64(group_size, symmetric, dim):
+    m = _int4(_model(dim=dim, n_heads=4, n_kv_heads=2, ffn_dim=192 if group_size == 64 else 224, std=0.08),
+              group_size, symmetric)
+    ids = torch.randint(0, m.cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = _reference_int4(m)(ids[None])[0]        # no rounding hooks: act_round is None
+    got = _run(NativeDecoder(m, max_len=32), ids.tolist(), 7)
+    torch.testing.assert_close(got.double(), ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("group_size,symmetric,dim", [(32, True, 96), (64, False, 128), (32, False, 160)])
+def test_int4_q8_model_matches_q8_reference(group_size, symmetric, dim):
+    m = _int4(_model(dim=dim, n_heads=4, n_kv_heads=2, ffn_dim=192 if group_size == 64 else 224, std=0.08),
+              group_size, symmetric, act_round="q8_0")
+    ids = torch.randint(0, m.cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = _reference_int4(m)(ids[None])[0]
+        plain = _reference_int4(_int4(copy.deepcopy(m)))(ids[None])[0]   # same weights, no rounding
+        python = m(ids[None])[0]                                           # the Python int4 path
+    got = _run(NativeDecoder(m, max_len=32), ids.tolist(), 7)
+    _agree(got, ref, plain)
+    _agree(python, ref, plain)
+
+
+def test_int4_output_head_and_scalar_path_agree():
+    m = _int4(_model(std=0.08, tie_embeddings=False), act_round="q8_0", targets=PROJ + ("lm_head",))
+    assert isinstance(m.lm_head, Int4Linear)
+    ids = torch.randint(0, 301, (18,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.no_grad():
+        ref = _reference_int4(m)(torch.tensor([ids]))[0]
+        plain = _reference_int4(_int4(copy.deepcopy(m), targets=PROJ + ("lm_head",)))(torch.tensor([ids]))[0]
+    best = _C.cpu_isa()
+    try:
+        for isa in dict.fromkeys(["scalar", best]):
+            _C.set_cpu_isa(isa)
+            _agree(_run(NativeDecoder(m, max_len=20), ids, 5), ref, plain)
+    finally:
+        _C.set_cpu_isa(best)
+
+
+def test_cache_reset_truncate_and_single_thread():
+    m = _model()
+    ids = torch.randint(0, 301, (20,), generator=torch.Generator().manual_seed(4)).tolist()
+    dec = NativeDecoder(m, max_len=30, threads=1)
+    full = dec.forward(ids, all_logits=True)
+    assert dec.length == 20
+    dec.reset(12)                       # keep the first 12 positions, redo the rest one by one
+    again = torch.stack([dec.forward([t]) for t in ids[12:]])
+    torch.testing.assert_close(again, full[12:], atol=1e-4, rtol=0)
+    dec.reset()
+    torch.testing.assert_close(dec.forward(ids[:5]), full[4], atol=1e-4, rtol=0)
+    two = NativeDecoder(m, max_len=30, threads=2).forward(ids, all_logits=True)
+    torch.testing.assert_close(two, full, atol=1e-4, rtol=0)
+
+
+def test_bad_input_raises():
+    m = _model()
+    dec = NativeDecoder(m, max_len=8)
+    with pytest.raises(ValueError, match="outside"):
+        dec.forward([3, 301])
+    with pytest.raises(ValueError, match="outside"):
+        dec.forward([-1])
+    assert dec.length == 0               # a rejected call appends nothing
+    with pytest.raises(ValueError, match="exceed max_len"):
+        dec.forward(list(range(9)))
+    with pytest.raises(ValueError, match="at least one"):
+        dec.forward([])
+    with pytest.raises(TypeError):
+        dec.forward([1.5])
+    with pytest.raises(ValueError, match="truncate"):
+        dec.reset(3)
+    with pytest.raises(ValueError, match="max_len"):
+        NativeDecoder(m, max_len=65)
+    with pytest.raises(NotSupported, match="float32"):
+        NativeDecoder(copy.deepcopy(m).to(torch.bfloat16))
+    mixed = _int4(copy.deepcopy(m), targets=("q_proj", "k_proj"))
+    mixed.model.layers[0].self_attn.q_proj.act_round = "q8_0"
+    with pytest.raises(NotSupported, match="mix"):
+        NativeDecoder(mixed)
+    bad = _int4(copy.deepcopy(m), targets=("q_proj",))
+    bad.model.layers[1].self_attn.q_proj.scales[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        NativeDecoder(bad)
+    moe = _model(n_experts=2, moe_top_k=1)
+    with pytest.raises(NotSupported, match="MoE"):
+        NativeDecoder(moe)
+
+
+def test_generate_uses_native_and_matches_python_path():
+    m = _model(std=0.3)
+    prompt = [5, 17, 42, 8]
+    fast = generate(m, [prompt], 20, SamplingParams(temperature=0))
+    assert m.__dict__.get("_llmforge_native") is not None
+    slow = generate(m, [prompt], 20, SamplingParams(temperature=0), native=False)
+    assert fast.tokens == slow.tokens
+    p = SamplingParams(temperature=0.9, top_k=20, repetition_penalty=1.2)
+    a = generate(m, [prompt], 15, p, seed=3).tokens
+    assert a == generate(m, [prompt], 15, p, seed=3).tokens
+    assert a == generate(m, [prompt], 15, p, seed=3, native=False).tokens
+    with pytest.raises(ValueError, match="native=True"):
+        generate(m, [prompt, prompt], 3, native=True)
+
+
+def test_cached_decoder_follows_weight_changes():
+    m = _model(std=0.3)
+    prompt = [1, 2, 3]
+    generate(m, [prompt], 2)
+    first = native_decoder(m, 10)
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight.mul_(-1.0)   # in place: the decoder must be rebuilt
+    assert native_decoder(m, 10) is not first
+    with torch.no_grad():
+        ref = m(torch.tensor([prompt]))[0, -1]
+    torch.testing.assert_close(native_decoder(m, 10).forward(prompt), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.llamacpp
+def test_q4_0_gguf_logits_match_llamacpp(tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llmforge.export.gguf_export import export_gguf
+    from llmforge.export.gguf_int4 import load_gguf_int4
+    from llmforge.export.llamacpp_check import GGML_TYPE_F32, _quiet_stderr
+    from llmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["the quick brown fox jumps over the lazy dog " * 50], vocab_size=290)
+    m = _model(vocab_size=tok.vocab_size, dim=128, n_heads=4, n_kv_heads=2, ffn_dim=352, std=0.05)
+    path = str(tmp_path / "m-q4_0.gguf")
+    export_gguf(m, tok, path, "q4_0")
+    ours, _ = load_gguf_int4(path)
+    assert isinstance(ours.lm_head, Int4Linear) and ours.lm_head.act_round == "q8_0"   # tied, in Q4_0
+    ids = torch.randint(0, tok.vocab_size, (30,), generator=torch.Generator().manual_seed(5)).tolist()
+    with _quiet_stderr():
+        llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                              type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[: len(ids)], dtype=torch.float64)
+    got = _run(NativeDecoder(ours, max_len=40), ids, 10)
+    _agree(got, theirs)
+    assert float((got.argmax(-1) == theirs.argmax(-1)).double().mean()) >= 0.9
