@@ -1,5 +1,6 @@
-"""Decode throughput at batch 1 on a Q4_0 GGUF: our engine (the file's Q4_0 blocks run on our int4
-matmul, see export/gguf_int4.py) next to llama.cpp (llama-cpp-python) on the same file.
+"""Decode throughput at batch 1 on a Q4_0 GGUF: our engine (generate(): the native decode step,
+generate/native.py, on the file's own Q4_0 blocks with Q8_0-rounded activations as llama.cpp, see
+export/gguf_int4.py) next to llama.cpp (llama-cpp-python) on the same file.
 
     python -m bench decode [--record]
 

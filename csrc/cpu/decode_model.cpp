@@ -1,6 +1,6 @@
 // decode_model.cpp — the one-call Llama decode step (see decode_model.h). Compiled once per ISA.
-// One OpenMP region per step; `omp single` runs the small row-wise ops (norms, int8 rounding),
-// `omp for` splits the matrix rows, attention heads and RoPE rows across the threads.
+// One OpenMP region per step: `omp for` splits matrix rows, heads and 32-row chunks across the
+// threads; the small row-wise RMSNorms are computed by every thread into its own buffers.
 #include "cpu/decode_model.h"
 
 #include <omp.h>
@@ -50,12 +50,11 @@ inline int64_t q8_slot(int64_t k, int64_t nb) {
   return 64 * p + (i < 16 ? 0 : 32) + (b % 2) * 16 + i % 16;
 }
 
-// Prepares one row (K a multiple of 32) for the int4 kernels. q8: Q8_0 rounding as ggml's
-// quantize_row_q8_0 (codes in q8_slot order, dx = block scale, xs = dx * sum of codes); otherwise
-// the float row is used as is and xs holds each block's sum (for the zero-point term).
-void prep_row(const float* x, int64_t K, int8_t* q, float* dx, float* xs, bool q8) {
-  const int64_t nb = K / 32;
-  for (int64_t b = 0; b < nb; ++b) {
+// Prepares blocks [b0, b1) of one row of nb 32-blocks for the int4 kernels. q8: Q8_0 rounding as
+// ggml's quantize_row_q8_0 (codes in q8_slot order, dx = block scale, xs = dx * sum of codes);
+// otherwise the float row is used as is and xs holds each block's sum (for the zero-point term).
+void prep_blocks(const float* x, int64_t nb, int64_t b0, int64_t b1, int8_t* q, float* dx, float* xs, bool q8) {
+  for (int64_t b = b0; b < b1; ++b) {
     const float* p = x + 32 * b;
     if (!q8) {
       float sum = 0.f;
@@ -77,6 +76,10 @@ void prep_row(const float* x, int64_t K, int8_t* q, float* dx, float* xs, bool q
     dx[b] = fp16_round(amax / 127.f);
     xs[b] = dx[b] * static_cast<float>(sum);
   }
+}
+
+inline void prep_row(const float* x, int64_t K, int8_t* q, float* dx, float* xs, bool q8) {
+  prep_blocks(x, K / 32, 0, K / 32, q, dx, xs, q8);
 }
 
 #if defined(__AVX2__)
@@ -356,115 +359,96 @@ inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
 void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   const DecodeScratch sp(w, st.M, st.threads);
   const int64_t M = st.M, D = w.dim, F = w.ffn_dim, H = w.n_heads, KV = w.n_kv_heads, hd = w.head_dim;
-  const int64_t kmax = std::max({D, F, H * hd}), ldb = kmax / 32 + 1, nqkv = (H + 2 * KV) * hd;
+  const int64_t kmax = sp.kmax, ldb = sp.ldb, nqkv = (H + 2 * KV) * hd, half = hd / 2;
   float* x = st.scratch + sp.x;
   float* h = st.scratch + sp.h;
   int8_t* q8 = reinterpret_cast<int8_t*>(st.scratch + sp.q8);
   float* dx = st.scratch + sp.dx;
   float* xs = st.scratch + sp.xs;
   float* qkv = st.scratch + sp.qkv;
-  float* att = st.scratch + sp.att;
   float* gu = st.scratch + sp.gu;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   const int64_t out0 = st.all_logits ? 0 : M - 1, nout = M - out0;
-  auto act = [&](int64_t K, const float* f, int64_t m0) {
-    return Act{f + m0 * kmax, q8 + m0 * kmax, dx + m0 * ldb, xs + m0 * ldb, K, kmax, ldb, w.act_q8};
-  };
+  const bool head_blocks = hd % 32 == 0;  // attention items can prepare their own blocks of h
+  const Act shared{h, q8, dx, xs, 0, kmax, ldb, w.act_q8};
 
 #pragma omp parallel num_threads(st.threads)
   {
-    float* scores = st.scratch + sp.scores + int64_t(omp_get_thread_num()) * (w.max_len + 16);
+    float* mine = st.scratch + int64_t(omp_get_thread_num()) * sp.per_thread;
+    float* nh = mine + sp.norm;
+    int8_t* nq = reinterpret_cast<int8_t*>(mine + sp.norm_q8);
+    float* ndx = mine + sp.norm_dx;
+    float* nxs = mine + sp.norm_xs;
+    float* scores = mine + sp.scores;
+    const Act normed{nh, nq, ndx, nxs, D, kmax, ldb, w.act_q8};
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) std::memcpy(x + m * D, w.embed + st.tokens[m] * D, sizeof(float) * D);
 
     for (int64_t li = 0; li < w.n_layers; ++li) {
       const DecodeLayer& L = w.layers[li];
-      // ---- attention ----
-#pragma omp single
-      norm_rows(x, L.attn_norm, D, w.eps, h, 0, M, kmax, q8, dx, xs, kmax, ldb, L.q.int4 || L.k.int4 || L.v.int4, w.act_q8);
-      {
-        const Act a = act(D, h, 0);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < nqkv; ++n) {
-          const int64_t nq = H * hd, nk = KV * hd;
-          if (n < nq) linear_row(L.q, n, a, M, qkv + n, nqkv, false);
-          else if (n < nq + nk) linear_row(L.k, n - nq, a, M, qkv + n, nqkv, false);
-          else linear_row(L.v, n - nq - nk, a, M, qkv + n, nqkv, false);
-        }
-      }
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < M * (H + KV); ++i) {
-        const int64_t m = i / (H + KV), j = i % (H + KV), t = st.pos + m;
-        const float* c = w.rope_cos + t * (hd / 2);
-        const float* s = w.rope_sin + t * (hd / 2);
-        float* row = qkv + m * nqkv;
-        if (j < H) {
-          rope_row(row + j * hd, c, s, hd / 2);
-        } else {
-          const int64_t g = j - H;
-          float* k = row + (H + g) * hd;
-          rope_row(k, c, s, hd / 2);
-          std::memcpy(L.kcache + (g * w.max_len + t) * hd, k, sizeof(float) * hd);
-          std::memcpy(L.vcache + (g * w.max_len + t) * hd, row + (H + KV + g) * hd, sizeof(float) * hd);
+      // ---- attention: q/k/v a head at a time, RoPE, k/v into the cache ----
+      norm_rows(x, L.attn_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.q.int4 || L.k.int4 || L.v.int4,
+                w.act_q8);
+#pragma omp for schedule(guided)
+      for (int64_t j = 0; j < H + 2 * KV; ++j) {
+        const DecodeLinear& lin = j < H ? L.q : j < H + KV ? L.k : L.v;
+        const int64_t r0 = (j < H ? j : j < H + KV ? j - H : j - H - KV) * hd;
+        for (int64_t n = 0; n < hd; ++n) linear_row(lin, r0 + n, normed, M, qkv + j * hd + n, nqkv, false);
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t t = st.pos + m;
+          float* v = qkv + m * nqkv + j * hd;
+          if (j < H + KV) rope_row(v, w.rope_cos + t * half, w.rope_sin + t * half, half);
+          if (j >= H) {
+            float* cache = j < H + KV ? L.kcache : L.vcache;
+            std::memcpy(cache + (r0 / hd * w.max_len + t) * hd, v, sizeof(float) * hd);
+          }
         }
       }
 #pragma omp for schedule(dynamic, 1)
       for (int64_t i = 0; i < M * H; ++i) {
         const int64_t m = i / H, j = i % H, g = j / (H / KV);
+        float* out = h + m * kmax + j * hd;
         attend(qkv + m * nqkv + j * hd, L.kcache + g * w.max_len * hd, L.vcache + g * w.max_len * hd, st.pos + m, hd,
-               scale, scores, att + (m * H + j) * hd);
+               scale, scores, out);
+        if (L.o.int4 && head_blocks)
+          prep_blocks(h + m * kmax, H * hd / 32, j * hd / 32, (j + 1) * hd / 32, q8 + m * kmax, dx + m * ldb,
+                      xs + m * ldb, w.act_q8);
       }
+      if (L.o.int4 && !head_blocks) {
 #pragma omp single
-      {
-        for (int64_t m = 0; m < M; ++m) {
-          std::memcpy(h + m * kmax, att + m * H * hd, sizeof(float) * H * hd);
-          if (L.o.int4) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
+        for (int64_t m = 0; m < M; ++m) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
+      }
+#pragma omp for schedule(guided, 8)
+      for (int64_t n = 0; n < D; ++n) linear_row(L.o, n, shared, M, x + n, D, true);
+      // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down ----
+      norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
+#pragma omp for schedule(guided)
+      for (int64_t c = 0; c < (F + 31) / 32; ++c) {
+        const int64_t f0 = 32 * c, f1 = std::min(F, f0 + 32);
+        for (int64_t f = f0; f < f1; ++f) {
+          linear_row(L.gate, f, normed, M, gu + f, 2 * F, false);
+          linear_row(L.up, f, normed, M, gu + F + f, 2 * F, false);
         }
-      }
-      {
-        const Act a = act(H * hd, h, 0);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < D; ++n) linear_row(L.o, n, a, M, x + n, D, true);
-      }
-      // ---- MLP ----
-#pragma omp single
-      norm_rows(x, L.mlp_norm, D, w.eps, h, 0, M, kmax, q8, dx, xs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
-      {
-        const Act a = act(D, h, 0);
-#pragma omp for schedule(static)
-        for (int64_t f = 0; f < F; ++f) {
-          linear_row(L.gate, f, a, M, gu + f, 2 * F, false);
-          linear_row(L.up, f, a, M, gu + F + f, 2 * F, false);
-        }
-      }
-#pragma omp single
-      {
         for (int64_t m = 0; m < M; ++m) {
           const float* g = gu + m * 2 * F;
           float* hr = h + m * kmax;
-          int64_t f = 0;
-          for (; f + N <= F; f += N) {
+          int64_t f = f0;
+          for (; f + N <= f1; f += N) {
             const V gv = vload(g + f);
             vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(g + F + f)));
           }
-          for (; f < F; ++f) hr[f] = g[f] / (1.f + std::exp(-g[f])) * g[F + f];
-          if (L.down.int4) prep_row(hr, F, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
+          for (; f < f1; ++f) hr[f] = g[f] / (1.f + std::exp(-g[f])) * g[F + f];
+          if (L.down.int4) prep_blocks(hr, F / 32, c, c + 1, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
         }
       }
-      {
-        const Act a = act(F, h, 0);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < D; ++n) linear_row(L.down, n, a, M, x + n, D, true);
-      }
+#pragma omp for schedule(guided, 8)
+      for (int64_t n = 0; n < D; ++n) linear_row(L.down, n, shared, M, x + n, D, true);
     }
     // ---- output ----
-#pragma omp single
-    norm_rows(x, w.final_norm, D, w.eps, h, out0, nout, kmax, q8, dx, xs, kmax, ldb, w.output.int4, w.act_q8);
-    {
-      const Act a = act(D, h, out0);
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < w.vocab; ++n) linear_row(w.output, n, a, nout, st.logits + n, w.vocab, false);
-    }
+    norm_rows(x, w.final_norm, D, w.eps, nh, out0, nout, kmax, nq, ndx, nxs, kmax, ldb, w.output.int4, w.act_q8);
+    const Act last{nh + out0 * kmax, nq + out0 * kmax, ndx + out0 * ldb, nxs + out0 * ldb, D, kmax, ldb, w.act_q8};
+#pragma omp for schedule(guided, 16)
+    for (int64_t n = 0; n < w.vocab; ++n) linear_row(w.output, n, last, nout, st.logits + n, w.vocab, false);
   }
 }
 

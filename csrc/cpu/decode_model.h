@@ -4,9 +4,10 @@
 // of all M) come back. No per-op dispatch: one OpenMP region runs the whole step, the threads
 // meeting at a barrier between ops.
 //
-// Per layer: h = RMSNorm(x) -> q,k,v (one pass over the three weights) -> RoPE (half-split, as
-// Hugging Face) on q,k -> k,v into the cache -> causal attention over the cache (GQA) -> x += o(.)
-// -> h = RMSNorm(x) -> gate,up -> silu(gate) * up -> x += down(.). Final RMSNorm, output matrix.
+// Per layer: h = RMSNorm(x) -> q,k,v (one pass over the three weights, a head per work item, which
+// applies RoPE (half-split, as Hugging Face) and stores k,v in the cache) -> causal attention over
+// the cache (GQA) -> x += o(.) -> h = RMSNorm(x) -> gate,up and silu(gate) * up in chunks of 32 ->
+// x += down(.). Final RMSNorm, output matrix. Five barriers per layer.
 //
 // Linear weights are either
 //   int4: our int4 layout (int4_matmul.h: packed (N, K/2) uint8, scales/zeros (N, K/G), G a
@@ -70,26 +71,40 @@ struct DecodeStep {
   int threads;
 };
 
-// Offsets (in floats) of the step's buffers inside one scratch block; each buffer starts on a
-// 16-float boundary. x: residual stream (M, D); h: normalised / SwiGLU activations (M, max(D, F));
-// q8 / dx / xs: h rounded to int8 per 32-block, its block scales and scale * block sum;
-// qkv: (M, (H + 2 KV) hd); att: (M, H hd); gu: gate and up (M, 2F); scores: one (max_len,) row per thread.
+// Offsets (in floats) of the step's buffers inside one scratch block, each on a 16-float boundary.
+// Shared: x, the residual stream (M, D); h, the attention output / SwiGLU activations (M, kmax) with
+// their int4-kernel form (q8 codes, dx block scales, xs block terms; see prep_row); qkv (M,
+// (H + 2 KV) hd); gu, gate and up (M, 2F). Per thread: the RMSNorm output of the M rows (every
+// thread normalises them itself, which saves a barrier) in the same four forms; attention scores.
 struct DecodeScratch {
-  int64_t x, h, q8, dx, xs, qkv, att, gu, scores, floats;
+  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, per_thread, norm, norm_q8, norm_dx, norm_xs, scores, floats;
+  static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
   DecodeScratch(const DecodeWeights& w, int64_t M, int threads) {
-    const int64_t kmax = std::max({w.dim, w.ffn_dim, w.n_heads * w.head_dim});
+    kmax = std::max({w.dim, w.ffn_dim, w.n_heads * w.head_dim});
+    ldb = kmax / 32 + 1;
     int64_t at = 0;
-    auto take = [&](int64_t n) { const int64_t o = at; at += (n + 15) / 16 * 16; return o; };
+    auto take = [&](int64_t n) { const int64_t o = at; at += round16(n); return o; };
     x = take(M * w.dim);
     h = take(M * kmax);
     q8 = take(M * kmax / 4 + 1);
-    dx = take(M * (kmax / 32 + 1));
-    xs = take(M * (kmax / 32 + 1));
+    dx = take(M * ldb);
+    xs = take(M * ldb);
     qkv = take(M * (w.n_heads + 2 * w.n_kv_heads) * w.head_dim);
-    att = take(M * w.n_heads * w.head_dim);
     gu = take(M * 2 * w.ffn_dim);
-    scores = take(int64_t(threads) * (w.max_len + 16));
-    floats = at;
+    // per thread, at norm + t * per_thread:
+    norm = 0;
+    norm_q8 = round16(M * kmax);
+    norm_dx = norm_q8 + round16(M * kmax / 4 + 1);
+    norm_xs = norm_dx + round16(M * ldb);
+    scores = norm_xs + round16(M * ldb);
+    per_thread = scores + round16(w.max_len + 16);
+    const int64_t base = at;
+    norm += base;
+    norm_q8 += base;
+    norm_dx += base;
+    norm_xs += base;
+    scores += base;
+    floats = base + int64_t(threads) * per_thread;
   }
 };
 
