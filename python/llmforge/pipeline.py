@@ -239,6 +239,7 @@ def stage_quantize(ctx: Context) -> dict:
 
 def stage_export(ctx: Context) -> dict:
     from .export.gguf_export import export_gguf, verify_gguf
+    from .export.gguf_int4 import load_gguf_int4
     from .export.llamacpp_check import compare_with_llamacpp
 
     s = ctx.section("export")
@@ -250,6 +251,9 @@ def stage_export(ctx: Context) -> dict:
         info = export_gguf(model, tok, path, qtype)
         r = {"path": path, "bytes": os.path.getsize(path), "verify": verify_gguf(model, tok, path, texts, max_tokens=model.cfg.max_seq_len)}
         r["llama_cpp"] = compare_with_llamacpp(path, model, tok, texts)
+        if qtype == "q4_0" and r["llama_cpp"] is not None:
+            # the file's own bits on our int4 engine, activations rounded as llama.cpp rounds them
+            r["llama_cpp_int4"] = compare_with_llamacpp(path, load_gguf_int4(path)[0], tok, texts)
         if isinstance(info, dict) and info.get("fallbacks"):
             r["fallbacks"] = info["fallbacks"]
         res[qtype] = r
@@ -259,6 +263,7 @@ def stage_export(ctx: Context) -> dict:
 def stage_generate(ctx: Context) -> dict:
     from .data.chat import render_chat
     from .export.gguf_export import import_gguf
+    from .export.gguf_int4 import load_gguf_int4
     from .generate.engine import generate
     from .generate.sampling import SamplingParams
 
@@ -275,7 +280,8 @@ def stage_generate(ctx: Context) -> dict:
     res["answer_fp32"] = tok.decode([t for t in out.tokens[0] if t not in stop])
     gguf = ctx.results.get("export", {}).get(s.get("gguf", "q4_0"), {}).get("path")
     if gguf and os.path.exists(gguf):
-        m2, _ = import_gguf(gguf)
+        # a Q4_0 file runs on its own bits (int4 engine, native decode step); others dequantised
+        m2 = load_gguf_int4(gguf)[0] if gguf.endswith("-q4_0.gguf") else import_gguf(gguf)[0]
         out = generate(m2, [ids], n, params, stop_ids=stop, seed=0, pad_id=tok.pad_id or 0)
         res["answer_gguf"] = tok.decode([t for t in out.tokens[0] if t not in stop])
         res["gguf"] = os.path.basename(gguf)

@@ -134,6 +134,12 @@ def write_report(root: str, recipe: dict, results: dict, timings: dict, total_s:
             L.append(f"| {qt} | {r['bytes'] / 2**20:.2f} | {_f(v['kl_per_token'], 6)} | {_f(v['top1_agreement'])} | "
                      f"{v.get('tokenizer_identical', '-')} | {lc.get('tokenization_identical', 'not installed')} | "
                      f"{_f(lc.get('max_abs_logit_diff'), 6)} | {_f(lc.get('top1_agreement'))} |")
+        for qt, r in x.items():
+            li = r.get("llama_cpp_int4")
+            if li:
+                L += ["", f"{qt} on our int4 engine (the file's bits, activations rounded to Q8_0 as llama.cpp does) "
+                      f"vs llama.cpp: max |logit diff| {_f(li['max_abs_logit_diff'], 6)}, top-1 agreement "
+                      f"{_f(li['top1_agreement'])} (the float model above: {_f(r['llama_cpp']['max_abs_logit_diff'], 6)})."]
     g = results.get("generate")
     if g:
         L += ["", "## Sample", "", f"**user:** {g['prompt']}", "", f"**assistant (fp32):** {g['answer_fp32']}"]
