@@ -42,8 +42,8 @@ cpu::DecodeLinear make_linear(const std::string& name, const DecodeLinearViews& 
   }
   LF_CHECK(v.packed && v.scales && v.zeros, kOp, ": ", name, " needs a float32 weight or int4 packed/scales/zeros");
   const int64_t G = v.group_size;
-  LF_CHECK(G > 0 && G % 32 == 0 && K % G == 0, kOp, ": ", name, ": int4 group size ", G,
-           " must be a multiple of 32 dividing in_features ", K);
+  LF_CHECK((G == 32 || G == 64 || G == 128) && K % G == 0, kOp, ": ", name, ": int4 group size ", G,
+           " must be 32, 64 or 128 and divide in_features ", K);
   const std::string pn = name + ".packed";
   check_cpu(kOp, pn.c_str(), *v.packed);
   check_dtype(kOp, pn.c_str(), *v.packed, {DType::u8});
@@ -69,6 +69,7 @@ cpu::DecodeLinear make_linear(const std::string& name, const DecodeLinearViews& 
   check_finite(name + ".zeros", *v.zeros);
   L.int4 = true;
   L.G = G;
+  L.gshift = G == 32 ? 0 : G == 64 ? 1 : 2;
   L.packed = v.packed->ptr<uint8_t>();
   L.scales = v.scales->data;
   L.scales_f16 = v.scales->dtype == DType::f16;

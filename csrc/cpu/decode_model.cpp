@@ -118,7 +118,7 @@ inline __m256 sload8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128
 
 // acc[r] = sum_b s_b * sum_k q_w,k x_k over the float activations of token row m0 + r.
 template <int R, class S>
-void int4_float_dot(const uint8_t* row, const S* sc, int64_t bpg, int64_t nb, const Act& a, int64_t m0, float* acc1) {
+void int4_float_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const Act& a, int64_t m0, float* acc1) {
 #if defined(__AVX2__)
   const __m256i mask = _mm256_set1_epi32(0x0f);
   __m256 acc[R];
@@ -128,7 +128,7 @@ void int4_float_dot(const uint8_t* row, const S* sc, int64_t bpg, int64_t nb, co
     const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 16 * b + 8)));
     const __m256 w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask));
     const __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
-    const __m256 s = _mm256_set1_ps(sload(sc, b / bpg));
+    const __m256 s = _mm256_set1_ps(sload(sc, b >> gs));
     for (int r = 0; r < R; ++r) {
       const float* x = a.f + (m0 + r) * a.ldq + 32 * b;
       __m256 d = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
@@ -148,7 +148,7 @@ void int4_float_dot(const uint8_t* row, const S* sc, int64_t bpg, int64_t nb, co
       for (int i = 0; i < 16; ++i)
         d += static_cast<float>(row[16 * b + i] & 0x0f) * x[32 * b + i] +
              static_cast<float>(row[16 * b + i] >> 4) * x[32 * b + 16 + i];
-      acc += sload(sc, b / bpg) * d;
+      acc += sload(sc, b >> gs) * d;
     }
     acc1[r] = acc;
   }
@@ -160,13 +160,14 @@ void int4_float_dot(const uint8_t* row, const S* sc, int64_t bpg, int64_t nb, co
 // (the zero point's share) summed separately as `corr`.
 template <int R, class S, bool Q8>
 void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
-  const int64_t K = L.K, nb = K / 32, bpg = L.G / 32, ng = K / L.G;
+  const int64_t K = L.K, nb = K / 32, ng = K / L.G;
+  const int gs = L.gshift;  // block b has scale b >> gs (G = 32 << gs)
   const uint8_t* row = L.packed + n * (K / 2);
   const S* sc = static_cast<const S*>(L.scales) + n * ng;
   const float* zs = L.zeros ? L.zeros + n * ng : nullptr;
   float acc1[R];
   if constexpr (!Q8) {
-    int4_float_dot<R>(row, sc, bpg, nb, a, m0, acc1);
+    int4_float_dot<R>(row, sc, gs, nb, a, m0, acc1);
   } else {
 #if defined(__AVX2__)
   const __m128i m4 = _mm_set1_epi8(0x0f);
@@ -178,7 +179,7 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
   for (; b + 2 <= nb; b += 2) {  // two blocks per step: low nibbles of both, then high nibbles
     const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 16 * b));
     const __m256i lo = _mm256_and_si256(bytes, m4x2), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4x2);
-    const float s0 = sload(sc, b / bpg), s1 = sload(sc, (b + 1) / bpg);
+    const float s0 = sload(sc, b >> gs), s1 = sload(sc, (b + 1) >> gs);
     for (int r = 0; r < R; ++r) {
       const int8_t* xq = a.q + (m0 + r) * a.ldq + 32 * b;
       const float* dx = a.dx + (m0 + r) * a.ldb + b;
@@ -190,7 +191,7 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
     }
   }
   if (b < nb) {  // a trailing odd block, stored unpaired
-    const float s = sload(sc, b / bpg);
+    const float s = sload(sc, b >> gs);
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * b));
     const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), _mm_and_si128(bytes, m4));
     for (int r = 0; r < R; ++r) {
@@ -211,7 +212,7 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
         dot += (row[16 * b + i] & 0x0f) * xq[q8_slot(32 * b + i, nb)];
         dot += (row[16 * b + i] >> 4) * xq[q8_slot(32 * b + 16 + i, nb)];
       }
-      acc += sload(sc, b / bpg) * dx[b] * static_cast<float>(dot);
+      acc += sload(sc, b >> gs) * dx[b] * static_cast<float>(dot);
     }
     acc1[r] = acc;
   }
@@ -223,16 +224,16 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
     int64_t b = 0;
     if (!zs) {  // one zero point: z * sum_b s_b xs_b
 #if defined(__AVX2__)
-      if (bpg == 1) {
+      if (gs == 0) {
         __m256 c = _mm256_setzero_ps();
         for (; b + 8 <= nb; b += 8) c = _mm256_fmadd_ps(sload8(sc + b), _mm256_loadu_ps(xs + b), c);
         corr = hsum(c);
       }
 #endif
-      for (; b < nb; ++b) corr += sload(sc, b / bpg) * xs[b];
+      for (; b < nb; ++b) corr += sload(sc, b >> gs) * xs[b];
       corr *= L.zero;
     } else {
-      for (; b < nb; ++b) corr += sload(sc, b / bpg) * zs[b / bpg] * xs[b];
+      for (; b < nb; ++b) corr += sload(sc, b >> gs) * zs[b >> gs] * xs[b];
     }
     out[r] = acc1[r] - corr;
   }

@@ -35,7 +35,8 @@ struct DecodeLinear {
   bool scales_f16 = false;
   const float* zeros = nullptr;     // int4 (N, K/G), or null when every zero point is `zero`
   float zero = 0.f;
-  int64_t G = 0;                    // int4 group size
+  int64_t G = 0;                    // int4 group size: 32, 64 or 128
+  int gshift = 0;                   // log2(G / 32)
   const float* w = nullptr;         // f32 (N, K)
   const float* bias = nullptr;      // (N,) or null
   int64_t N = 0, K = 0;
