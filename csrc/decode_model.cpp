@@ -96,11 +96,14 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   const int64_t D = c.dim, F = c.ffn_dim, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
   LF_CHECK(c.max_len * (c.n_kv_heads * c.head_dim) * c.n_layers <= (int64_t(1) << 36), kOp,
            ": the key/value cache would exceed 256 GiB; lower max_len");
-  w_ = cpu::DecodeWeights{D, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, F, c.vocab, c.max_len,
+  w_ = cpu::DecodeWeights{D, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, F, c.vocab, c.max_len, 0,
                           static_cast<float>(c.eps), c.act_q8, nullptr, nullptr, nullptr, nullptr, {}, nullptr};
   check_f32("embed", &embed, {c.vocab, D});
-  check_f32("rope_cos", &rope_cos, {c.max_len, c.head_dim / 2});
-  check_f32("rope_sin", &rope_sin, {c.max_len, c.head_dim / 2});
+  LF_CHECK(rope_cos.ndim == 2 && rope_cos.shape[0] >= c.max_len, kOp, ": rope_cos must have at least max_len (",
+           c.max_len, ") rows, got shape ", rope_cos.shape_str());
+  check_f32("rope_cos", &rope_cos, {rope_cos.shape[0], c.head_dim / 2});
+  check_f32("rope_sin", &rope_sin, {rope_cos.shape[0], c.head_dim / 2});
+  w_.rope_len = rope_cos.shape[0];
   check_f32("final_norm", &final_norm, {D});
   w_.embed = embed.ptr<float>();
   w_.rope_cos = rope_cos.ptr<float>();
@@ -125,21 +128,70 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   w_.layers = layers_.data();
 }
 
-void DecodeModel::forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+void DecodeModel::run(const std::vector<int64_t>& tokens, const int64_t* positions, const int32_t* seqs,
+                      const cpu::DecodePaged& paged, const TensorView& logits, bool all_logits) {
   const int64_t M = int64_t(tokens.size());
-  LF_CHECK(M > 0, kOp, ": forward needs at least one token");
-  LF_CHECK(length_ + M <= w_.max_len, kOp, ": ", length_, " cached + ", M, " new tokens exceed max_len ",
-           w_.max_len);
   for (int64_t i = 0; i < M; ++i)
     LF_CHECK(tokens[size_t(i)] >= 0 && tokens[size_t(i)] < w_.vocab, kOp, ": token id ", tokens[size_t(i)],
              " at index ", i, " is outside [0, ", w_.vocab, ")");
   check_f32("logits", &logits, {all_logits ? M : 1, w_.vocab});
   const cpu::DecodeScratch sp(w_, M, threads_);
   if (scratch_.size() < size_t(sp.floats)) scratch_.assign(size_t(sp.floats), 0.f);
-  cpu::DecodeStep st{tokens.data(), M, length_, logits.ptr<float>(), all_logits, scratch_.data(), threads_};
+  cpu::DecodeStep st{tokens.data(), positions, seqs, M, paged, logits.ptr<float>(), all_logits, scratch_.data(),
+                     threads_};
   LF_CPU_DISPATCH(decode_forward, w_, st);
+}
+
+void DecodeModel::forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t M = int64_t(tokens.size());
+  LF_CHECK(M > 0, kOp, ": forward needs at least one token");
+  LF_CHECK(length_ + M <= w_.max_len, kOp, ": ", length_, " cached + ", M, " new tokens exceed max_len ",
+           w_.max_len);
+  std::vector<int64_t> pos(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i) pos[size_t(i)] = length_ + i;
+  run(tokens, pos.data(), nullptr, cpu::DecodePaged{}, logits, all_logits);
   length_ += M;
+}
+
+void DecodeModel::forward_paged(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+                                const std::vector<int64_t>& seqs, const TensorView& table, const TensorView& k_pools,
+                                const TensorView& v_pools, const TensorView& logits, bool all_logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t M = int64_t(tokens.size());
+  LF_CHECK(M > 0, kOp, ": forward_paged needs at least one token");
+  LF_CHECK(int64_t(positions.size()) == M && int64_t(seqs.size()) == M, kOp,
+           ": tokens, positions and seqs must have the same length (", M, ", ", positions.size(), ", ", seqs.size(),
+           ")");
+  check_cpu(kOp, "block_table", table);
+  check_dtype(kOp, "block_table", table, {DType::i32});
+  check_ndim(kOp, "block_table", table, 2);
+  check_contiguous(kOp, "block_table", table);
+  check_cpu(kOp, "k_pools", k_pools);
+  check_dtype(kOp, "k_pools", k_pools, {DType::f32});
+  check_ndim(kOp, "k_pools", k_pools, 5);
+  check_contiguous(kOp, "k_pools", k_pools);
+  const int64_t NB = k_pools.shape[1], BS = k_pools.shape[2];
+  check_shape(kOp, "k_pools", k_pools, {w_.n_layers, NB, BS, w_.n_kv_heads, w_.head_dim});
+  check_f32("v_pools", &v_pools, {w_.n_layers, NB, BS, w_.n_kv_heads, w_.head_dim});
+  const int64_t S = table.shape[0], TB = table.shape[1];
+  const int32_t* tab = table.ptr<int32_t>();
+  std::vector<int32_t> seq32(static_cast<size_t>(M));
+  std::vector<int64_t> last(static_cast<size_t>(S), -1);
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t s = seqs[size_t(i)], t = positions[size_t(i)];
+    LF_CHECK(s >= 0 && s < S, kOp, ": seqs[", i, "] = ", s, " is outside the block table's ", S, " rows");
+    LF_CHECK(t >= 0 && t < w_.rope_len && t < TB * BS, kOp, ": positions[", i, "] = ", t, " is outside [0, ",
+             std::min(w_.rope_len, TB * BS), ")");
+    LF_CHECK(t > last[size_t(s)], kOp, ": positions of sequence ", s, " must increase along the rows (row ", i, ")");
+    last[size_t(s)] = t;
+    seq32[size_t(i)] = int32_t(s);
+    for (int64_t b = 0; b <= t / BS; ++b)  // every block the row reads or writes
+      LF_CHECK(tab[s * TB + b] >= 0 && tab[s * TB + b] < NB, kOp, ": block_table[", s, ", ", b, "] = ",
+               tab[s * TB + b], " is not a block of the pool (", NB, " blocks)");
+  }
+  cpu::DecodePaged p{k_pools.ptr<float>(), v_pools.ptr<float>(), tab, TB, NB, BS};
+  run(tokens, positions.data(), seq32.data(), p, logits, all_logits);
 }
 
 void DecodeModel::truncate(int64_t n) {

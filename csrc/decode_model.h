@@ -45,11 +45,23 @@ class DecodeModel {
   // Appends tokens (ids in [0, vocab)) at positions length()..; logits (1, vocab) f32 receives the
   // last token's logits, or (len(tokens), vocab) all of them when all_logits.
   void forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits);
+  // A batched step over a paged cache (generate/paged_cache.py's pools): row m is token tokens[m] of
+  // sequence seqs[m] at position positions[m]; its key/value go to that slot of the pools and it
+  // attends to positions 0..positions[m] of its sequence. Rows of one sequence come in increasing
+  // position order and every earlier position must already be cached. k_pools/v_pools:
+  // (n_layers, num_blocks, block_size, n_kv_heads, head_dim) f32; block_table (n_seqs, max_blocks)
+  // int32; logits (1 or len(tokens), vocab) f32 as for forward. The model's own cache is untouched.
+  void forward_paged(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
+                     const std::vector<int64_t>& seqs, const TensorView& block_table, const TensorView& k_pools,
+                     const TensorView& v_pools, const TensorView& logits, bool all_logits);
   int64_t length() const { return length_; }
   void truncate(int64_t n);  // forget positions >= n (0 resets)
   int64_t max_len() const { return w_.max_len; }
 
  private:
+  void run(const std::vector<int64_t>& tokens, const int64_t* positions, const int32_t* seqs,
+           const cpu::DecodePaged& paged, const TensorView& logits, bool all_logits);
+
   cpu::DecodeWeights w_{};
   std::vector<cpu::DecodeLayer> layers_;
   std::vector<float> cache_, scratch_;

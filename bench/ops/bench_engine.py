@@ -3,7 +3,9 @@
     python -m bench engine [--record]
 
 ~11M-parameter model (random weights: throughput does not depend on them), prompts of
-16-48 tokens, 64 new tokens each, greedy; tokens/s counts generated tokens.
+16-48 tokens, 64 new tokens each, greedy; tokens/s counts generated tokens. The engine runs on the
+native decode step (one C++ call per step for the whole batch, over the paged pools); the Python
+path (torch ops + paged-KV ops, Engine(native=False)) is timed too.
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ def run(device: str = "cpu", quick: bool = False):
                for _ in range(n_req)]
     greedy = SamplingParams(temperature=0)
     rows = []
-    for name, max_batch in (("one by one", 1), ("continuous batching (max 16)", 16)):
+    cases = (("one by one", 1, True), ("continuous batching (max 16)", 16, True),
+             ("one by one, Python path", 1, False), ("continuous batching (max 16), Python path", 16, False))
+    for name, max_batch, native in cases[:2] if quick else cases:
         def go():
-            eng = Engine(model, num_blocks=512, block_size=16, max_batch=max_batch)
+            eng = Engine(model, num_blocks=512, block_size=16, max_batch=max_batch, native=native)
             for p in prompts:
                 eng.submit(p, new, greedy)
             eng.run()

@@ -312,20 +312,45 @@ void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, i
   }
 }
 
-// softmax(q . k_l * scale) . v_l over cache positions 0..t of one kv head.
-void attend(const float* q, const float* kc, const float* vc, int64_t t, int64_t hd, float scale, float* s,
-            float* out) {
-  float mx = -INFINITY;
-  for (int64_t l = 0; l <= t; ++l) {
-    const float* k = kc + l * hd;
-    V acc = vzero();
-    int64_t i = 0;
-    for (; i + N <= hd; i += N) acc = vfma(vload(q + i), vload(k + i), acc);
-    float d = vsum(acc);
-    for (; i < hd; ++i) d += q[i] * k[i];
-    s[l] = d * scale;
-    mx = std::max(mx, s[l]);
+// The keys (or values) of one kv head of one sequence: position t at k + t * stride, or, paged,
+// at k + table[t / bs] * block_elems + (t % bs) * stride.
+struct KvSeq {
+  const float* k;
+  const float* v;
+  int64_t stride;
+  const int32_t* table;
+  int64_t bs, block_elems;
+
+  int64_t offset(int64_t t) const { return table ? table[t / bs] * block_elems + (t % bs) * stride : t * stride; }
+  // fn(keys, values, first position, count) over runs of positions 0..n-1 with the same stride
+  template <class Fn>
+  void runs(int64_t n, Fn fn) const {
+    if (!table) {
+      fn(k, v, int64_t(0), n);
+      return;
+    }
+    for (int64_t b = 0; b * bs < n; ++b) {
+      const int64_t off = table[b] * block_elems;
+      fn(k + off, v + off, b * bs, std::min(bs, n - b * bs));
+    }
   }
+};
+
+// softmax(q . k_l * scale) . v_l over positions 0..t of one kv head of one sequence.
+void attend(const float* q, const KvSeq& kv, int64_t t, int64_t hd, float scale, float* s, float* out) {
+  float mx = -INFINITY;
+  kv.runs(t + 1, [&](const float* kb, const float*, int64_t l0, int64_t n) {
+    for (int64_t l = 0; l < n; ++l) {
+      const float* k = kb + l * kv.stride;
+      V acc = vzero();
+      int64_t i = 0;
+      for (; i + N <= hd; i += N) acc = vfma(vload(q + i), vload(k + i), acc);
+      float d = vsum(acc);
+      for (; i < hd; ++i) d += q[i] * k[i];
+      s[l0 + l] = d * scale;
+      mx = std::max(mx, s[l0 + l]);
+    }
+  });
   float sum = 0.f;
   int64_t l = 0;
   for (; l + N <= t + 1; l += N) {
@@ -338,13 +363,29 @@ void attend(const float* q, const float* kc, const float* vc, int64_t t, int64_t
     sum += s[l];
   }
   for (int64_t i = 0; i < hd; ++i) out[i] = 0.f;
-  for (l = 0; l <= t; ++l) {
-    const float p = s[l] / sum;
-    const float* v = vc + l * hd;
-    int64_t i = 0;
-    for (; i + N <= hd; i += N) vstore(out + i, vfma(vset1(p), vload(v + i), vload(out + i)));
-    for (; i < hd; ++i) out[i] += p * v[i];
+  kv.runs(t + 1, [&](const float*, const float* vb, int64_t l0, int64_t n) {
+    for (int64_t l = 0; l < n; ++l) {
+      const float p = s[l0 + l] / sum;
+      const float* v = vb + l * kv.stride;
+      int64_t i = 0;
+      for (; i + N <= hd; i += N) vstore(out + i, vfma(vset1(p), vload(v + i), vload(out + i)));
+      for (; i < hd; ++i) out[i] += p * v[i];
+    }
+  });
+}
+
+// Head g of sequence s in layer li.
+KvSeq kv_seq(const DecodeWeights& w, const DecodeStep& st, int64_t li, int64_t s, int64_t g) {
+  const int64_t hd = w.head_dim;
+  const DecodePaged& p = st.paged;
+  if (!p.table) {
+    const DecodeLayer& L = w.layers[li];
+    return KvSeq{L.kcache + g * w.max_len * hd, L.vcache + g * w.max_len * hd, hd, nullptr, 1, 0};
   }
+  const int64_t block_elems = p.block_size * w.n_kv_heads * hd;
+  const int64_t base = li * p.num_blocks * block_elems + g * hd;
+  return KvSeq{p.k_pool + base, p.v_pool + base, w.n_kv_heads * hd, p.table + s * p.table_stride, p.block_size,
+               block_elems};
 }
 
 inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
@@ -396,12 +437,12 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         const int64_t r0 = (j < H ? j : j < H + KV ? j - H : j - H - KV) * hd;
         for (int64_t n = 0; n < hd; ++n) linear_row(lin, r0 + n, normed, M, qkv + j * hd + n, nqkv, false);
         for (int64_t m = 0; m < M; ++m) {
-          const int64_t t = st.pos + m;
+          const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
           if (j < H + KV) rope_row(v, w.rope_cos + t * half, w.rope_sin + t * half, half);
           if (j >= H) {
-            float* cache = j < H + KV ? L.kcache : L.vcache;
-            std::memcpy(cache + (r0 / hd * w.max_len + t) * hd, v, sizeof(float) * hd);
+            const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, r0 / hd);
+            std::memcpy(const_cast<float*>(j < H + KV ? kv.k : kv.v) + kv.offset(t), v, sizeof(float) * hd);
           }
         }
       }
@@ -409,8 +450,8 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
       for (int64_t i = 0; i < M * H; ++i) {
         const int64_t m = i / H, j = i % H, g = j / (H / KV);
         float* out = h + m * kmax + j * hd;
-        attend(qkv + m * nqkv + j * hd, L.kcache + g * w.max_len * hd, L.vcache + g * w.max_len * hd, st.pos + m, hd,
-               scale, scores, out);
+        attend(qkv + m * nqkv + j * hd, kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g), st.positions[m], hd, scale,
+               scores, out);
         if (L.o.int4 && head_blocks)
           prep_blocks(h + m * kmax, H * hd / 32, j * hd / 32, (j + 1) * hd / 32, q8 + m * kmax, dx + m * ldb,
                       xs + m * ldb, w.act_q8);

@@ -52,23 +52,37 @@ struct DecodeLayer {
 
 struct DecodeWeights {
   int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_len;
+  int64_t rope_len;         // rows of the RoPE tables: positions must stay below it
   float eps;
   bool act_q8;              // int4 weights multiply Q8_0-rounded activations (else float32 ones)
   const float* embed;       // (vocab, dim)
-  const float* rope_cos;    // (max_len, head_dim / 2)
+  const float* rope_cos;    // (rope_len, head_dim / 2)
   const float* rope_sin;
   const float* final_norm;  // (dim,)
   DecodeLinear output;      // (vocab, dim)
   const DecodeLayer* layers;
 };
 
+// Where the keys/values of the step's sequences live. table == nullptr: the layers' own contiguous
+// caches (one sequence). Otherwise a paged pool, (n_layers, num_blocks, block_size, n_kv_heads,
+// head_dim) float32 for keys and for values, and a block table (n_seqs, table_stride) int32:
+// position t of sequence s is slot t % block_size of block table[s][t / block_size].
+struct DecodePaged {
+  float* k_pool = nullptr;
+  float* v_pool = nullptr;
+  const int32_t* table = nullptr;
+  int64_t table_stride = 0, num_blocks = 0, block_size = 0;
+};
+
 struct DecodeStep {
-  const int64_t* tokens;  // (M,)
+  const int64_t* tokens;     // (M,)
+  const int64_t* positions;  // (M,): token m sits at positions[m] of its sequence
+  const int32_t* seqs;       // (M,): its sequence (paged), or null (all 0)
   int64_t M;
-  int64_t pos;            // cache length before the step: token i sits at position pos + i
-  float* logits;          // (out_rows, vocab): the last token's row, or all M when all_logits
+  DecodePaged paged;
+  float* logits;             // (out_rows, vocab): the last token's row, or all M when all_logits
   bool all_logits;
-  float* scratch;         // DecodeScratch(w, M, threads).floats floats
+  float* scratch;            // DecodeScratch(w, M, threads).floats floats
   int threads;
 };
 
@@ -98,7 +112,7 @@ struct DecodeScratch {
     norm_dx = norm_q8 + round16(M * kmax / 4 + 1);
     norm_xs = norm_dx + round16(M * ldb);
     scores = norm_xs + round16(M * ldb);
-    per_thread = scores + round16(w.max_len + 16);
+    per_thread = scores + round16(w.rope_len + 16);
     const int64_t base = at;
     norm += base;
     norm_q8 += base;

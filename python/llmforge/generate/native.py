@@ -7,6 +7,7 @@ this path has none.
     logits = dec.forward(prompt_ids)                  # (vocab,) of the last prompt token; prefill
     logits = dec.forward([next_id])                   # one decode step
     dec.reset()                                       # new sequence
+    logits = dec.forward_paged(ids, positions, seqs, block_table, k_pools, v_pools)   # batched, paged cache
 
 Runs CPU float32 Llama models (no MoE) whose projections and output head are nn.Linear or
 Int4Linear (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
@@ -86,7 +87,7 @@ class NativeDecoder:
         if len(rounding) > 1:
             raise NotSupported(f"int4 layers mix activation rounding modes {sorted(map(str, rounding))}")
         # RoPE tables exactly as the Python path builds them: angles in float64, then float32
-        ang = torch.arange(max_len, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)
+        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)
         self.cfg, self.max_len = cfg, max_len
         self.threads = torch.get_num_threads() if threads is None else int(threads)
         self._m = _C.DecodeModel(
@@ -113,6 +114,15 @@ class NativeDecoder:
     def reset(self, length: int = 0) -> None:
         """Forget the cache from position `length` on (0: start a new sequence)."""
         self._m.truncate(length)
+
+    def forward_paged(self, tokens: list[int], positions: list[int], seqs: list[int], block_table: torch.Tensor,
+                      k_pools: torch.Tensor, v_pools: torch.Tensor, all_logits: bool = True) -> torch.Tensor:
+        """One batched step over a paged cache (PagedKVCache's pools and a prepare()d block table):
+        row m is token tokens[m] of sequence seqs[m] (a block-table row) at positions[m]; its key and
+        value are written to the pools. Logits (len(tokens), vocab), or the last row's (vocab,)."""
+        out = torch.empty(len(tokens) if all_logits else 1, self.cfg.vocab_size)
+        self._m.forward_paged(tokens, positions, seqs, block_table, k_pools, v_pools, out, all_logits)
+        return out if all_logits else out[0]
 
     def forward(self, tokens, all_logits: bool = False) -> torch.Tensor:
         """Append tokens (a list of ids or a 1-D integer tensor) and return float32 logits: the

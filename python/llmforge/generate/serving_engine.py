@@ -17,6 +17,11 @@ them (the prompt's keys/values written to its pages, attention over the prompt i
 then one decode step for every running request (keys/values appended to the pages,
 decode attention straight from the pages). Finished requests free their blocks at once.
 Per-request seeded generators make sampling reproducible whatever else is in the batch.
+
+A CPU float32 model the native decode step can run (generate/native.py: nn.Linear / Int4Linear
+projections, no MoE) does both on it, over the same paged pools: one C++ call per step for the
+whole batch, every weight row read once for all running requests. native=False keeps the Python
+path (torch ops + the paged-KV ops).
 """
 from __future__ import annotations
 
@@ -56,8 +61,18 @@ class Result:
 
 class Engine:
     def __init__(self, model, num_blocks: int = 1024, block_size: int = 16, max_batch: int = 16,
-                 dtype: torch.dtype = torch.float32, tokenizer=None):
+                 dtype: torch.dtype = torch.float32, tokenizer=None, native: bool | None = None):
         self.model = model.eval()
+        self.native = None      # the native decode step over the paged pools (generate/native.py)
+        if native is not False and dtype == torch.float32:
+            from .native import NativeDecoder, NotSupported
+            try:
+                self.native = NativeDecoder(model, max_len=1)
+            except NotSupported:
+                if native:
+                    raise
+        elif native:
+            raise ValueError("native=True needs dtype=float32")
         self.tokenizer = tokenizer
         c = model.cfg
         self.cfg = c
@@ -101,12 +116,23 @@ class Engine:
         cos, sin = rope_cos_sin(c, pos, x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def _native_step(self, step, tokens: list[int], rows_per_seq: int, all_logits: bool) -> torch.Tensor:
+        B = len(step.seq_ids)
+        positions = [int(p) + i for p in step.seq_lens.tolist() for i in range(rows_per_seq)]
+        seqs = [s for s in range(B) for _ in range(rows_per_seq)]
+        return self.native.forward_paged(tokens, positions, seqs, step.block_table, self.cache.k_pools,
+                                         self.cache.v_pools, all_logits)
+
     @torch.no_grad()
     def _prefill(self, req: Request) -> torch.Tensor:
         m, c = self.model, self.cfg
         self.cache.add_sequence(req.rid)
         T = len(req.prompt)
         step = self.cache.prepare([req.rid], T)
+        if self.native is not None:
+            logits = self._native_step(step, list(req.prompt), T, all_logits=False)
+            self.cache.commit(step)
+            return logits
         x = m.model.embed_tokens(torch.tensor([req.prompt]))
         pos = torch.arange(T)[None]
         for i, layer in enumerate(m.model.layers):
@@ -124,6 +150,10 @@ class Engine:
         m = self.model
         ids = [r.rid for r in reqs]
         step = self.cache.prepare(ids, 1)
+        if self.native is not None:
+            logits = self._native_step(step, [r.out[-1] for r in reqs], 1, all_logits=True)
+            self.cache.commit(step)
+            return logits
         x = m.model.embed_tokens(torch.tensor([[r.out[-1]] for r in reqs]))
         pos = step.seq_lens.long()[:, None]
         for i, layer in enumerate(m.model.layers):
