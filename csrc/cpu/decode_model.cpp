@@ -14,7 +14,7 @@
 namespace lf::cpu::LF_ISA {
 namespace {
 
-constexpr int kRows = 4;  // token rows sharing one unpacked weight block (prefill)
+constexpr int kRows = 8;  // token rows sharing one load of a weight row (prefill, batched decode)
 
 // Activations of one linear's input, M rows of K: float, and (when an int4 weight reads them)
 // int8 codes per 32-block with the block scale dx and dx * (sum of the block's codes).
@@ -239,25 +239,27 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
   }
 }
 
-// y[r] = row n of a float32 weight . token row m0 + r.
+// y[r] = row n of a float32 weight . token row m0 + r (A accumulators per row hide the FMA latency).
 template <int R>
 void f32_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
+  constexpr int A = R <= 4 ? 2 : 1;
   const int64_t K = L.K;
   const float* w = L.w + n * K;
-  V acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vzero();
+  V acc[R][A];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < A; ++i) acc[r][i] = vzero();
   int64_t k = 0;
-  for (; k + 2 * N <= K; k += 2 * N) {
-    const V w0 = vload(w + k), w1 = vload(w + k + N);
-    for (int r = 0; r < R; ++r) {
-      const float* x = a.f + (m0 + r) * a.ldq + k;
-      acc[r][0] = vfma(w0, vload(x), acc[r][0]);
-      acc[r][1] = vfma(w1, vload(x + N), acc[r][1]);
+  for (; k + A * N <= K; k += A * N) {
+    for (int i = 0; i < A; ++i) {
+      const V wv = vload(w + k + i * N);
+      for (int r = 0; r < R; ++r) acc[r][i] = vfma(wv, vload(a.f + (m0 + r) * a.ldq + k + i * N), acc[r][i]);
     }
   }
   for (int r = 0; r < R; ++r) {
     const float* x = a.f + (m0 + r) * a.ldq;
-    float s = vsum(vadd(acc[r][0], acc[r][1]));
+    V t = acc[r][0];
+    for (int i = 1; i < A; ++i) t = vadd(t, acc[r][i]);
+    float s = vsum(t);
     for (int64_t j = k; j < K; ++j) s += w[j] * x[j];
     out[r] = s;
   }
@@ -280,6 +282,10 @@ void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float
         LF_INT4_CASE(2)
         LF_INT4_CASE(3)
         LF_INT4_CASE(4)
+        LF_INT4_CASE(5)
+        LF_INT4_CASE(6)
+        LF_INT4_CASE(7)
+        LF_INT4_CASE(8)
 #undef LF_INT4_CASE
       }
     } else {
@@ -287,7 +293,11 @@ void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float
         case 1: f32_rows<1>(L, n, a, m0, out); break;
         case 2: f32_rows<2>(L, n, a, m0, out); break;
         case 3: f32_rows<3>(L, n, a, m0, out); break;
-        default: f32_rows<4>(L, n, a, m0, out); break;
+        case 4: f32_rows<4>(L, n, a, m0, out); break;
+        case 5: f32_rows<5>(L, n, a, m0, out); break;
+        case 6: f32_rows<6>(L, n, a, m0, out); break;
+        case 7: f32_rows<7>(L, n, a, m0, out); break;
+        default: f32_rows<8>(L, n, a, m0, out); break;
       }
     }
     const float b = L.bias ? L.bias[n] : 0.f;
