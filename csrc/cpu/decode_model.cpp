@@ -82,15 +82,6 @@ inline void prep_row(const float* x, int64_t K, int8_t* q, float* dx, float* xs,
   prep_blocks(x, K / 32, 0, K / 32, q, dx, xs, q8);
 }
 
-#if defined(__AVX2__)
-inline float hsum(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
-
 inline float half_to_float(uint16_t h) {
 #if defined(__F16C__)
   return _cvtsh_ss(h);
@@ -138,7 +129,7 @@ void int4_float_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const A
       acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) acc1[r] = hsum(acc[r]);
+  for (int r = 0; r < R; ++r) acc1[r] = hsum256(acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
     const float* x = a.f + (m0 + r) * a.ldq;
@@ -200,7 +191,7 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s * a.dx[(m0 + r) * a.ldb + b]), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) acc1[r] = hsum(acc[r]);
+  for (int r = 0; r < R; ++r) acc1[r] = hsum256(acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
     const int8_t* xq = a.q + (m0 + r) * a.ldq;
@@ -227,7 +218,7 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
       if (gs == 0) {
         __m256 c = _mm256_setzero_ps();
         for (; b + 8 <= nb; b += 8) c = _mm256_fmadd_ps(sload8(sc + b), _mm256_loadu_ps(xs + b), c);
-        corr = hsum(c);
+        corr = hsum256(c);
       }
 #endif
       for (; b < nb; ++b) corr += sload(sc, b >> gs) * xs[b];

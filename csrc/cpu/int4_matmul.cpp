@@ -30,12 +30,6 @@ inline void unpack32(const uint8_t* p, float* out) {
 }
 
 #if defined(__AVX2__)
-inline float hsum8(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // AVX2 (also used by the AVX-512 build): nibbles -> 4 x 8 floats in registers, FMA against x.
 // y = sum_g s_g * dot_g - sum_g s_g z_g xsum_g; the first sum stays a vector across groups,
@@ -78,7 +72,7 @@ void gemv_rows(const Int4GemvArgs& a, int64_t m0, int64_t n) {
   for (int r = 0; r < R; ++r) {
     float corr = 0.f;
     for (int64_t g = 0; g < ng; ++g) corr += sc[g] * zs[g] * a.xsum[(m0 + r) * ng + g];
-    a.y[(m0 + r) * a.N + n] = hsum8(total[r]) - corr;
+    a.y[(m0 + r) * a.N + n] = hsum256(total[r]) - corr;
   }
 }
 #else

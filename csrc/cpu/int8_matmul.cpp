@@ -10,14 +10,6 @@ namespace {
 
 constexpr int kMaxRows = 8;
 
-#if defined(__AVX2__)
-inline float hsum256(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
 
 // 8 weights at a time widened to float (both AVX2 and AVX-512 builds use 8-lane registers here).
 template <int R>

@@ -9,6 +9,7 @@
 //   vload/vstore float32 and bfloat16 memory <-> V (bf16 stores round to nearest even)
 //   vstream      non-temporal store (falls back to vstore when unaligned)
 //   vadd vsub vmul vfma(a, b, c) = a*b + c, vmax, vset1, vzero, vsum (horizontal add), vhmax
+//   hsum256      horizontal add of a __m256 (SIMD builds)
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -48,6 +49,16 @@ inline double to_f32(double x) { return x; }
 template <class T> inline T from_f32(float x);
 template <> inline float from_f32<float>(float x) { return x; }
 template <> inline bf16 from_f32<bf16>(float x) { return f32_to_bf16(x); }
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// Sum of an 8-lane register (kernels that work in 256-bit registers in both SIMD builds).
+inline float hsum256(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
 
 #if defined(__AVX512F__)
 using V = __m512;
