@@ -17,6 +17,7 @@
 #include "qmatmul.h"
 #include "rmsnorm.h"
 #include "attention.h"
+#include "cross_entropy.h"
 #include "bpe.h"
 #include "pretokenize.h"
 #include "rmsnorm_gemm.h"
@@ -675,4 +676,26 @@ PYBIND11_MODULE(_C, m) {
       .def("truncate", [](PyDecodeModel& self, int64_t n) { self.impl->truncate(n); }, py::arg("n"))
       .def_property_readonly("length", [](const PyDecodeModel& self) { return self.impl->length(); })
       .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); });
+
+  // ---- cross_entropy -----------------------------------------------------------
+  m.def("cross_entropy_fwd",
+        [](py::handle logits, py::handle targets, py::handle loss, py::handle lse, int64_t ignore_index,
+           int threads) {
+          auto X = to_view(logits, "logits"), T = to_view(targets, "targets");
+          auto L = to_view(loss, "loss"), S = to_view(lse, "lse");
+          py::gil_scoped_release nogil;
+          lf::cross_entropy_fwd(X.view, T.view, L.view, S.view, ignore_index, threads);
+        },
+        py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("lse"), py::arg("ignore_index"),
+        py::arg("threads"));
+  m.def("cross_entropy_bwd",
+        [](py::handle logits, py::handle targets, py::handle lse, py::handle grad_loss, py::handle grad,
+           int64_t ignore_index, int threads) {
+          auto X = to_view(logits, "logits"), T = to_view(targets, "targets");
+          auto S = to_view(lse, "lse"), DL = to_view(grad_loss, "grad_loss"), G = to_view(grad, "grad");
+          py::gil_scoped_release nogil;
+          lf::cross_entropy_bwd(X.view, T.view, S.view, DL.view, G.view, ignore_index, threads);
+        },
+        py::arg("logits"), py::arg("targets"), py::arg("lse"), py::arg("grad_loss"), py::arg("grad"),
+        py::arg("ignore_index"), py::arg("threads"));
 }

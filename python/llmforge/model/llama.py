@@ -334,11 +334,19 @@ class Transformer(nn.Module):
         return self(tokens, position_ids, labels=tokens if labels is None else labels)
 
     def _loss(self, tokens, labels, position_ids):
-        logits = self.logits(self.hidden_states(tokens, position_ids))[:, :-1]
+        h = self.hidden_states(tokens, position_ids)
         tgt = labels[:, 1:]
         if position_ids is not None:  # never predict across a document boundary
             tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
-        tgt = tgt.reshape(-1)
-        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt, ignore_index=-100, reduction="sum")
+        if use_kernels(h):
+            # the fused CPU kernel on every position's logits, the last one's target ignored:
+            # no sliced copy of the logits, no float log-probabilities, no zero-filled gradient
+            logits = self.logits(h)
+            tgt_all = F.pad(tgt.long(), (0, 1), value=-100).reshape(-1)              # (B * T,)
+            total = ops.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_all).sum()
+        else:
+            logits = self.logits(h)[:, :-1]
+            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100,
+                                    reduction="sum")
         # a batch without any target gives 0 (not NaN), so distributed ranks stay in step
         return total / (tgt != -100).sum().clamp(min=1) + self.aux_loss()

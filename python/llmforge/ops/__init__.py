@@ -35,3 +35,6 @@ from .attention import attention_varlen, attention_varlen_reference, attention_v
 
 __all__ += ["attention", "attention_reference", "attention_with_lse"]
 __all__ += ["attention_varlen", "attention_varlen_reference", "attention_varlen_with_lse"]
+from .cross_entropy import cross_entropy, cross_entropy_reference
+
+__all__ += ["cross_entropy", "cross_entropy_reference"]

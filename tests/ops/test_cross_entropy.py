@@ -1,0 +1,104 @@
+"""Cross-entropy kernel (CPU per ISA) against float64 torch: per-row loss, gradient at the
+logits for any incoming gradient, ignored rows, extreme logits, gradcheck, opcheck, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmforge.ops import cross_entropy, cross_entropy_reference
+
+# (dtype, loss atol/rtol, grad atol/rtol)
+TOLS = [(torch.float32, 2e-5, 2e-6, 1e-7, 1e-5), (torch.bfloat16, 1e-4, 1e-5, 1e-6, 2**-7),
+        (torch.float64, 1e-12, 1e-12, 1e-14, 1e-12)]
+SHAPES = [(1, 1), (1, 7), (5, 33), (17, 1000), (64, 4096), (3, 9001)]
+
+
+def _inputs(n, v, dtype, scale=3.0, ignore_frac=0.25):
+    logits = (torch.randn(n, v, dtype=torch.float64) * scale).to(dtype)
+    targets = torch.randint(0, v, (n,))
+    targets[torch.rand(n) < ignore_frac] = -100
+    return logits, targets
+
+
+def _reference(logits, targets, grad_loss, ignore_index=-100):
+    x = logits.detach().double().clone().requires_grad_(True)
+    loss = cross_entropy_reference(x, targets, ignore_index)
+    loss.backward(grad_loss.double())
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype,latol,lrtol,gatol,grtol", TOLS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward(cpu_isa, shape, dtype, latol, lrtol, gatol, grtol):
+    logits, targets = _inputs(*shape, dtype)
+    grad_loss = torch.randn(shape[0], dtype=torch.float64)
+    ref_loss, ref_grad = _reference(logits, targets, grad_loss)
+    x = logits.clone().requires_grad_(True)
+    loss = cross_entropy(x, targets)
+    assert loss.shape == (shape[0],)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(loss.double(), ref_loss, atol=latol, rtol=lrtol)
+    assert bool((loss[targets == -100] == 0).all())
+    loss.backward(grad_loss.to(loss.dtype))
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad.double(), ref_grad, atol=gatol, rtol=grtol)
+    assert bool((x.grad[targets == -100] == 0).all())
+
+
+def test_sum_matches_torch_mean_and_other_ignore_index(cpu_isa):
+    logits, targets = _inputs(300, 517, torch.float32, ignore_frac=0.0)
+    targets[::7] = 3  # an ignore_index that is also a valid class elsewhere is still ignored
+    x, x_ref = logits.clone().requires_grad_(True), logits.double().clone().requires_grad_(True)
+    (cross_entropy(x, targets, ignore_index=3).sum() / (targets != 3).sum()).backward()
+    torch.nn.functional.cross_entropy(x_ref, targets, ignore_index=3).backward()
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=1e-8, rtol=1e-5)
+
+
+def test_extreme_logits(cpu_isa):
+    # huge spreads (softmax underflows to exactly 0 for most classes), a dominant class, -inf logits
+    logits = torch.randn(6, 300, dtype=torch.float64) * 200
+    logits[1] = 0.0
+    logits[2, 5] = 1e4
+    logits[3, :150] = float("-inf")
+    targets = torch.tensor([0, 299, 5, 200, 7, 150])
+    grad_loss = torch.ones(6, dtype=torch.float64)
+    ref_loss, ref_grad = _reference(logits, targets, grad_loss)
+    x = logits.float().requires_grad_(True)
+    loss = cross_entropy(x, targets)
+    torch.testing.assert_close(loss.double(), ref_loss, atol=1e-3, rtol=1e-5)
+    loss.sum().backward()
+    torch.testing.assert_close(x.grad.double(), ref_grad, atol=1e-6, rtol=1e-5)
+    nan = torch.randn(2, 40)
+    nan[0, 3] = float("nan")
+    assert torch.isnan(cross_entropy(nan, torch.tensor([1, 2]))[0]) and torch.isfinite(cross_entropy(nan, torch.tensor([1, 2]))[1])
+
+
+def test_gradcheck_float64(cpu_isa):
+    logits, targets = _inputs(7, 13, torch.float64)
+    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, targets), (logits.requires_grad_(True),))
+
+
+def test_opcheck():
+    logits, targets = _inputs(9, 31, torch.float32)
+    torch.library.opcheck(torch.ops.llmforge.cross_entropy_fwd.default, (logits.requires_grad_(True), targets, -100))
+    _, lse = torch.ops.llmforge.cross_entropy_fwd(logits.detach(), targets, -100)
+    torch.library.opcheck(torch.ops.llmforge.cross_entropy_bwd.default,
+                          (torch.randn(9), logits.detach(), targets, lse, -100))
+
+
+def test_bad_input():
+    x = torch.randn(4, 10)
+    with pytest.raises(ValueError, match="outside"):
+        cross_entropy(x, torch.tensor([0, 1, 10, 2]))
+    with pytest.raises(ValueError, match="outside"):
+        cross_entropy(x, torch.tensor([0, 1, -1, 2]))
+    with pytest.raises(TypeError, match="int64"):
+        cross_entropy(x, torch.tensor([0, 1, 2, 3], dtype=torch.int32))
+    with pytest.raises(ValueError, match="targets has shape"):
+        cross_entropy(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="contiguous"):
+        cross_entropy(torch.randn(10, 4).t(), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="rows, vocab"):
+        cross_entropy(torch.randn(4), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="rows, vocab"):
+        cross_entropy(torch.randn(4, 0), torch.tensor([0, 1, 2, 3]))
