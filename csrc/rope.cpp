@@ -22,7 +22,13 @@ void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& si
   else
     check_dtype(op, "x", x, {DType::f32, DType::bf16, DType::f64});
   check_ndim(op, "x", x, 4);
-  check_contiguous(op, "x", x);
+  // CPU: any strides for (batch, seq, heads), head_dim dense; CUDA: contiguous
+  auto check_layout = [&](const char* arg, const TensorView& t) {
+    if (on_cuda || t.numel() == 0) return check_contiguous(op, arg, t);
+    LF_CHECK(t.strides[3] == 1 && t.strides[0] >= 0 && t.strides[1] >= 0 && t.strides[2] >= 0, op, ": ", arg,
+             " must have a dense last dimension (stride 1) and non-negative strides");
+  };
+  check_layout("x", x);
   const int64_t B = x.shape[0], S = x.shape[1], H = x.shape[2], D = x.shape[3];
   LF_CHECK(D > 0 && D % 2 == 0, op, ": head_dim (last dimension of x) must be even and positive, got shape ",
            x.shape_str());
@@ -44,7 +50,10 @@ void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& si
   check_same_device(op, "y", y, x, "x");
   check_same_dtype(op, "y", y, x, "x");
   check_shape(op, "y", y, {B, S, H, D});
-  check_contiguous(op, "y", y);
+  check_layout("y", y);
+  bool same_strides = true;
+  for (int i = 0; i < 3; ++i) same_strides = same_strides && x.strides[i] == y.strides[i];
+  LF_CHECK(y.data != x.data || same_strides, op, ": y may alias x only with x's strides");
   check_threads(op, threads);
   bool batched = false;
   if (pos) {
@@ -77,6 +86,7 @@ void rope_apply(const TensorView& x, const TensorView& cos, const TensorView& si
   }
   cpu::RopeArgs a{x.dtype, x.data, y.data, cos.data, sin.data, pos ? pos->ptr<int64_t>() : nullptr, batched,
                   B, S, H, D, neox, inverse, threads};
+  for (int i = 0; i < 3; ++i) a.xs[i] = x.strides[i], a.ys[i] = y.strides[i];
   LF_CPU_DISPATCH(rope_apply, a);
 }
 

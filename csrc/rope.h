@@ -6,7 +6,8 @@
 
 namespace lf {
 
-// x, y: (batch, seq, heads, head_dim), head_dim even; cos, sin: (positions, head_dim / 2),
+// x, y: (batch, seq, heads, head_dim), head_dim even; contiguous on CUDA, any strides with a
+// dense head_dim on CPU (y must not overlap x unless it is x); cos, sin: (positions, head_dim / 2),
 // float32 for float32/bfloat16 x, float64 for float64 x; pos: optional int64 (seq,) or
 // (batch, seq) with every entry in [0, positions). style: "neox" or "norm".
 // inverse rotates by the negative angle (the backward).

@@ -76,16 +76,16 @@ void apply_f32(const RopeArgs& a) {
       const int64_t p = token_pos(a, b, s);
       const float* c = ct + p * half;
       const float* sn = st + p * half;
-      const T* xt = x + t * H * D;
-      T* yt = y + t * H * D;
+      const T* xt = x + b * a.xs[0] + s * a.xs[1];
+      T* yt = y + b * a.ys[0] + s * a.ys[1];
       if (a.neox) {
-        for (int64_t h = 0; h < H; ++h) neox_head<T>(xt + h * D, yt + h * D, c, sn, half, sign);
+        for (int64_t h = 0; h < H; ++h) neox_head<T>(xt + h * a.xs[2], yt + h * a.ys[2], c, sn, half, sign);
       } else {
         for (int64_t i = 0; i < half; ++i) {
           cd[2 * i] = cd[2 * i + 1] = c[i];
           sd[2 * i] = sd[2 * i + 1] = sign * sn[i];
         }
-        for (int64_t h = 0; h < H; ++h) norm_head<T>(xt + h * D, yt + h * D, cd, sd, D);
+        for (int64_t h = 0; h < H; ++h) norm_head<T>(xt + h * a.xs[2], yt + h * a.ys[2], cd, sd, D);
       }
     }
   }
@@ -101,12 +101,13 @@ void apply_f64(const RopeArgs& a) {
   const double* st = static_cast<const double*>(a.sin);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t t = 0; t < a.batch * a.seq; ++t) {
-    const int64_t p = token_pos(a, t / a.seq, t % a.seq);
+    const int64_t b = t / a.seq, s = t % a.seq;
+    const int64_t p = token_pos(a, b, s);
     const double* c = ct + p * half;
     const double* sn = st + p * half;
     for (int64_t h = 0; h < H; ++h) {
-      const double* xh = x + (t * H + h) * D;
-      double* yh = y + (t * H + h) * D;
+      const double* xh = x + b * a.xs[0] + s * a.xs[1] + h * a.xs[2];
+      double* yh = y + b * a.ys[0] + s * a.ys[1] + h * a.ys[2];
       for (int64_t i = 0; i < half; ++i) {
         const int64_t i1 = a.neox ? i : 2 * i, i2 = a.neox ? i + half : 2 * i + 1;
         const double x1 = xh[i1], x2 = xh[i2], cv = c[i], sv = sign * sn[i];

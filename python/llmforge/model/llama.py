@@ -35,6 +35,21 @@ def use_cuda_attention(q: torch.Tensor) -> bool:
             and cuda_available())
 
 
+def _plain_linears(*mods: nn.Module) -> bool:
+    """True when the modules are bare nn.Linear without hooks (no adapter, quantised or wrapped
+    layer, no calibration hook), so their weights can be fused into one GEMM."""
+    from torch.nn.modules import module as _m
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return False
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in mods)
+
+
+def _fused_cpu(x: torch.Tensor, *mods: nn.Linear) -> bool:
+    """Use the fused CPU projections (ops.qkv_rope)?"""
+    return (use_kernels(x) and not torch.is_autocast_enabled("cpu") and _plain_linears(*mods)
+            and all(m.weight.dtype == x.dtype for m in mods))
+
+
 # ---- RoPE ----------------------------------------------------------------------------------
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,) in float64, with HF-style rope_scaling applied."""
@@ -129,9 +144,15 @@ class Attention(nn.Module):
         h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
         if cache is not None:
             return self._forward_cached(x, *rope, cache, layer)
-        q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
-        k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
-        v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if rope.kernel and _fused_cpu(x, *projs):  # one GEMM, RoPE writing heads-first: no copies
+            w = torch.cat([p.weight for p in projs])
+            b = torch.cat([p.bias for p in projs]) if self.cfg.attention_bias else None
+            q, k, v = ops.qkv_rope(x.contiguous(), w, b, rope.cos, rope.sin, rope.positions, h, kv)
+        else:
+            q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
+            k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
+            v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
         if isinstance(mask, PackedDocs) and not use_cuda_attention(q):
             mask = document_mask(mask.position_ids)
         if isinstance(mask, PackedDocs):  # CUDA: packed documents as one varlen launch, no mask
@@ -209,8 +230,13 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim)
 
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        a = self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        norm = self.post_attention_layernorm
+        if use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and not (norm._forward_hooks or norm._forward_pre_hooks):
+            y, h = ops.rmsnorm_residual(a.contiguous(), x.contiguous(), norm.weight, norm.eps)  # h = x + a, y = norm(h)
+            return h + self.mlp(y)
+        x = x + a
+        return x + self.mlp(norm(x))
 
 
 class Decoder(nn.Module):

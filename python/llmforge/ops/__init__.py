@@ -38,3 +38,6 @@ __all__ += ["attention_varlen", "attention_varlen_reference", "attention_varlen_
 from .cross_entropy import cross_entropy, cross_entropy_reference
 
 __all__ += ["cross_entropy", "cross_entropy_reference"]
+from .qkv_rope import qkv_rope, qkv_rope_reference
+
+__all__ += ["qkv_rope", "qkv_rope_reference"]

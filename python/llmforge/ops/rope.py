@@ -187,6 +187,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None = N
     return rope_op(x, cos, sin, positions, style, False)
 
 
+def rope_strided_(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, out: Tensor,
+                  style: str = "neox", inverse: bool = False) -> Tensor:
+    """Writes the rotation of x into out and returns out; no autograd (see ops.qkv_rope).
+
+    CPU only. x and out are (batch, seq, heads, head_dim) views with a dense head_dim and any
+    other strides, e.g. x a head slice of a fused projection's output and out the transpose of
+    a (batch, heads, seq, head_dim) buffer, so the rotation also moves heads next to batch.
+    out must not overlap x. Tables as apply_rope's (already in x's table dtype, contiguous).
+    """
+    require(x.device.type == "cpu", "rope_strided_: runs on CPU tensors")
+    require(style in STYLES, f"rope: style must be one of {STYLES}, got {style!r}")
+    C.rope_apply(arg(x), arg(cos), arg(sin), arg(positions), arg(out), style, bool(inverse), threads(), 0)
+    return out
+
+
 def apply_rope_reference(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None = None,
                          style: str = "neox") -> Tensor:
     """Pure-torch RoPE in float64, cast back to x's dtype."""
