@@ -283,6 +283,7 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
   float* dS = P + Br * Bc;
   float* lse2 = dS + Br * Bc;
   float* Dr = lse2 + Br;
+  int64_t ncol[Br];  // keys computed per row (fewer on a causal diagonal block)
 
   const int64_t j0 = blk * Bc, jn = imin(Bc, s.Sk - j0);
   const T* kb = k + (bkv * s.Sk + j0) * D;
@@ -306,23 +307,54 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
         lse2[r] = L == -INFINITY ? INFINITY : L * kLog2e;  // an empty row gets p = 0
         Dr[r] = a.delta[row];
       }
-      gemm(M, Bc, Dp, Qs, Dp, 1, Kt, kNR, Dp * kNR, P, Bc, false);
+      // Causal diagonal block: row r sees block keys jj <= r + shift only. S and dP are computed
+      // for the first ncol[r] keys of its kMR-row group (the rest is masked to P = 0, dS = 0),
+      // and the dV, dK, dQ products skip the all-zero corners, as the forward does.
+      const int64_t shift = i0 + c.off - j0;
+      const bool diag = s.causal && j0 + Bc - 1 > i0 + c.off;
+      if (diag) {
+        for (int64_t i = 0; i < M; i += kMR) {
+          const int64_t mr = imin(kMR, M - i), nc = imin(Bc, round_up(i + mr + shift, kNR));
+          gemm(mr, nc, Dp, Qs + i * Dp, Dp, 1, Kt, kNR, Dp * kNR, P + i * Bc, Bc, false);
+          gemm(mr, nc, Dp, dOp + i * Dp, Dp, 1, Vt, kNR, Dp * kNR, dS + i * Bc, Bc, false);
+          for (int64_t r = i; r < i + mr; ++r) ncol[r] = nc;
+        }
+      } else {
+        gemm(M, Bc, Dp, Qs, Dp, 1, Kt, kNR, Dp * kNR, P, Bc, false);
+        gemm(M, Bc, Dp, dOp, Dp, 1, Vt, kNR, Dp * kNR, dS, Bc, false);
+        for (int64_t r = 0; r < M; ++r) ncol[r] = Bc;
+      }
       if (block_needs_mask(i0, M, j0, s)) apply_mask(P, M, M, i0, j0, s);
       for (int64_t r = 0; r < M; ++r) {
         float* pr = P + r * Bc;
         const V vl = vset1(lse2[r]);
         for (int64_t j = 0; j < Bc; j += N) vstore(pr + j, vexp2(vsub(vload(pr + j), vl)));
       }
-      gemm(M, Bc, Dp, dOp, Dp, 1, Vt, kNR, Dp * kNR, dS, Bc, false);
       for (int64_t r = 0; r < M; ++r) {
         float* pr = P + r * Bc;
         float* dr = dS + r * Bc;
         const V vd = vset1(Dr[r]);
-        for (int64_t j = 0; j < Bc; j += N) vstore(dr + j, vmul(vload(pr + j), vsub(vload(dr + j), vd)));
+        int64_t j = 0;
+        for (; j < ncol[r]; j += N) vstore(dr + j, vmul(vload(pr + j), vsub(vload(dr + j), vd)));
+        for (; j < Bc; ++j) dr[j] = 0.f;
       }
-      gemm(Bc, Dp, M, P, 1, Bc, dOp, Dp, kNR, dVa, Dp, true);   // dV += P^T dO
-      gemm(Bc, Dp, M, dS, 1, Bc, Qs, Dp, kNR, dKa, Dp, true);   // dK += dS^T Qs
-      gemm(M, Dp, Bc, dS, Bc, 1, Kb, kNR, Bc * kNR, dqa + (g * s.Sq + i0) * Dp, Dp, true);  // dQ += dS K
+      float* dq_tile = dqa + (g * s.Sq + i0) * Dp;
+      if (diag) {
+        for (int64_t jc = 0; jc < Bc; jc += kMR) {  // key rows jc.. are seen by query rows >= r0
+          const int64_t mr = imin(kMR, Bc - jc), r0 = imax(0, jc - shift);
+          if (r0 >= M) break;
+          gemm(mr, Dp, M - r0, P + r0 * Bc + jc, 1, Bc, dOp + r0 * Dp, Dp, kNR, dVa + jc * Dp, Dp, true);
+          gemm(mr, Dp, M - r0, dS + r0 * Bc + jc, 1, Bc, Qs + r0 * Dp, Dp, kNR, dKa + jc * Dp, Dp, true);
+        }
+        for (int64_t i = 0; i < M; i += kMR) {  // query rows i.. see the first kc keys
+          const int64_t mr = imin(kMR, M - i), kc = imin(Bc, i + mr + shift);
+          gemm(mr, Dp, kc, dS + i * Bc, Bc, 1, Kb, kNR, Bc * kNR, dq_tile + i * Dp, Dp, true);
+        }
+      } else {
+        gemm(Bc, Dp, M, P, 1, Bc, dOp, Dp, kNR, dVa, Dp, true);   // dV += P^T dO
+        gemm(Bc, Dp, M, dS, 1, Bc, Qs, Dp, kNR, dKa, Dp, true);   // dK += dS^T Qs
+        gemm(M, Dp, Bc, dS, Bc, 1, Kb, kNR, Bc * kNR, dq_tile, Dp, true);  // dQ += dS K
+      }
     }
   }
   T* dk = static_cast<T*>(a.dk) + (bkv * s.Sk + j0) * D;
