@@ -679,15 +679,16 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- cross_entropy -----------------------------------------------------------
   m.def("cross_entropy_fwd",
-        [](py::handle logits, py::handle targets, py::handle loss, py::handle lse, int64_t ignore_index,
-           int threads) {
+        [](py::handle logits, py::handle targets, py::handle loss, py::handle lse, py::handle grad,
+           int64_t ignore_index, int threads) {
           auto X = to_view(logits, "logits"), T = to_view(targets, "targets");
           auto L = to_view(loss, "loss"), S = to_view(lse, "lse");
+          auto G = to_view_opt(grad, "grad");
           py::gil_scoped_release nogil;
-          lf::cross_entropy_fwd(X.view, T.view, L.view, S.view, ignore_index, threads);
+          lf::cross_entropy_fwd(X.view, T.view, L.view, S.view, ptr(G), ignore_index, threads);
         },
-        py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("lse"), py::arg("ignore_index"),
-        py::arg("threads"));
+        py::arg("logits"), py::arg("targets"), py::arg("loss"), py::arg("lse"), py::arg("grad"),
+        py::arg("ignore_index"), py::arg("threads"));
   m.def("cross_entropy_bwd",
         [](py::handle logits, py::handle targets, py::handle lse, py::handle grad_loss, py::handle grad,
            int64_t ignore_index, int threads) {

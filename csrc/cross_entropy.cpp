@@ -51,15 +51,25 @@ void check_row_stat(const char* op, const char* arg, const TensorView& t, const 
            logits.shape_str());
 }
 
+void check_grad(const char* op, const TensorView& grad, const TensorView& logits) {
+  check_cpu(op, "grad", grad);
+  check_same_dtype(op, "grad", grad, logits, "logits");
+  check_contiguous(op, "grad", grad);
+  LF_CHECK(grad.ndim == 2 && grad.shape[0] == logits.shape[0] && grad.shape[1] == logits.shape[1], op,
+           ": grad has shape ", grad.shape_str(), " but logits has ", logits.shape_str());
+}
+
 }  // namespace
 
 void cross_entropy_fwd(const TensorView& logits, const TensorView& targets, const TensorView& loss,
-                       const TensorView& lse, int64_t ignore_index, int threads) {
+                       const TensorView& lse, const TensorView* grad, int64_t ignore_index, int threads) {
   cpu::CrossEntropyArgs a = check_common(kFwd, logits, targets, ignore_index, threads);
   check_row_stat(kFwd, "loss", loss, logits);
   check_row_stat(kFwd, "lse", lse, logits);
+  if (grad) check_grad(kFwd, *grad, logits);
   a.loss = loss.data;
   a.lse = lse.data;
+  a.grad = grad ? grad->data : nullptr;
   if (a.rows) LF_CPU_DISPATCH(cross_entropy_fwd, a);
 }
 
@@ -68,11 +78,7 @@ void cross_entropy_bwd(const TensorView& logits, const TensorView& targets, cons
   cpu::CrossEntropyArgs a = check_common(kBwd, logits, targets, ignore_index, threads);
   check_row_stat(kBwd, "lse", lse, logits);
   check_row_stat(kBwd, "grad_loss", dloss, logits);
-  check_cpu(kBwd, "grad", grad);
-  check_same_dtype(kBwd, "grad", grad, logits, "logits");
-  check_contiguous(kBwd, "grad", grad);
-  LF_CHECK(grad.ndim == 2 && grad.shape[0] == logits.shape[0] && grad.shape[1] == logits.shape[1], kBwd,
-           ": grad has shape ", grad.shape_str(), " but logits has ", logits.shape_str());
+  check_grad(kBwd, grad, logits);
   a.lse = lse.data;
   a.grad = grad.data;
   a.dloss = dloss.data;

@@ -1,6 +1,7 @@
 // cross_entropy.cpp — CPU cross-entropy forward/backward (see cross_entropy.h). Compiled
 // once per ISA (LF_ISA). One row (a token's logits, a few KiB) stays in L1 across its
-// passes: max, sum of exp, then (backward) the scaled softmax minus the one-hot target.
+// passes: max, sum of exp, then (backward, or the forward when asked for the gradient) the
+// scaled softmax minus the one-hot target.
 #include "cpu/cross_entropy.h"
 
 #include <omp.h>
@@ -58,6 +59,9 @@ double row_lse_f64(const double* x, int64_t n) {
   return mx + std::log(sum);
 }
 
+template <class T, class A>
+void grad_row(const T* row, int64_t t, A lse, A scale, T* grow, const CrossEntropyArgs& a);
+
 template <class T>
 void fwd_impl(const CrossEntropyArgs& a) {
   using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -73,7 +77,24 @@ void fwd_impl(const CrossEntropyArgs& a) {
     lse[r] = l;
     const int64_t t = a.targets[r];
     loss[r] = t == a.ignore_index ? A(0) : l - static_cast<A>(to_f32(row[t]));
+    if (a.grad) grad_row<T, A>(row, t, l, A(1), static_cast<T*>(a.grad) + r * a.vocab, a);
   }
+}
+
+// grow = scale * (softmax(row) - one_hot(t)); zeros for an ignored row. grow may alias row.
+template <class T, class A>
+void grad_row(const T* row, int64_t t, A lse, A scale, T* grow, const CrossEntropyArgs& a) {
+  if (t == a.ignore_index) {
+    for (int64_t j = 0; j < a.vocab; ++j) grow[j] = store_as<T>(A(0));
+    return;
+  }
+  const A xt = static_cast<A>(to_f32(row[t]));  // read before an aliased grad overwrites it
+  if constexpr (std::is_same_v<T, double>) {
+    for (int64_t j = 0; j < a.vocab; ++j) grow[j] = std::exp(row[j] - lse) * scale;
+  } else {
+    row_grad<T>(row, lse, scale, grow, a.vocab);
+  }
+  grow[t] = store_as<T>((std::exp(xt - lse) - A(1)) * scale);
 }
 
 template <class T>
@@ -84,23 +105,8 @@ void bwd_impl(const CrossEntropyArgs& a) {
   const A* lse = static_cast<const A*>(a.lse);
   const A* dloss = static_cast<const A*>(a.dloss);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t r = 0; r < a.rows; ++r) {
-    const T* row = x + r * a.vocab;
-    T* grow = g + r * a.vocab;
-    const int64_t t = a.targets[r];
-    if (t == a.ignore_index) {
-      for (int64_t j = 0; j < a.vocab; ++j) grow[j] = store_as<T>(A(0));
-      continue;
-    }
-    const A xt = static_cast<A>(to_f32(row[t]));  // read before an aliased grad overwrites it
-    const A scale = dloss[r];
-    if constexpr (std::is_same_v<T, double>) {
-      for (int64_t j = 0; j < a.vocab; ++j) grow[j] = std::exp(row[j] - lse[r]) * scale;
-    } else {
-      row_grad<T>(row, lse[r], scale, grow, a.vocab);
-    }
-    grow[t] = store_as<T>((std::exp(xt - lse[r]) - A(1)) * scale);
-  }
+  for (int64_t r = 0; r < a.rows; ++r)
+    grad_row<T, A>(x + r * a.vocab, a.targets[r], lse[r], dloss ? dloss[r] : A(1), g + r * a.vocab, a);
 }
 
 }  // namespace

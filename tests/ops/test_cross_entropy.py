@@ -1,11 +1,12 @@
 """Cross-entropy kernel (CPU per ISA) against float64 torch: per-row loss, gradient at the
-logits for any incoming gradient, ignored rows, extreme logits, gradcheck, opcheck, bad input."""
+logits for any incoming gradient, ignored rows, extreme logits, gradcheck, opcheck, bad input;
+and the fused output layer + loss (linear_cross_entropy) against F.linear + F.cross_entropy."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llmforge.ops import cross_entropy, cross_entropy_reference
+from llmforge.ops import cross_entropy, cross_entropy_reference, linear_cross_entropy
 
 # (dtype, loss atol/rtol, grad atol/rtol)
 TOLS = [(torch.float32, 2e-5, 2e-6, 1e-7, 1e-5), (torch.bfloat16, 1e-4, 1e-5, 1e-6, 2**-7),
@@ -102,3 +103,44 @@ def test_bad_input():
         cross_entropy(torch.randn(4), torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="rows, vocab"):
         cross_entropy(torch.randn(4, 0), torch.tensor([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 2e-2, 2e-2),
+                                             (torch.float64, 1e-11, 1e-10)])
+@pytest.mark.parametrize("N,D,V", [(1, 1, 2), (37, 19, 301), (130, 64, 1000), (64, 48, 4096)])
+def test_linear_cross_entropy(cpu_isa, N, D, V, dtype, atol, rtol):
+    h = (torch.randn(N, D, dtype=torch.float64)).to(dtype)
+    w = (torch.randn(V, D, dtype=torch.float64) / D ** 0.5).to(dtype)
+    targets = torch.randint(0, V, (N,))
+    targets[torch.rand(N) < 0.2] = -100
+    hs, ws = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    total = linear_cross_entropy(hs, ws, targets)
+    (total * 0.37).backward()                                   # an incoming gradient other than 1
+    h64, w64 = h.double().requires_grad_(True), w.double().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(h64 @ w64.t(), targets, reduction="sum")
+    (ref * 0.37).backward()
+    assert total.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(total.double(), ref.detach(), atol=atol * N, rtol=rtol)
+    torch.testing.assert_close(hs.grad.double(), h64.grad, atol=atol, rtol=rtol)
+    torch.testing.assert_close(ws.grad.double(), w64.grad, atol=atol * 4, rtol=rtol)
+
+
+def test_linear_cross_entropy_backward_twice_and_no_grad():
+    h, w = torch.randn(20, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    t = torch.randint(0, 50, (20,))
+    total = linear_cross_entropy(h, w, t)
+    total.backward(retain_graph=True)
+    g1 = h.grad.clone()
+    total.backward()                                            # the saved gradient is not consumed
+    torch.testing.assert_close(h.grad, 2 * g1)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, t), cross_entropy(h @ w.t(), t).sum())
+    assert torch.autograd.gradcheck(lambda a, b: linear_cross_entropy(a, b, t[:5]),
+                                    (torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
+                                     torch.randn(50, 3, dtype=torch.float64, requires_grad=True)))
+    with pytest.raises(ValueError, match="outside"):
+        linear_cross_entropy(h, w, torch.full((20,), 50))
+    with pytest.raises(TypeError, match="int64"):
+        linear_cross_entropy(h, w, t.int())
+    with pytest.raises(ValueError, match="expected"):
+        linear_cross_entropy(h, w[:, :5], t)

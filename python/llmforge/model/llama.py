@@ -364,12 +364,18 @@ class Transformer(nn.Module):
         tgt = labels[:, 1:]
         if position_ids is not None:  # never predict across a document boundary
             tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
+        head = self.lm_head
+        w = self.model.embed_tokens.weight if head is None else head.weight
         if use_kernels(h):
             # the fused CPU kernel on every position's logits, the last one's target ignored:
             # no sliced copy of the logits, no float log-probabilities, no zero-filled gradient
-            logits = self.logits(h)
             tgt_all = F.pad(tgt.long(), (0, 1), value=-100).reshape(-1)              # (B * T,)
-            total = ops.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_all).sum()
+            if ((head is None or (_plain_linears(head) and head.bias is None)) and w.dtype == h.dtype
+                    and not torch.is_autocast_enabled("cpu")):  # output GEMMs and loss in one Function
+                total = ops.linear_cross_entropy(h.reshape(-1, h.size(-1)), w, tgt_all)
+            else:
+                logits = self.logits(h)
+                total = ops.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_all).sum()
         else:
             logits = self.logits(h)[:, :-1]
             total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1), ignore_index=-100,

@@ -35,9 +35,9 @@ from .attention import attention_varlen, attention_varlen_reference, attention_v
 
 __all__ += ["attention", "attention_reference", "attention_with_lse"]
 __all__ += ["attention_varlen", "attention_varlen_reference", "attention_varlen_with_lse"]
-from .cross_entropy import cross_entropy, cross_entropy_reference
+from .cross_entropy import cross_entropy, cross_entropy_reference, linear_cross_entropy
 
-__all__ += ["cross_entropy", "cross_entropy_reference"]
+__all__ += ["cross_entropy", "cross_entropy_reference", "linear_cross_entropy"]
 from .qkv_rope import qkv_rope, qkv_rope_reference
 
 __all__ += ["qkv_rope", "qkv_rope_reference"]

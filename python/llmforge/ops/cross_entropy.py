@@ -1,13 +1,17 @@
 """Cross-entropy over rows of logits, one fused pass per row forward and backward.
 
-    from llmforge.ops import cross_entropy
+    from llmforge.ops import cross_entropy, linear_cross_entropy
     loss = cross_entropy(logits, targets)                   # logits (N, V), targets (N,) int64 -> (N,)
     total = cross_entropy(logits, targets).sum()            # F.cross_entropy(..., reduction="sum")
+    total = linear_cross_entropy(h, weight, targets)        # the same for logits = h @ weight.T, fused
 
 loss[r] = logsumexp(logits[r]) - logits[r, targets[r]], and 0 where targets[r] == ignore_index
 (default -100, as torch). The gradient at logits is grad_loss[r] * (softmax(logits[r]) -
 one_hot(targets[r])), written straight from the saved logits and log-sum-exp: no float copy
-of the logits, no log-probabilities tensor, no zero-filled scatter.
+of the logits, no log-probabilities tensor, no zero-filled scatter. linear_cross_entropy (the
+training loss of an output layer) goes further: its forward overwrites the logits with
+softmax - one_hot while each row is in L1, and its backward scales the two GEMM results by the
+incoming gradient, so there is no backward pass over the (N, V) logits at all.
 
 Kernel: csrc/cpu/cross_entropy.cpp (CPU: float32, bfloat16, float64 logits; float32 maths and
 loss for bfloat16, float64 for float64). logits must be contiguous; targets int64 in [0, V)
@@ -47,7 +51,7 @@ def cross_entropy_fwd(logits: Tensor, targets: Tensor, ignore_index: int) -> tup
     _check(logits, targets)
     loss = torch.empty(logits.shape[0], dtype=_stat_dtype(logits), device=logits.device)
     lse = torch.empty_like(loss)
-    C.cross_entropy_fwd(arg(logits), targets, loss, lse, int(ignore_index), threads())
+    C.cross_entropy_fwd(arg(logits), targets, loss, lse, None, int(ignore_index), threads())
     return loss, lse
 
 
@@ -99,6 +103,47 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
         wide = logits if logits.dtype == torch.float64 else logits.float()
         return F.cross_entropy(wide, targets, ignore_index=ignore_index, reduction="none")
     return cross_entropy_fwd(logits, targets, int(ignore_index))[0]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_r CE(h[r] @ weight^T, targets[r]): the forward writes softmax - one_hot over the logits
+    in place while each row is in L1 (the gradient for an incoming 1); the backward scales the
+    two GEMM results by the incoming scalar instead of a (rows, vocab) gradient."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index):
+        logits = torch.mm(h, weight.t())                                             # (N, V)
+        loss = torch.empty(h.shape[0], dtype=_stat_dtype(logits), device=h.device)
+        lse = torch.empty_like(loss)
+        grad = logits if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
+        C.cross_entropy_fwd(logits, targets.contiguous(), loss, lse, grad, int(ignore_index), threads())
+        ctx.save_for_backward(h, weight, logits)                                     # logits now hold the gradient
+        return loss.sum()
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        h, weight, g = ctx.saved_tensors
+        s = grad_total.to(g.dtype)
+        dh = torch.mm(g, weight).mul_(s) if ctx.needs_input_grad[0] else None
+        dw = torch.mm(g.t(), h).mul_(s) if ctx.needs_input_grad[1] else None
+        return dh, dw, None, None
+
+
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Summed cross-entropy of the output layer h (N, D) @ weight (V, D)^T against targets (N,):
+    cross_entropy(F.linear(h, weight), targets).sum() with no separate pass over the logits'
+    gradient (see _LinearCrossEntropy). Differentiable in h and weight. CPU kernel dtypes run
+    fused; elsewhere the unfused composition."""
+    require(isinstance(h, Tensor) and isinstance(weight, Tensor), "linear_cross_entropy: h and weight must be tensors")
+    require(h.dim() == 2 and weight.dim() == 2 and h.shape[1] == weight.shape[1],
+            f"linear_cross_entropy: h (N, D) and weight (V, D) expected, got {tuple(h.shape)} and {tuple(weight.shape)}")
+    if h.device.type != "cpu" or h.dtype not in KERNEL_DTYPES or weight.dtype != h.dtype:
+        return cross_entropy(F.linear(h, weight), targets, ignore_index).sum()
+    if targets.dtype != torch.int64:
+        raise TypeError(f"linear_cross_entropy: targets must be int64, got {targets.dtype}")
+    require(targets.shape == h.shape[:1] and targets.device == h.device,
+            f"linear_cross_entropy: targets must be ({h.shape[0]},) on {h.device}, got {tuple(targets.shape)}")
+    return _LinearCrossEntropy.apply(h.contiguous(), weight, targets, int(ignore_index))
 
 
 def cross_entropy_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
