@@ -365,13 +365,14 @@ class Transformer(nn.Module):
         if position_ids is not None:  # never predict across a document boundary
             tgt = tgt.masked_fill(position_ids[:, 1:] == 0, -100)
         head = self.lm_head
-        w = self.model.embed_tokens.weight if head is None else head.weight
+        plain_head = head is None or (_plain_linears(head) and head.bias is None)   # no adapter, hook, bias
+        w = (self.model.embed_tokens.weight if head is None else head.weight) if plain_head else None
         if use_kernels(h):
             # the fused CPU kernel on every position's logits, the last one's target ignored:
             # no sliced copy of the logits, no float log-probabilities, no zero-filled gradient
             tgt_all = F.pad(tgt.long(), (0, 1), value=-100).reshape(-1)              # (B * T,)
-            if ((head is None or (_plain_linears(head) and head.bias is None)) and w.dtype == h.dtype
-                    and not torch.is_autocast_enabled("cpu")):  # output GEMMs and loss in one Function
+            if plain_head and w.dtype == h.dtype and not torch.is_autocast_enabled("cpu"):
+                # output GEMMs and loss in one Function
                 total = ops.linear_cross_entropy(h.reshape(-1, h.size(-1)), w, tgt_all)
             else:
                 logits = self.logits(h)
