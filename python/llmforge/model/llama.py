@@ -6,6 +6,12 @@ Llama layout (model.layers.N.self_attn.q_proj.weight, ...), so state dicts map 1
     logits = model(tokens, position_ids=pos)                 # packed sequences: positions restart per
                                                              # document, attention stays inside it
     loss = model.loss(tokens, labels)                        # mean next-token CE over labels != -100
+
+On CPU (float32/bfloat16/float64, no autocast) training takes fused paths with the same maths:
+q/k/v as one GEMM with RoPE writing heads-first (ops.qkv_rope), the residual add fused into the
+post-attention norm (ops.rmsnorm_residual), and the output layer + loss in one Function
+(ops.linear_cross_entropy). Projections that are not bare nn.Linear (LoRA, quantised, hooked)
+keep the unfused path.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
 
 from .. import cuda_available, ops
 from ..ops import rmsnorm
@@ -38,8 +45,7 @@ def use_cuda_attention(q: torch.Tensor) -> bool:
 def _plain_linears(*mods: nn.Module) -> bool:
     """True when the modules are bare nn.Linear without hooks (no adapter, quantised or wrapped
     layer, no calibration hook), so their weights can be fused into one GEMM."""
-    from torch.nn.modules import module as _m
-    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
     return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in mods)
 
@@ -232,8 +238,10 @@ class Block(nn.Module):
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
         a = self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
         norm = self.post_attention_layernorm
-        if use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and not (norm._forward_hooks or norm._forward_pre_hooks):
-            y, h = ops.rmsnorm_residual(a.contiguous(), x.contiguous(), norm.weight, norm.eps)  # h = x + a, y = norm(h)
+        hooked = norm._forward_hooks or norm._forward_pre_hooks
+        if use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and not hooked:
+            # the residual add fused into the norm: h = x + a, y = norm(h)
+            y, h = ops.rmsnorm_residual(a.contiguous(), x.contiguous(), norm.weight, norm.eps)
             return h + self.mlp(y)
         x = x + a
         return x + self.mlp(norm(x))
