@@ -50,6 +50,29 @@ void check_like(const char* op, const char* arg, const TensorView& t, const Tens
   check_contiguous(op, arg, t);
 }
 
+// out / grad_out: q's shape with a dense head dim. Read-only operands (grad_out) may have any
+// such strides; a written one (out) is contiguous or token-major ((B, Sq, Hq, D) storage, seen
+// as its (1, 2) transpose), so its rows never overlap.
+cpu::RowStrides check_rows(const char* op, const char* arg, const TensorView& t, const TensorView& ref,
+                           bool written) {
+  check_cpu(op, arg, t);
+  check_same_dtype(op, arg, t, ref, "q");
+  check_shape(op, arg, t, {ref.shape[0], ref.shape[1], ref.shape[2], ref.shape[3]});
+  const int64_t B = t.shape[0], H = t.shape[1], S = t.shape[2], D = t.shape[3];
+  const cpu::RowStrides r{t.strides[0], t.strides[1], t.strides[2]};
+  const bool dense_d = t.strides[3] == 1 || D == 1;
+  if (written) {
+    const bool contiguous = t.is_contiguous();
+    const bool token_major = dense_d && (r.sh == D || H == 1) && (r.si == H * D || S == 1) && (r.sb == S * H * D || B == 1);
+    LF_CHECK(contiguous || token_major, op, ": ", arg, " must be contiguous, or the (1, 2) transpose of a contiguous ",
+             "(B, S, H, D) tensor; got shape ", t.shape_str());
+    return contiguous ? cpu::RowStrides{H * S * D, S * D, D} : r;
+  }
+  LF_CHECK(dense_d && r.sb >= 0 && r.sh >= 0 && r.si >= 0, op, ": ", arg,
+           " must have a dense last dimension (stride 1) and non-negative strides");
+  return r;
+}
+
 void check_lse(const char* op, const char* arg, const TensorView& t, const TensorView& q) {
   check_cpu(op, arg, t);
   check_dtype(op, arg, t, {q.dtype == DType::f64 ? DType::f64 : DType::f32});
@@ -74,7 +97,7 @@ std::unique_ptr<float[]> floats(int64_t n) { return std::unique_ptr<float[]>(new
 void attention_fwd(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                    const TensorView& lse, bool causal, double scale, int64_t window, int threads) {
   const cpu::AttnShape s = check_qkv(kFwd, q, k, v, causal, scale, window, threads);
-  check_like(kFwd, "out", out, q, "q");
+  const cpu::RowStrides os = check_rows(kFwd, "out", out, q, true);
   check_lse(kFwd, "lse", lse, q);
   threads = useful_threads(threads, s);
   const int64_t Dp = dpad(s.D), Bc = cpu::kAttnBc, Br = cpu::kAttnBr;
@@ -95,7 +118,7 @@ void attention_fwd(const TensorView& q, const TensorView& k, const TensorView& v
   }
   scratch = floats(per_thread * threads);
   cpu::AttnFwdArgs a{q.dtype,    s,          q.data,           k.data,        v.data,     out.data, lse.data,
-                     pack.get(), pack_state.get(), scratch.get(), per_thread, threads,  stacked};
+                     pack.get(), pack_state.get(), scratch.get(), per_thread, threads,  stacked, os};
   LF_CPU_DISPATCH(attention_fwd, a);
 }
 
@@ -104,8 +127,8 @@ void attention_bwd(const TensorView& dout, const TensorView& q, const TensorView
                    const TensorView& dk, const TensorView& dv, bool causal, double scale, int64_t window,
                    int threads) {
   const cpu::AttnShape s = check_qkv(kBwd, q, k, v, causal, scale, window, threads);
-  check_like(kBwd, "grad_out", dout, q, "q");
-  check_like(kBwd, "out", out, q, "q");
+  const cpu::RowStrides dos = check_rows(kBwd, "grad_out", dout, q, false);
+  const cpu::RowStrides os = check_rows(kBwd, "out", out, q, false);
   check_lse(kBwd, "lse", lse, q);
   if (dlse) check_lse(kBwd, "grad_lse", *dlse, q);
   check_like(kBwd, "grad_q", dq, q, "q");
@@ -118,6 +141,8 @@ void attention_bwd(const TensorView& dout, const TensorView& q, const TensorView
   a.dtype = q.dtype;
   a.s = s;
   a.dout = dout.data;
+  a.dout_s = dos;
+  a.o = os;
   a.q = q.data;
   a.k = k.data;
   a.v = v.data;

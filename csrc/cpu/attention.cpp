@@ -235,7 +235,7 @@ void fwd_vec(const AttnFwdArgs& a) {
       }
     }
     for (int64_t r = 0; r < M; ++r) {
-      T* orow = out + (base + r) * D;
+      T* orow = out + a.o.at(s, base + r);
       if (l[r] > 0.f) {
         store_row(O + r * Dp, D, 1.f / l[r], orow);
         lse[base + r] = (m[r] + log2f(l[r])) * kLn2;
@@ -302,7 +302,7 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
       for (int64_t r = 0; r < M; ++r) {
         const int64_t row = bh * s.Sq + i0 + r;
         load_row(q + row * D, D, Dp, c.c2, Qs + r * Dp);
-        load_row(dout + row * D, D, Dp, 1.f, dOp + r * Dp);
+        load_row(dout + a.dout_s.at(s, row), D, Dp, 1.f, dOp + r * Dp);
         const float L = lse[row];
         lse2[r] = L == -INFINITY ? INFINITY : L * kLog2e;  // an empty row gets p = 0
         Dr[r] = a.delta[row];
@@ -369,8 +369,8 @@ void bwd_block(const AttnBwdArgs& a, const BwdCtx& c, int64_t bkv, int64_t blk, 
 template <class T>
 void delta_row(const AttnBwdArgs& a, int64_t r) {
   const int64_t D = a.s.D;
-  const T* x = static_cast<const T*>(a.out) + r * D;
-  const T* y = static_cast<const T*>(a.dout) + r * D;
+  const T* x = static_cast<const T*>(a.out) + a.o.at(a.s, r);
+  const T* y = static_cast<const T*>(a.dout) + a.dout_s.at(a.s, r);
   V acc = vzero();
   int64_t d = 0;
   for (; d + N <= D; d += N) acc = vfma(vload(x + d), vload(y + d), acc);
@@ -507,7 +507,7 @@ void fwd_f64(const AttnFwdArgs& a) {
     const double* qi = q + r * D;
     const double* kh = k + bkv * s.Sk * D;
     const double* vh = v + bkv * s.Sk * D;
-    double* o = out + r * D;
+    double* o = out + a.o.at(s, r);
     int64_t lo, hi;
     row_range(s, i, &lo, &hi);
     for (int64_t d = 0; d < D; ++d) o[d] = 0;
@@ -559,13 +559,13 @@ void bwd_f64(const AttnBwdArgs& a) {
       for (int64_t i = 0; i < s.Sq; ++i) {
         const int64_t r = bh * s.Sq + i;
         const double* qi = q + r * D;
-        const double* doi = dout + r * D;
+        const double* doi = dout + a.dout_s.at(s, r);
         double* dqi = dq + r * D;
         for (int64_t d = 0; d < D; ++d) dqi[d] = 0;
         int64_t lo, hi;
         row_range(s, i, &lo, &hi);
         if (lo > hi) continue;
-        const double Di = dot64(doi, o + r * D, D) - (dlse ? dlse[r] : 0.0);
+        const double Di = dot64(doi, o + a.o.at(s, r), D) - (dlse ? dlse[r] : 0.0);
         for (int64_t j = lo; j <= hi; ++j) {
           const double p = std::exp(s.scale * dot64(qi, kh + j * D, D) - lse[r]);
           pr[j] = p;

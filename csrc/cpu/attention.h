@@ -34,13 +34,23 @@ struct AttnShape {
   double scale;
 };
 
+// Element strides of (batch, head, position) for out and grad_out: row (b, h, i) of a
+// (B, Hq, Sq, D) operand starts at b*sb + h*sh + i*si (contiguous: Hq*Sq*D, Sq*D, D;
+// token-major (B, Sq, Hq, D) storage: Sq*Hq*D, D, Hq*D).
+struct RowStrides {
+  int64_t sb, sh, si;
+  int64_t at(const AttnShape& s, int64_t r) const {  // r: flat row of (B, Hq, Sq)
+    return (r / (s.Hq * s.Sq)) * sb + ((r / s.Sq) % s.Hq) * sh + (r % s.Sq) * si;
+  }
+};
+
 struct AttnFwdArgs {
   DType dtype;
   AttnShape s;
   const void* q;
   const void* k;
   const void* v;
-  void* out;
+  void* out;          // rows at RowStrides o (any layout with a dense head dim)
   void* lse;          // (B, Hq, Sq): f32 (f64 for f64)
   float* kv_pack;     // f32/bf16 unless stack_heads: B*Hkv * 2 * nblk * kAttnBc * Dpad floats
   int* pack_state;    // B*Hkv * nblk zeros (unless stack_heads), see attention.cpp
@@ -48,6 +58,7 @@ struct AttnFwdArgs {
   int64_t scratch_per_thread;
   int threads;
   bool stack_heads;   // Hq / Hkv * Sq <= kAttnBr: one task per kv head packs its own blocks
+  RowStrides o;       // of out
 };
 
 struct AttnBwdArgs {
@@ -71,6 +82,7 @@ struct AttnBwdArgs {
   float* scratch;     // threads * scratch_per_thread floats
   int64_t scratch_per_thread;
   int threads;
+  RowStrides o, dout_s;  // of out and dout (q, k, v, dq, dk, dv are contiguous)
 };
 
 }  // namespace lf::cpu

@@ -5,7 +5,10 @@
     out, lse = attention_with_lse(q, k, v, causal=True, window=255)
 
 Layout is (batch, heads, seq, head_dim), contiguous, as torch's scaled_dot_product_attention
-takes it. Grouped-query attention: Hkv divides H and q head h reads kv head h // (H // Hkv).
+takes it. On CPU the output is stored token-major: (batch, seq, heads, head_dim) memory returned
+as its (1, 2) transpose, so out.transpose(1, 2).reshape(batch, seq, heads * head_dim), the output
+projection's input, needs no copy; its gradient is read with whatever row strides it has.
+Grouped-query attention: Hkv divides H and q head h reads kv head h // (H // Hkv).
 Sq may differ from Sk: query i sits at position i + Sk - Sq (bottom-right aligned, as in
 flash-attn), so a decode step (Sq = 1) sees every key. Masks:
     causal:     query i sees key j only if j <= i + Sk - Sq
@@ -114,6 +117,13 @@ def _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window, cu_q
     return dq, dk, dv
 
 
+def _token_major_like(q: Tensor) -> Tensor:
+    """(B, H, S, D) view of (B, S, H, D) storage: the CPU kernels' output layout, so that
+    out.transpose(1, 2).reshape(B, S, H * D) (the output projection's input) is free."""
+    B, H, S, D = q.shape
+    return q.new_empty(B, S, H, D).transpose(1, 2)
+
+
 def _lse_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
@@ -131,7 +141,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, w
     _check(q, k, v, window)
     if q.device.type == "cuda":
         return _cuda_fwd(q, k, v, causal, scale, window)
-    out = torch.empty_like(q)
+    out = _token_major_like(q)
     lse = torch.empty(q.shape[:3], dtype=_lse_dtype(q), device=q.device)
     C.attention_fwd(arg(q), arg(k), arg(v), out, lse, bool(causal), float(scale), int(window), threads())
     return out, lse
@@ -140,7 +150,8 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, w
 @attention_fwd.register_fake
 def _(q, k, v, causal, scale, window):
     _check(q, k, v, window)
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
+    out = torch.empty_like(q) if q.device.type == "cuda" else _token_major_like(q)
+    return out, q.new_empty(q.shape[:3], dtype=_lse_dtype(q))
 
 
 @torch.library.custom_op("llmforge::attention_bwd", mutates_args=())
@@ -152,7 +163,9 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
         return _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dlse = None if grad_lse is None else grad_lse.to(lse.dtype).contiguous()
-    C.attention_bwd(grad_out.to(q.dtype).contiguous(), arg(q), arg(k), arg(v), arg(out), arg(lse), dlse,
+    g = grad_out.to(q.dtype)
+    g = g if g.stride(-1) == 1 and min(g.stride()) >= 0 else g.contiguous()  # the kernel reads any row strides
+    C.attention_bwd(arg(g), arg(q), arg(k), arg(v), arg(out), arg(lse), dlse,
                     dq, dk, dv, bool(causal), float(scale), int(window), threads())
     return dq, dk, dv
 
