@@ -299,6 +299,61 @@ void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float
   }
 }
 
+// out[i][r] = row n0 + i of a float32 weight . token row m0 + r: NR weight rows x R token rows of
+// accumulators, so every loaded vector feeds several FMAs (batched decode, prefill).
+template <int NR, int R>
+void f32_block(const DecodeLinear& L, int64_t n0, const Act& a, int64_t m0, float (*out)[4]) {
+  const int64_t K = L.K;
+  V acc[NR][R];
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) acc[i][r] = vzero();
+  int64_t k = 0;
+  for (; k + N <= K; k += N) {
+    V wv[NR];
+    for (int i = 0; i < NR; ++i) wv[i] = vload(L.w + (n0 + i) * K + k);
+    for (int r = 0; r < R; ++r) {
+      const V xv = vload(a.f + (m0 + r) * a.ldq + k);
+      for (int i = 0; i < NR; ++i) acc[i][r] = vfma(wv[i], xv, acc[i][r]);
+    }
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int r = 0; r < R; ++r) {
+      float t = vsum(acc[i][r]);
+      for (int64_t j = k; j < K; ++j) t += L.w[(n0 + i) * K + j] * a.f[(m0 + r) * a.ldq + j];
+      out[i][r] = t;
+    }
+}
+
+// Rows [n0, n1) of L for every token row: y[m * ldy + (n - n0)] (+)= W[n] . x[m] + bias[n].
+void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, int64_t M, float* y, int64_t ldy,
+                 bool add) {
+  if (L.int4 || M == 1) {
+    for (int64_t n = n0; n < n1; ++n) linear_row(L, n, a, M, y + (n - n0), ldy, add);
+    return;
+  }
+  constexpr int BN = 3, BM = 4;  // weight rows x token rows per block: 12 accumulators
+  float out[BN][4];
+  for (int64_t n = n0; n < n1; n += BN) {
+    const int64_t nr = std::min<int64_t>(BN, n1 - n);
+    for (int64_t m0 = 0; m0 < M; m0 += BM) {
+      const int64_t r = std::min<int64_t>(BM, M - m0);
+      switch (nr * 4 + r - 1) {
+#define LF_F32_CASE(i, j) case i * 4 + j - 1: f32_block<i, j>(L, n, a, m0, out); break;
+        LF_F32_CASE(1, 1) LF_F32_CASE(1, 2) LF_F32_CASE(1, 3) LF_F32_CASE(1, 4)
+        LF_F32_CASE(2, 1) LF_F32_CASE(2, 2) LF_F32_CASE(2, 3) LF_F32_CASE(2, 4)
+        LF_F32_CASE(3, 1) LF_F32_CASE(3, 2) LF_F32_CASE(3, 3)
+#undef LF_F32_CASE
+        default: f32_block<3, 4>(L, n, a, m0, out); break;
+      }
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t rr = 0; rr < r; ++rr) {
+          float& dst = y[(m0 + rr) * ldy + (n - n0 + i)];
+          dst = (add ? dst : 0.f) + out[i][rr] + (L.bias ? L.bias[n + i] : 0.f);
+        }
+    }
+  }
+}
+
 // RMSNorm of rows [m0, m0 + rows) of x into h (float), then prep_row when an int4 weight reads h.
 void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, int64_t m0, int64_t rows,
                int64_t ldh, int8_t* q8, float* dx, float* xs, int64_t ldq, int64_t ldb, bool quant, bool q8mode) {
@@ -436,7 +491,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
       for (int64_t j = 0; j < H + 2 * KV; ++j) {
         const DecodeLinear& lin = j < H ? L.q : j < H + KV ? L.k : L.v;
         const int64_t r0 = (j < H ? j : j < H + KV ? j - H : j - H - KV) * hd;
-        for (int64_t n = 0; n < hd; ++n) linear_row(lin, r0 + n, normed, M, qkv + j * hd + n, nqkv, false);
+        linear_rows(lin, r0, r0 + hd, normed, M, qkv + j * hd, nqkv, false);
         for (int64_t m = 0; m < M; ++m) {
           const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
@@ -461,17 +516,16 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
 #pragma omp single
         for (int64_t m = 0; m < M; ++m) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
       }
-#pragma omp for schedule(guided, 8)
-      for (int64_t n = 0; n < D; ++n) linear_row(L.o, n, shared, M, x + n, D, true);
+#pragma omp for schedule(guided)
+      for (int64_t c = 0; c < (D + 15) / 16; ++c)
+        linear_rows(L.o, 16 * c, std::min(D, 16 * c + 16), shared, M, x + 16 * c, D, true);
       // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down ----
       norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
 #pragma omp for schedule(guided)
       for (int64_t c = 0; c < (F + 31) / 32; ++c) {
         const int64_t f0 = 32 * c, f1 = std::min(F, f0 + 32);
-        for (int64_t f = f0; f < f1; ++f) {
-          linear_row(L.gate, f, normed, M, gu + f, 2 * F, false);
-          linear_row(L.up, f, normed, M, gu + F + f, 2 * F, false);
-        }
+        linear_rows(L.gate, f0, f1, normed, M, gu + f0, 2 * F, false);
+        linear_rows(L.up, f0, f1, normed, M, gu + F + f0, 2 * F, false);
         for (int64_t m = 0; m < M; ++m) {
           const float* g = gu + m * 2 * F;
           float* hr = h + m * kmax;
@@ -484,14 +538,16 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           if (L.down.int4) prep_blocks(hr, F / 32, c, c + 1, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
         }
       }
-#pragma omp for schedule(guided, 8)
-      for (int64_t n = 0; n < D; ++n) linear_row(L.down, n, shared, M, x + n, D, true);
+#pragma omp for schedule(guided)
+      for (int64_t c = 0; c < (D + 15) / 16; ++c)
+        linear_rows(L.down, 16 * c, std::min(D, 16 * c + 16), shared, M, x + 16 * c, D, true);
     }
     // ---- output ----
     norm_rows(x, w.final_norm, D, w.eps, nh, out0, nout, kmax, nq, ndx, nxs, kmax, ldb, w.output.int4, w.act_q8);
     const Act last{nh + out0 * kmax, nq + out0 * kmax, ndx + out0 * ldb, nxs + out0 * ldb, D, kmax, ldb, w.act_q8};
-#pragma omp for schedule(guided, 16)
-    for (int64_t n = 0; n < w.vocab; ++n) linear_row(w.output, n, last, nout, st.logits + n, w.vocab, false);
+#pragma omp for schedule(guided)
+    for (int64_t c = 0; c < (w.vocab + 15) / 16; ++c)
+      linear_rows(w.output, 16 * c, std::min(w.vocab, 16 * c + 16), last, nout, st.logits + 16 * c, w.vocab, false);
   }
 }
 
