@@ -662,17 +662,18 @@ PYBIND11_MODULE(_C, m) {
            py::arg("tokens"), py::arg("logits"), py::arg("all_logits") = false)
       .def("forward_paged",
            [](PyDecodeModel& self, py::handle tokens, py::handle positions, py::handle seqs, py::handle table,
-              py::handle k_pools, py::handle v_pools, py::handle logits, bool all_logits) {
+              py::handle k_pools, py::handle v_pools, py::handle logits, py::handle out_rows) {
              const std::vector<int64_t> ids = ids_from_seq(tokens, "DecodeModel.forward_paged tokens");
              const std::vector<int64_t> pos = ids_from_seq(positions, "DecodeModel.forward_paged positions");
              const std::vector<int64_t> sq = ids_from_seq(seqs, "DecodeModel.forward_paged seqs");
+             const std::vector<int64_t> rows = ids_from_seq(out_rows, "DecodeModel.forward_paged out_rows");
              auto T = to_view(table, "block_table"), K = to_view(k_pools, "k_pools"), V = to_view(v_pools, "v_pools");
              auto L = to_view(logits, "logits");
              py::gil_scoped_release nogil;
-             self.impl->forward_paged(ids, pos, sq, T.view, K.view, V.view, L.view, all_logits);
+             self.impl->forward_paged(ids, pos, sq, T.view, K.view, V.view, L.view, rows);
            },
            py::arg("tokens"), py::arg("positions"), py::arg("seqs"), py::arg("block_table"), py::arg("k_pools"),
-           py::arg("v_pools"), py::arg("logits"), py::arg("all_logits") = false)
+           py::arg("v_pools"), py::arg("logits"), py::arg("out_rows"))
       .def("truncate", [](PyDecodeModel& self, int64_t n) { self.impl->truncate(n); }, py::arg("n"))
       .def_property_readonly("length", [](const PyDecodeModel& self) { return self.impl->length(); })
       .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); });

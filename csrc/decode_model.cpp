@@ -129,16 +129,25 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
 }
 
 void DecodeModel::run(const std::vector<int64_t>& tokens, const int64_t* positions, const int32_t* seqs,
-                      const cpu::DecodePaged& paged, const TensorView& logits, bool all_logits) {
+                      const cpu::DecodePaged& paged, const TensorView& logits, const std::vector<int64_t>& out_rows) {
   const int64_t M = int64_t(tokens.size());
   for (int64_t i = 0; i < M; ++i)
     LF_CHECK(tokens[size_t(i)] >= 0 && tokens[size_t(i)] < w_.vocab, kOp, ": token id ", tokens[size_t(i)],
              " at index ", i, " is outside [0, ", w_.vocab, ")");
-  check_f32("logits", &logits, {all_logits ? M : 1, w_.vocab});
+  const int64_t nout = int64_t(out_rows.size());
+  LF_CHECK(nout > 0, kOp, ": no output rows");
+  std::vector<char> seen(static_cast<size_t>(M), 0);
+  for (int64_t i = 0; i < nout; ++i) {
+    const int64_t r = out_rows[size_t(i)];
+    LF_CHECK(r >= 0 && r < M && !seen[size_t(r)], kOp, ": out_rows[", i, "] = ", r, " is not a distinct row in [0, ",
+             M, ")");
+    seen[size_t(r)] = 1;
+  }
+  check_f32("logits", &logits, {nout, w_.vocab});
   const cpu::DecodeScratch sp(w_, M, threads_);
   if (scratch_.size() < size_t(sp.floats)) scratch_.assign(size_t(sp.floats), 0.f);
-  cpu::DecodeStep st{tokens.data(), positions, seqs, M, paged, logits.ptr<float>(), all_logits, scratch_.data(),
-                     threads_};
+  cpu::DecodeStep st{tokens.data(), positions, seqs, M, paged, logits.ptr<float>(), out_rows.data(), nout,
+                     scratch_.data(), threads_};
   LF_CPU_DISPATCH(decode_forward, w_, st);
 }
 
@@ -150,13 +159,16 @@ void DecodeModel::forward(const std::vector<int64_t>& tokens, const TensorView& 
            w_.max_len);
   std::vector<int64_t> pos(static_cast<size_t>(M));
   for (int64_t i = 0; i < M; ++i) pos[size_t(i)] = length_ + i;
-  run(tokens, pos.data(), nullptr, cpu::DecodePaged{}, logits, all_logits);
+  std::vector<int64_t> rows;
+  for (int64_t i = all_logits ? 0 : M - 1; i < M; ++i) rows.push_back(i);
+  run(tokens, pos.data(), nullptr, cpu::DecodePaged{}, logits, rows);
   length_ += M;
 }
 
 void DecodeModel::forward_paged(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
                                 const std::vector<int64_t>& seqs, const TensorView& table, const TensorView& k_pools,
-                                const TensorView& v_pools, const TensorView& logits, bool all_logits) {
+                                const TensorView& v_pools, const TensorView& logits,
+                                const std::vector<int64_t>& out_rows) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t M = int64_t(tokens.size());
   LF_CHECK(M > 0, kOp, ": forward_paged needs at least one token");
@@ -191,7 +203,7 @@ void DecodeModel::forward_paged(const std::vector<int64_t>& tokens, const std::v
                tab[s * TB + b], " is not a block of the pool (", NB, " blocks)");
   }
   cpu::DecodePaged p{k_pools.ptr<float>(), v_pools.ptr<float>(), tab, TB, NB, BS};
-  run(tokens, positions.data(), seq32.data(), p, logits, all_logits);
+  run(tokens, positions.data(), seq32.data(), p, logits, out_rows);
 }
 
 void DecodeModel::truncate(int64_t n) {

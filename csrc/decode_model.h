@@ -50,17 +50,18 @@ class DecodeModel {
   // attends to positions 0..positions[m] of its sequence. Rows of one sequence come in increasing
   // position order and every earlier position must already be cached. k_pools/v_pools:
   // (n_layers, num_blocks, block_size, n_kv_heads, head_dim) f32; block_table (n_seqs, max_blocks)
-  // int32; logits (1 or len(tokens), vocab) f32 as for forward. The model's own cache is untouched.
+  // int32; logits (len(out_rows), vocab) f32 receives the logits of those rows (distinct, in
+  // [0, len(tokens))). The model's own cache is untouched.
   void forward_paged(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions,
                      const std::vector<int64_t>& seqs, const TensorView& block_table, const TensorView& k_pools,
-                     const TensorView& v_pools, const TensorView& logits, bool all_logits);
+                     const TensorView& v_pools, const TensorView& logits, const std::vector<int64_t>& out_rows);
   int64_t length() const { return length_; }
   void truncate(int64_t n);  // forget positions >= n (0 resets)
   int64_t max_len() const { return w_.max_len; }
 
  private:
   void run(const std::vector<int64_t>& tokens, const int64_t* positions, const int32_t* seqs,
-           const cpu::DecodePaged& paged, const TensorView& logits, bool all_logits);
+           const cpu::DecodePaged& paged, const TensorView& logits, const std::vector<int64_t>& out_rows);
 
   cpu::DecodeWeights w_{};
   std::vector<cpu::DecodeLayer> layers_;

@@ -466,7 +466,6 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   float* qkv = st.scratch + sp.qkv;
   float* gu = st.scratch + sp.gu;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  const int64_t out0 = st.all_logits ? 0 : M - 1, nout = M - out0;
   const bool head_blocks = hd % 32 == 0;  // attention items can prepare their own blocks of h
   const Act shared{h, q8, dx, xs, 0, kmax, ldb, w.act_q8};
 
@@ -543,11 +542,14 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         linear_rows(L.down, 16 * c, std::min(D, 16 * c + 16), shared, M, x + 16 * c, D, true);
     }
     // ---- output ----
-    norm_rows(x, w.final_norm, D, w.eps, nh, out0, nout, kmax, nq, ndx, nxs, kmax, ldb, w.output.int4, w.act_q8);
-    const Act last{nh + out0 * kmax, nq + out0 * kmax, ndx + out0 * ldb, nxs + out0 * ldb, D, kmax, ldb, w.act_q8};
+    for (int64_t i = 0; i < st.nout; ++i)  // the rows whose logits are wanted, gathered
+      norm_rows(x + st.out_rows[i] * D, w.final_norm, D, w.eps, nh + i * kmax, 0, 1, kmax, nq + i * kmax,
+                ndx + i * ldb, nxs + i * ldb, kmax, ldb, w.output.int4, w.act_q8);
+    const Act last{nh, nq, ndx, nxs, D, kmax, ldb, w.act_q8};
 #pragma omp for schedule(guided)
     for (int64_t c = 0; c < (w.vocab + 15) / 16; ++c)
-      linear_rows(w.output, 16 * c, std::min(w.vocab, 16 * c + 16), last, nout, st.logits + 16 * c, w.vocab, false);
+      linear_rows(w.output, 16 * c, std::min(w.vocab, 16 * c + 16), last, st.nout, st.logits + 16 * c, w.vocab,
+                  false);
   }
 }
 

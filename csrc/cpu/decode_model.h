@@ -80,8 +80,9 @@ struct DecodeStep {
   const int32_t* seqs;       // (M,): its sequence (paged), or null (all 0)
   int64_t M;
   DecodePaged paged;
-  float* logits;             // (out_rows, vocab): the last token's row, or all M when all_logits
-  bool all_logits;
+  float* logits;             // (nout, vocab): the logits of rows out_rows[0..nout)
+  const int64_t* out_rows;
+  int64_t nout;
   float* scratch;            // DecodeScratch(w, M, threads).floats floats
   int threads;
 };

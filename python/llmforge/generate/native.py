@@ -116,13 +116,15 @@ class NativeDecoder:
         self._m.truncate(length)
 
     def forward_paged(self, tokens: list[int], positions: list[int], seqs: list[int], block_table: torch.Tensor,
-                      k_pools: torch.Tensor, v_pools: torch.Tensor, all_logits: bool = True) -> torch.Tensor:
+                      k_pools: torch.Tensor, v_pools: torch.Tensor, out_rows: list[int] | None = None) -> torch.Tensor:
         """One batched step over a paged cache (PagedKVCache's pools and a prepare()d block table):
         row m is token tokens[m] of sequence seqs[m] (a block-table row) at positions[m]; its key and
-        value are written to the pools. Logits (len(tokens), vocab), or the last row's (vocab,)."""
-        out = torch.empty(len(tokens) if all_logits else 1, self.cfg.vocab_size)
-        self._m.forward_paged(tokens, positions, seqs, block_table, k_pools, v_pools, out, all_logits)
-        return out if all_logits else out[0]
+        value are written to the pools. Returns the logits (len(out_rows), vocab) of rows out_rows
+        (default: every row)."""
+        rows = list(range(len(tokens))) if out_rows is None else list(out_rows)
+        out = torch.empty(len(rows), self.cfg.vocab_size)
+        self._m.forward_paged(tokens, positions, seqs, block_table, k_pools, v_pools, out, rows)
+        return out
 
     def forward(self, tokens, all_logits: bool = False) -> torch.Tensor:
         """Append tokens (a list of ids or a 1-D integer tensor) and return float32 logits: the

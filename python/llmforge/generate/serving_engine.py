@@ -116,23 +116,33 @@ class Engine:
         cos, sin = rope_cos_sin(c, pos, x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def _native_step(self, step, tokens: list[int], rows_per_seq: int, all_logits: bool) -> torch.Tensor:
-        B = len(step.seq_ids)
-        positions = [int(p) + i for p in step.seq_lens.tolist() for i in range(rows_per_seq)]
-        seqs = [s for s in range(B) for _ in range(rows_per_seq)]
+    def _native_step(self, step, seqs_tokens: list[list[int]]) -> torch.Tensor:
+        """One native call: sequence i of the prepared step gets seqs_tokens[i] at its next positions;
+        returns the logits of each sequence's last token."""
+        tokens, positions, seqs, last = [], [], [], []
+        for i, (toks, start) in enumerate(zip(seqs_tokens, step.seq_lens.tolist())):
+            tokens += toks
+            positions += range(start, start + len(toks))
+            seqs += [i] * len(toks)
+            last.append(len(tokens) - 1)
         return self.native.forward_paged(tokens, positions, seqs, step.block_table, self.cache.k_pools,
-                                         self.cache.v_pools, all_logits)
+                                         self.cache.v_pools, last)
+
+    @torch.no_grad()
+    def _prefill_many(self, reqs: list[Request]) -> torch.Tensor:
+        """Prefill newly admitted requests: natively in one call for all of them."""
+        if self.native is None:
+            return torch.stack([self._prefill(r) for r in reqs])
+        step = self.cache.prepare([r.rid for r in reqs], [len(r.prompt) for r in reqs])
+        logits = self._native_step(step, [r.prompt for r in reqs])
+        self.cache.commit(step)
+        return logits
 
     @torch.no_grad()
     def _prefill(self, req: Request) -> torch.Tensor:
         m, c = self.model, self.cfg
-        self.cache.add_sequence(req.rid)
         T = len(req.prompt)
         step = self.cache.prepare([req.rid], T)
-        if self.native is not None:
-            logits = self._native_step(step, list(req.prompt), T, all_logits=False)
-            self.cache.commit(step)
-            return logits
         x = m.model.embed_tokens(torch.tensor([req.prompt]))
         pos = torch.arange(T)[None]
         for i, layer in enumerate(m.model.layers):
@@ -151,7 +161,7 @@ class Engine:
         ids = [r.rid for r in reqs]
         step = self.cache.prepare(ids, 1)
         if self.native is not None:
-            logits = self._native_step(step, [r.out[-1] for r in reqs], 1, all_logits=True)
+            logits = self._native_step(step, [[r.out[-1]] for r in reqs])
             self.cache.commit(step)
             return logits
         x = m.model.embed_tokens(torch.tensor([[r.out[-1]] for r in reqs]))
@@ -166,9 +176,12 @@ class Engine:
         self.cache.commit(step)
         return m.logits(m.model.norm(x))[:, 0]
 
-    def _emit(self, req: Request, logits_row: torch.Tensor) -> None:
-        hist = torch.tensor([req.prompt + req.out])
-        tok = int(sample(logits_row[None], req.params, req.generator, hist)[0])
+    def _emit(self, req: Request, logits_row: torch.Tensor, tok: int | None = None) -> None:
+        if tok is None:
+            p = req.params
+            hist = (torch.tensor([req.prompt + req.out])
+                    if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty else None)
+            tok = int(sample(logits_row[None], p, req.generator, hist)[0])
         req.out.append(tok)
         self._events.append((req.rid, tok))
         delta = req.text.feed(tok) if req.text is not None else None
@@ -180,6 +193,13 @@ class Engine:
             delta += req.text.finish()
         if req.on_token is not None:
             req.on_token(req.rid, tok, delta, req.finish_reason)
+
+    def _emit_all(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        plain = all(r.params.temperature == 0 and r.params.repetition_penalty == 1.0 and not r.params.frequency_penalty
+                    and not r.params.presence_penalty for r in reqs)
+        toks = logits.argmax(-1).tolist() if plain else [None] * len(reqs)   # greedy: one argmax for the batch
+        for r, row, t in zip(reqs, logits, toks):
+            self._emit(r, row, t)
 
     def abort(self, rid: int) -> bool:
         """Drop a waiting or running request (its blocks are freed); False if it is not in flight."""
@@ -203,7 +223,7 @@ class Engine:
 
     def step(self) -> None:
         # admit: reserve the whole request's blocks up front so a running request never starves
-        admitted = 0
+        admitted = []
         while self.waiting and len(self.running) < self.max_batch:
             r = self.waiting[0]
             need = -(-(len(r.prompt) + r.max_new_tokens) // self.cache.block_size)
@@ -212,15 +232,15 @@ class Engine:
             if need > self.cache.num_free_blocks - reserved:
                 break
             self.waiting.popleft()
-            self._emit(r, self._prefill(r))
-            self.running.append(r)
-            admitted += 1
+            self.cache.add_sequence(r.rid)
+            self.running.append(r)       # counted in `reserved` from now on
+            admitted.append(r)
+        if admitted:
+            self._emit_all(admitted, self._prefill_many(admitted))
         self._retire()
         active = [r for r in self.running if not r.finish_reason]
         if active:
-            logits = self._decode(active)
-            for r, row in zip(active, logits):
-                self._emit(r, row)
+            self._emit_all(active, self._decode(active))
         self._retire()
         if not admitted and not active and self.waiting:
             raise OutOfBlocksError("a waiting request does not fit the block pool")
