@@ -96,7 +96,9 @@ struct DecodeScratch {
   int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, per_thread, norm, norm_q8, norm_dx, norm_xs, scores, floats;
   static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
   DecodeScratch(const DecodeWeights& w, int64_t M, int threads) {
-    kmax = std::max({w.dim, w.ffn_dim, w.n_heads * w.head_dim});
+    // row stride of the activation buffers: the widest input plus 16 floats, so that rows are not
+    // 4 KiB apart (rows at such a stride share L1 sets and evict each other in multi-row kernels)
+    kmax = std::max({w.dim, w.ffn_dim, w.n_heads * w.head_dim}) + 16;
     ldb = kmax / 32 + 1;
     int64_t at = 0;
     auto take = [&](int64_t n) { const int64_t o = at; at += round16(n); return o; };
