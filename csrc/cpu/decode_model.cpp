@@ -15,6 +15,7 @@ namespace lf::cpu::LF_ISA {
 namespace {
 
 constexpr int kRows = 8;  // token rows sharing one load of a weight row (prefill, batched decode)
+constexpr int64_t kChunk = 24;  // output rows per work item: a multiple of the 3-row float32 block
 
 // Activations of one linear's input, M rows of K: float, and (when an int4 weight reads them)
 // int8 codes per 32-block with the block scale dx and dx * (sum of the block's codes).
@@ -539,8 +540,8 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         for (int64_t m = 0; m < M; ++m) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
       }
 #pragma omp for schedule(guided)
-      for (int64_t c = 0; c < (D + 15) / 16; ++c)
-        linear_rows(L.o, 16 * c, std::min(D, 16 * c + 16), shared, M, x + 16 * c, D, true);
+      for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
+        linear_rows(L.o, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
       // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down ----
       norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
 #pragma omp for schedule(guided)
@@ -561,8 +562,8 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         }
       }
 #pragma omp for schedule(guided)
-      for (int64_t c = 0; c < (D + 15) / 16; ++c)
-        linear_rows(L.down, 16 * c, std::min(D, 16 * c + 16), shared, M, x + 16 * c, D, true);
+      for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
+        linear_rows(L.down, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
     }
     // ---- output ----
     for (int64_t i = 0; i < st.nout; ++i)  // the rows whose logits are wanted, gathered
@@ -570,9 +571,9 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
                 ndx + i * ldb, nxs + i * ldb, kmax, ldb, w.output.int4, w.act_q8);
     const Act last{nh, nq, ndx, nxs, D, kmax, ldb, w.act_q8};
 #pragma omp for schedule(guided)
-    for (int64_t c = 0; c < (w.vocab + 15) / 16; ++c)
-      linear_rows(w.output, 16 * c, std::min(w.vocab, 16 * c + 16), last, st.nout, st.logits + 16 * c, w.vocab,
-                  false);
+    for (int64_t c = 0; c < (w.vocab + kChunk - 1) / kChunk; ++c)
+      linear_rows(w.output, kChunk * c, std::min(w.vocab, kChunk * c + kChunk), last, st.nout, st.logits + kChunk * c,
+                  w.vocab, false);
   }
 }
 
