@@ -192,7 +192,8 @@ def test_generate_uses_native_and_matches_python_path():
     m = _model(std=0.3)
     prompt = [5, 17, 42, 8]
     fast = generate(m, [prompt], 20, SamplingParams(temperature=0))
-    assert m.__dict__.get("_llmforge_native") is not None
+    assert native_decoder(m, 30) is not None
+    copy.deepcopy(m)                    # the cached native decoder does not travel with the model
     slow = generate(m, [prompt], 20, SamplingParams(temperature=0), native=False)
     assert fast.tokens == slow.tokens
     p = SamplingParams(temperature=0.9, top_k=20, repetition_penalty=1.2)

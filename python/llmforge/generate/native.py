@@ -17,6 +17,8 @@ results are the Python forward's up to float summation order. One sequence at a 
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -143,22 +145,29 @@ def _fingerprint(model) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
+# model -> (fingerprint, NativeDecoder or None); weak keys, so the cache neither keeps a model alive
+# nor travels with it (a model stays deep-copyable and picklable after generate()).
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def native_decoder(model, max_len: int) -> NativeDecoder | None:
     """A NativeDecoder for model with room for max_len positions, reset to an empty cache, or None
-    when the native step cannot run it. Kept on the model and rebuilt when a weight tensor is replaced
+    when the native step cannot run it. Cached per model and rebuilt when a weight tensor is replaced
     or modified in place (or the model is moved / converted)."""
     if model.training or max_len > model.cfg.max_seq_len:
         return None
-    got = model.__dict__.get("_llmforge_native")
     fp = _fingerprint(model)
+    got = _CACHE.get(model)
+    if got is not None and got[0] == fp and got[1] is None:
+        return None
     if got is None or got[0] != fp or got[1].max_len < max_len or got[1].threads != torch.get_num_threads():
         try:
             dec = NativeDecoder(model, max_len=max(max_len, min(model.cfg.max_seq_len, 512)))
         except NotSupported:
-            model.__dict__["_llmforge_native"] = None
+            _CACHE[model] = (fp, None)
             return None
         got = (fp, dec)
-        model.__dict__["_llmforge_native"] = got
+        _CACHE[model] = got
     got[1].reset()
     return got[1]
 
