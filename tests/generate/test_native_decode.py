@@ -204,17 +204,20 @@ def test_generate_uses_native_and_matches_python_path():
         generate(m, [prompt, prompt], 3, native=True)
 
 
-def test_cached_decoder_follows_weight_changes():
+def test_generate_sees_weight_edits():
     m = _model(std=0.3)
     prompt = [1, 2, 3]
-    generate(m, [prompt], 2)
-    first = native_decoder(m, 10)
+    generate(m, [prompt], 4)
     with torch.no_grad():
-        m.model.layers[0].mlp.up_proj.weight.mul_(-1.0)   # in place: the decoder must be rebuilt
-    assert native_decoder(m, 10) is not first
+        m.model.layers[0].mlp.up_proj.weight.mul_(-1.0)          # in place
+        m.model.layers[1].self_attn.o_proj.weight.data.mul_(3.0)  # through .data (no version bump)
     with torch.no_grad():
         ref = m(torch.tensor([prompt]))[0, -1]
-    torch.testing.assert_close(native_decoder(m, 10).forward(prompt), ref, atol=1e-4, rtol=0)
+    dec = native_decoder(m, 10)
+    torch.testing.assert_close(dec.forward(prompt), ref, atol=1e-4, rtol=0)
+    assert native_decoder(m, 10) is dec                           # unchanged weights: the same decoder
+    assert generate(m, [prompt], 4).tokens == generate(m, [prompt], 4, native=False).tokens
+    copy.deepcopy(m)                                              # nothing native sticks to the model
 
 
 @pytest.mark.llamacpp

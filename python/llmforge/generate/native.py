@@ -142,7 +142,14 @@ class NativeDecoder:
 
 
 def _fingerprint(model) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+    """What a built decoder depends on: every weight tensor's storage, version counter and 8 sampled
+    values (the samples catch edits made through .data, which bypass the version counter)."""
+    fp = []
+    for t in (*model.parameters(), *model.buffers()):
+        flat = t.detach().reshape(-1)
+        idx = torch.linspace(0, max(flat.numel() - 1, 0), 8).long() if flat.numel() else torch.zeros(0, dtype=torch.long)
+        fp.append((t.data_ptr(), t._version, tuple(flat[idx].tolist())))
+    return tuple(fp)
 
 
 # model -> (fingerprint, NativeDecoder or None); weak keys, so the cache neither keeps a model alive
@@ -152,8 +159,8 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def native_decoder(model, max_len: int) -> NativeDecoder | None:
     """A NativeDecoder for model with room for max_len positions, reset to an empty cache, or None
-    when the native step cannot run it. Cached per model and rebuilt when a weight tensor is replaced
-    or modified in place (or the model is moved / converted)."""
+    when the native step cannot run it. Cached per model and rebuilt when the fingerprint (storage,
+    version and sampled values of every weight) changes."""
     if model.training or max_len > model.cfg.max_seq_len:
         return None
     fp = _fingerprint(model)
