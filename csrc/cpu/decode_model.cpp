@@ -24,7 +24,7 @@ struct Act {
   const int8_t* q;
   const float* dx;
   const float* xs;
-  int64_t K, ldq, ldb;  // row strides: floats/bytes of f and q, floats of dx/xs
+  int64_t ldq, ldb;     // row strides: floats/bytes of f and q, floats of dx/xs
   bool q8;              // int4 weights multiply the int8 codes (else the floats)
 };
 
@@ -231,33 +231,25 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
   }
 }
 
-// y[r] = row n of a float32 weight . token row m0 + r (A accumulators per row hide the FMA latency).
-template <int R>
-void f32_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
-  constexpr int A = R <= 4 ? 2 : 1;
+// Row n of a float32 weight . token row m (one token: two accumulators hide the FMA latency;
+// several tokens go through f32_block).
+float f32_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t m) {
   const int64_t K = L.K;
   const float* w = L.w + n * K;
-  V acc[R][A];
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < A; ++i) acc[r][i] = vzero();
+  const float* x = a.f + m * a.ldq;
+  V acc0 = vzero(), acc1 = vzero();
   int64_t k = 0;
-  for (; k + A * N <= K; k += A * N) {
-    for (int i = 0; i < A; ++i) {
-      const V wv = vload(w + k + i * N);
-      for (int r = 0; r < R; ++r) acc[r][i] = vfma(wv, vload(a.f + (m0 + r) * a.ldq + k + i * N), acc[r][i]);
-    }
+  for (; k + 2 * N <= K; k += 2 * N) {
+    acc0 = vfma(vload(w + k), vload(x + k), acc0);
+    acc1 = vfma(vload(w + k + N), vload(x + k + N), acc1);
   }
-  for (int r = 0; r < R; ++r) {
-    const float* x = a.f + (m0 + r) * a.ldq;
-    V t = acc[r][0];
-    for (int i = 1; i < A; ++i) t = vadd(t, acc[r][i]);
-    float s = vsum(t);
-    for (int64_t j = k; j < K; ++j) s += w[j] * x[j];
-    out[r] = s;
-  }
+  float s = vsum(vadd(acc0, acc1));
+  for (; k < K; ++k) s += w[k] * x[k];
+  return s;
 }
 
-// Row n of L for every token row: y[m * ldy] (+)= W[n] . x[m] + bias[n].
+// Row n of L for every token row: y[m * ldy] (+)= W[n] . x[m] + bias[n]. int4 weights, and float32
+// ones for a single token (linear_rows sends several tokens of float32 weights to f32_block).
 void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float* y, int64_t ldy, bool add) {
   float out[kRows];
   for (int64_t m0 = 0; m0 < M; m0 += kRows) {
@@ -281,16 +273,7 @@ void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float
 #undef LF_INT4_CASE
       }
     } else {
-      switch (R) {
-        case 1: f32_rows<1>(L, n, a, m0, out); break;
-        case 2: f32_rows<2>(L, n, a, m0, out); break;
-        case 3: f32_rows<3>(L, n, a, m0, out); break;
-        case 4: f32_rows<4>(L, n, a, m0, out); break;
-        case 5: f32_rows<5>(L, n, a, m0, out); break;
-        case 6: f32_rows<6>(L, n, a, m0, out); break;
-        case 7: f32_rows<7>(L, n, a, m0, out); break;
-        default: f32_rows<8>(L, n, a, m0, out); break;
-      }
+      for (int64_t r = 0; r < R; ++r) out[r] = f32_row(L, n, a, m0 + r);
     }
     const float b = L.bias ? L.bias[n] : 0.f;
     for (int64_t r = 0; r < R; ++r) {
@@ -491,7 +474,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   float* gu = st.scratch + sp.gu;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   const bool head_blocks = hd % 32 == 0;  // attention items can prepare their own blocks of h
-  const Act shared{h, q8, dx, xs, 0, kmax, ldb, w.act_q8};
+  const Act shared{h, q8, dx, xs, kmax, ldb, w.act_q8};
 
 #pragma omp parallel num_threads(st.threads)
   {
@@ -501,7 +484,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
     float* ndx = mine + sp.norm_dx;
     float* nxs = mine + sp.norm_xs;
     float* scores = mine + sp.scores;
-    const Act normed{nh, nq, ndx, nxs, D, kmax, ldb, w.act_q8};
+    const Act normed{nh, nq, ndx, nxs, kmax, ldb, w.act_q8};
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) std::memcpy(x + m * D, w.embed + st.tokens[m] * D, sizeof(float) * D);
 
@@ -569,7 +552,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
     for (int64_t i = 0; i < st.nout; ++i)  // the rows whose logits are wanted, gathered
       norm_rows(x + st.out_rows[i] * D, w.final_norm, D, w.eps, nh + i * kmax, 0, 1, kmax, nq + i * kmax,
                 ndx + i * ldb, nxs + i * ldb, kmax, ldb, w.output.int4, w.act_q8);
-    const Act last{nh, nq, ndx, nxs, D, kmax, ldb, w.act_q8};
+    const Act last{nh, nq, ndx, nxs, kmax, ldb, w.act_q8};
 #pragma omp for schedule(guided)
     for (int64_t c = 0; c < (w.vocab + kChunk - 1) / kChunk; ++c)
       linear_rows(w.output, kChunk * c, std::min(w.vocab, kChunk * c + kChunk), last, st.nout, st.logits + kChunk * c,
