@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
-from .native import native_decoder, native_why_not
+from .native import NativeDecoder, native_decoder
 from .sampling import SamplingParams, sample
 from .stop import TextStream, text_decoder
 
@@ -56,7 +56,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
         valid[i, P - len(p):] = True
     dec = native_decoder(model, total) if native is not False and B == 1 else None
     if native and dec is None:
-        raise ValueError("native=True: " + (native_why_not(model) or "the native step runs one prompt at a time"))
+        raise ValueError("native=True: " + (NativeDecoder.why_not(model) or "the native step runs one prompt at a time"))
     if dec is not None:
         logits = dec.forward(prompts[0])[None]
     else:

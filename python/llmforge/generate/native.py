@@ -177,7 +177,3 @@ def native_decoder(model, max_len: int) -> NativeDecoder | None:
         _CACHE[model] = got
     got[1].reset()
     return got[1]
-
-
-def native_why_not(model) -> str | None:
-    return NativeDecoder.why_not(model)
