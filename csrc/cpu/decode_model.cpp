@@ -301,15 +301,20 @@ inline void hsums256(const __m256* a, int n, float* out) {
 #endif
 
 // out[i][r] = row n0 + i of a float32 weight . token row m0 + r: NR weight rows x R token rows of
-// accumulators, so every loaded vector feeds several FMAs (batched decode, prefill).
+// accumulators, so every loaded vector feeds several FMAs (batched decode, prefill). Meanwhile it
+// prefetches rows pf[0 .. npf) (stride K) a cache line per 16 floats: the weight rows a later block
+// reads come from memory while this block computes from L1.
 template <int NR, int R>
-void f32_block(const DecodeLinear& L, int64_t n0, const Act& a, int64_t m0, float (*out)[4]) {
+void f32_block(const DecodeLinear& L, int64_t n0, const Act& a, int64_t m0, float (*out)[4], const float* pf,
+               int64_t npf) {
   const int64_t K = L.K;
   V acc[NR][R];
   for (int i = 0; i < NR; ++i)
     for (int r = 0; r < R; ++r) acc[i][r] = vzero();
   int64_t k = 0;
   for (; k + N <= K; k += N) {
+    if ((k & 15) == 0)
+      for (int64_t j = 0; j < npf; ++j) __builtin_prefetch(pf + j * K + k, 0, 3);
     V wv[NR];
     for (int i = 0; i < NR; ++i) wv[i] = vload(L.w + (n0 + i) * K + k);
     for (int r = 0; r < R; ++r) {
@@ -332,6 +337,11 @@ void f32_block(const DecodeLinear& L, int64_t n0, const Act& a, int64_t m0, floa
 }
 
 // Rows [n0, n1) of L for every token row: y[m * ldy + (n - n0)] (+)= W[n] . x[m] + bias[n].
+// Float32 weights with several tokens: blocks of 3 weight rows x 4 tokens. A block's rows are read
+// from memory once, in its first pass over the tokens, and stay in L1 for the other passes; the
+// passes prefetch the rows kAhead on, spread over them, so that memory streams while the FMAs run.
+// Long prompts go through in tiles of kTile tokens (a tile's activations stay in L2; so do the
+// item's weight rows, re-read per tile).
 void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, int64_t M, float* y, int64_t ldy,
                  bool add) {
   if (L.int4 || M == 1) {
@@ -339,24 +349,33 @@ void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, in
     return;
   }
   constexpr int BN = 3, BM = 4;  // weight rows x token rows per block: 12 accumulators
+  constexpr int64_t kAhead = 6, kTile = 64;
   float out[BN][4];
-  for (int64_t n = n0; n < n1; n += BN) {
-    const int64_t nr = std::min<int64_t>(BN, n1 - n);
-    for (int64_t m0 = 0; m0 < M; m0 += BM) {
-      const int64_t r = std::min<int64_t>(BM, M - m0);
-      switch (nr * 4 + r - 1) {
-#define LF_F32_CASE(i, j) case i * 4 + j - 1: f32_block<i, j>(L, n, a, m0, out); break;
-        LF_F32_CASE(1, 1) LF_F32_CASE(1, 2) LF_F32_CASE(1, 3) LF_F32_CASE(1, 4)
-        LF_F32_CASE(2, 1) LF_F32_CASE(2, 2) LF_F32_CASE(2, 3) LF_F32_CASE(2, 4)
-        LF_F32_CASE(3, 1) LF_F32_CASE(3, 2) LF_F32_CASE(3, 3)
+  for (int64_t t0 = 0; t0 < M; t0 += kTile) {
+    const int64_t t1 = std::min(M, t0 + kTile), passes = (t1 - t0 + BM - 1) / BM;
+    for (int64_t n = n0; n < n1; n += BN) {
+      const int64_t nr = std::min<int64_t>(BN, n1 - n);
+      for (int64_t m0 = t0; m0 < t1; m0 += BM) {
+        const int64_t r = std::min<int64_t>(BM, t1 - m0), p = (m0 - t0) / BM;
+        // this pass prefetches rows [lo, hi) of the block kAhead rows on (first tile only)
+        const int64_t base = n + kAhead, lo = std::min(L.N, base + BN * p / passes),
+                      hi = std::min(L.N, base + BN * (p + 1) / passes);
+        const float* pf = L.w + lo * L.K;
+        const int64_t npf = t0 == 0 ? hi - lo : 0;
+        switch (nr * 4 + r - 1) {
+#define LF_F32_CASE(i, j) case i * 4 + j - 1: f32_block<i, j>(L, n, a, m0, out, pf, npf); break;
+          LF_F32_CASE(1, 1) LF_F32_CASE(1, 2) LF_F32_CASE(1, 3) LF_F32_CASE(1, 4)
+          LF_F32_CASE(2, 1) LF_F32_CASE(2, 2) LF_F32_CASE(2, 3) LF_F32_CASE(2, 4)
+          LF_F32_CASE(3, 1) LF_F32_CASE(3, 2) LF_F32_CASE(3, 3)
 #undef LF_F32_CASE
-        default: f32_block<3, 4>(L, n, a, m0, out); break;
-      }
-      for (int64_t i = 0; i < nr; ++i)
-        for (int64_t rr = 0; rr < r; ++rr) {
-          float& dst = y[(m0 + rr) * ldy + (n - n0 + i)];
-          dst = (add ? dst : 0.f) + out[i][rr] + (L.bias ? L.bias[n + i] : 0.f);
+          default: f32_block<3, 4>(L, n, a, m0, out, pf, npf); break;
         }
+        for (int64_t i = 0; i < nr; ++i)
+          for (int64_t rr = 0; rr < r; ++rr) {
+            float& dst = y[(m0 + rr) * ldy + (n - n0 + i)];
+            dst = (add ? dst : 0.f) + out[i][rr] + (L.bias ? L.bias[n + i] : 0.f);
+          }
+      }
     }
   }
 }
@@ -399,18 +418,47 @@ struct KvSeq {
   }
 };
 
+// s[j] = q . k_j, j < J (keys J at stride ks): J accumulators, so the FMAs do not wait on each other.
+template <int J>
+void dots(const float* q, const float* k, int64_t ks, int64_t hd, float* s) {
+  V acc[J];
+  for (int j = 0; j < J; ++j) acc[j] = vzero();
+  int64_t i = 0;
+  for (; i + N <= hd; i += N) {
+    const V qv = vload(q + i);
+    for (int j = 0; j < J; ++j) acc[j] = vfma(qv, vload(k + j * ks + i), acc[j]);
+  }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  hsums256(acc, J, s);
+#else
+  for (int j = 0; j < J; ++j) s[j] = vsum(acc[j]);
+#endif
+  for (int j = 0; j < J; ++j)
+    for (int64_t e = i; e < hd; ++e) s[j] += q[e] * k[j * ks + e];
+}
+
+// out[c0 .. c0 + NV * N) += sum_l p[l] * v_l[same dims], l < n (values at stride vs): the NV output
+// vectors stay in registers across the positions.
+template <int NV>
+void weighted_sum(const float* p, const float* v, int64_t vs, int64_t n, int64_t c0, float* out) {
+  V acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = vload(out + c0 + j * N);
+  for (int64_t l = 0; l < n; ++l) {
+    const V pl = vset1(p[l]);
+    for (int j = 0; j < NV; ++j) acc[j] = vfma(pl, vload(v + l * vs + c0 + j * N), acc[j]);
+  }
+  for (int j = 0; j < NV; ++j) vstore(out + c0 + j * N, acc[j]);
+}
+
 // softmax(q . k_l * scale) . v_l over positions 0..t of one kv head of one sequence.
 void attend(const float* q, const KvSeq& kv, int64_t t, int64_t hd, float scale, float* s, float* out) {
   float mx = -INFINITY;
   kv.runs(t + 1, [&](const float* kb, const float*, int64_t l0, int64_t n) {
-    for (int64_t l = 0; l < n; ++l) {
-      const float* k = kb + l * kv.stride;
-      V acc = vzero();
-      int64_t i = 0;
-      for (; i + N <= hd; i += N) acc = vfma(vload(q + i), vload(k + i), acc);
-      float d = vsum(acc);
-      for (; i < hd; ++i) d += q[i] * k[i];
-      s[l0 + l] = d * scale;
+    int64_t l = 0;
+    for (; l + 4 <= n; l += 4) dots<4>(q, kb + l * kv.stride, kv.stride, hd, s + l0 + l);
+    for (; l < n; ++l) dots<1>(q, kb + l * kv.stride, kv.stride, hd, s + l0 + l);
+    for (l = 0; l < n; ++l) {
+      s[l0 + l] *= scale;
       mx = std::max(mx, s[l0 + l]);
     }
   });
@@ -426,15 +474,25 @@ void attend(const float* q, const KvSeq& kv, int64_t t, int64_t hd, float scale,
     sum += s[l];
   }
   for (int64_t i = 0; i < hd; ++i) out[i] = 0.f;
+  const int64_t hv = hd / N * N;  // dims in whole vectors; the rest one by one
   kv.runs(t + 1, [&](const float*, const float* vb, int64_t l0, int64_t n) {
-    for (int64_t l = 0; l < n; ++l) {
-      const float p = s[l0 + l] / sum;
-      const float* v = vb + l * kv.stride;
-      int64_t i = 0;
-      for (; i + N <= hd; i += N) vstore(out + i, vfma(vset1(p), vload(v + i), vload(out + i)));
-      for (; i < hd; ++i) out[i] += p * v[i];
+    for (int64_t c0 = 0; c0 < hv; c0 += 8 * N) {
+      switch (std::min<int64_t>(8, (hv - c0) / N)) {
+        case 1: weighted_sum<1>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 2: weighted_sum<2>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 3: weighted_sum<3>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 4: weighted_sum<4>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 5: weighted_sum<5>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 6: weighted_sum<6>(s + l0, vb, kv.stride, n, c0, out); break;
+        case 7: weighted_sum<7>(s + l0, vb, kv.stride, n, c0, out); break;
+        default: weighted_sum<8>(s + l0, vb, kv.stride, n, c0, out); break;
+      }
     }
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t i = hv; i < hd; ++i) out[i] += s[l0 + l] * vb[l * kv.stride + i];
   });
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < hd; ++i) out[i] *= inv;
 }
 
 // Head g of sequence s in layer li.
