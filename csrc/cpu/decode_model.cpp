@@ -349,7 +349,7 @@ void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, in
     return;
   }
   constexpr int BN = 3, BM = 4;  // weight rows x token rows per block: 12 accumulators
-  constexpr int64_t kAhead = 6, kTile = 64;
+  constexpr int64_t kAhead = 12, kTile = 64;
   float out[BN][4];
   for (int64_t t0 = 0; t0 < M; t0 += kTile) {
     const int64_t t1 = std::min(M, t0 + kTile), passes = (t1 - t0 + BM - 1) / BM;
