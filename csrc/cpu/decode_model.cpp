@@ -450,49 +450,63 @@ void weighted_sum(const float* p, const float* v, int64_t vs, int64_t n, int64_t
   for (int j = 0; j < NV; ++j) vstore(out + c0 + j * N, acc[j]);
 }
 
-// softmax(q . k_l * scale) . v_l over positions 0..t of one kv head of one sequence.
-void attend(const float* q, const KvSeq& kv, int64_t t, int64_t hd, float scale, float* s, float* out) {
-  float mx = -INFINITY;
+// softmax(q_g . k_l * scale) . v_l over positions 0..t of one kv head of one sequence, for the G
+// query heads that share it (q_g = q + g * hd, out likewise; scores of head g at s + g * ls): the
+// keys and values come from memory once and from L1 for the group's other heads.
+void attend(const float* q, int64_t G, const KvSeq& kv, int64_t t, int64_t hd, float scale, float* s, int64_t ls,
+            float* out) {
   kv.runs(t + 1, [&](const float* kb, const float*, int64_t l0, int64_t n) {
     int64_t l = 0;
-    for (; l + 4 <= n; l += 4) dots<4>(q, kb + l * kv.stride, kv.stride, hd, s + l0 + l);
-    for (; l < n; ++l) dots<1>(q, kb + l * kv.stride, kv.stride, hd, s + l0 + l);
-    for (l = 0; l < n; ++l) {
-      s[l0 + l] *= scale;
-      mx = std::max(mx, s[l0 + l]);
+    for (; l + 4 <= n; l += 4) {
+      if (l + 8 <= n)  // the next keys, while these are dotted: a line per 64 bytes of each row
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t e = 0; e < hd; e += 16) __builtin_prefetch(kb + (l + 4 + r) * kv.stride + e, 0, 3);
+      for (int64_t g = 0; g < G; ++g) dots<4>(q + g * hd, kb + l * kv.stride, kv.stride, hd, s + g * ls + l0 + l);
     }
+    for (; l < n; ++l)
+      for (int64_t g = 0; g < G; ++g) dots<1>(q + g * hd, kb + l * kv.stride, kv.stride, hd, s + g * ls + l0 + l);
   });
-  float sum = 0.f;
-  int64_t l = 0;
-  for (; l + N <= t + 1; l += N) {
-    const V e = vexp(vsub(vload(s + l), vset1(mx)));
-    vstore(s + l, e);
-    sum += vsum(e);
+  for (int64_t g = 0; g < G; ++g) {
+    float* sg = s + g * ls;
+    float mx = -INFINITY;
+    for (int64_t l = 0; l <= t; ++l) mx = std::max(mx, sg[l] *= scale);
+    float sum = 0.f;
+    int64_t l = 0;
+    for (; l + N <= t + 1; l += N) {
+      const V e = vexp(vsub(vload(sg + l), vset1(mx)));
+      vstore(sg + l, e);
+      sum += vsum(e);
+    }
+    for (; l <= t; ++l) {
+      sg[l] = std::exp(sg[l] - mx);
+      sum += sg[l];
+    }
+    // fold 1 / sum into the weights: the value sums come out normalised
+    const float inv = 1.f / sum;
+    for (l = 0; l <= t; ++l) sg[l] *= inv;
+    for (int64_t i = 0; i < hd; ++i) out[g * hd + i] = 0.f;
   }
-  for (; l <= t; ++l) {
-    s[l] = std::exp(s[l] - mx);
-    sum += s[l];
-  }
-  for (int64_t i = 0; i < hd; ++i) out[i] = 0.f;
   const int64_t hv = hd / N * N;  // dims in whole vectors; the rest one by one
   kv.runs(t + 1, [&](const float*, const float* vb, int64_t l0, int64_t n) {
-    for (int64_t c0 = 0; c0 < hv; c0 += 8 * N) {
-      switch (std::min<int64_t>(8, (hv - c0) / N)) {
-        case 1: weighted_sum<1>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 2: weighted_sum<2>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 3: weighted_sum<3>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 4: weighted_sum<4>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 5: weighted_sum<5>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 6: weighted_sum<6>(s + l0, vb, kv.stride, n, c0, out); break;
-        case 7: weighted_sum<7>(s + l0, vb, kv.stride, n, c0, out); break;
-        default: weighted_sum<8>(s + l0, vb, kv.stride, n, c0, out); break;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* p = s + g * ls + l0;
+      float* o = out + g * hd;
+      for (int64_t c0 = 0; c0 < hv; c0 += 8 * N) {
+        switch (std::min<int64_t>(8, (hv - c0) / N)) {
+          case 1: weighted_sum<1>(p, vb, kv.stride, n, c0, o); break;
+          case 2: weighted_sum<2>(p, vb, kv.stride, n, c0, o); break;
+          case 3: weighted_sum<3>(p, vb, kv.stride, n, c0, o); break;
+          case 4: weighted_sum<4>(p, vb, kv.stride, n, c0, o); break;
+          case 5: weighted_sum<5>(p, vb, kv.stride, n, c0, o); break;
+          case 6: weighted_sum<6>(p, vb, kv.stride, n, c0, o); break;
+          case 7: weighted_sum<7>(p, vb, kv.stride, n, c0, o); break;
+          default: weighted_sum<8>(p, vb, kv.stride, n, c0, o); break;
+        }
       }
+      for (int64_t l = 0; l < n; ++l)
+        for (int64_t i = hv; i < hd; ++i) o[i] += p[l] * vb[l * kv.stride + i];
     }
-    for (int64_t l = 0; l < n; ++l)
-      for (int64_t i = hv; i < hd; ++i) out[i] += s[l0 + l] * vb[l * kv.stride + i];
   });
-  const float inv = 1.f / sum;
-  for (int64_t i = 0; i < hd; ++i) out[i] *= inv;
 }
 
 // Head g of sequence s in layer li.
@@ -566,14 +580,17 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           }
         }
       }
+      // attention: an item is one token's query heads that share a kv head (or one head, when
+      // there are fewer such groups than threads)
+      const int64_t grp = H / KV, gs = M * KV >= st.threads ? grp : 1, per_tok = H / gs;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < M * H; ++i) {
-        const int64_t m = i / H, j = i % H, g = j / (H / KV);
+      for (int64_t i = 0; i < M * per_tok; ++i) {
+        const int64_t m = i / per_tok, j = i % per_tok * gs, g = j / grp;
         float* out = h + m * kmax + j * hd;
-        attend(qkv + m * nqkv + j * hd, kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g), st.positions[m], hd, scale,
-               scores, out);
+        attend(qkv + m * nqkv + j * hd, gs, kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g), st.positions[m], hd,
+               scale, scores, sp.score_ld, out);
         if (L.o.int4 && head_blocks)
-          prep_blocks(h + m * kmax, H * hd / 32, j * hd / 32, (j + 1) * hd / 32, q8 + m * kmax, dx + m * ldb,
+          prep_blocks(h + m * kmax, H * hd / 32, j * hd / 32, (j + gs) * hd / 32, q8 + m * kmax, dx + m * ldb,
                       xs + m * ldb, w.act_q8);
       }
       if (L.o.int4 && !head_blocks) {

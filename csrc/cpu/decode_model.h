@@ -93,7 +93,7 @@ struct DecodeStep {
 // (H + 2 KV) hd); gu, gate and up (M, 2F). Per thread: the RMSNorm output of the M rows (every
 // thread normalises them itself, which saves a barrier) in the same four forms; attention scores.
 struct DecodeScratch {
-  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, per_thread, norm, norm_q8, norm_dx, norm_xs, scores, floats;
+  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, per_thread, norm, norm_q8, norm_dx, norm_xs, scores, score_ld, floats;
   static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
   DecodeScratch(const DecodeWeights& w, int64_t M, int threads) {
     // row stride of the activation buffers: the widest input plus 16 floats, so that rows are not
@@ -115,7 +115,8 @@ struct DecodeScratch {
     norm_dx = norm_q8 + round16(M * kmax / 4 + 1);
     norm_xs = norm_dx + round16(M * ldb);
     scores = norm_xs + round16(M * ldb);
-    per_thread = scores + round16(w.rope_len + 16);
+    score_ld = round16(w.rope_len + 16);
+    per_thread = scores + score_ld * (w.n_heads / w.n_kv_heads);  // a row per query head of a group
     const int64_t base = at;
     norm += base;
     norm_q8 += base;
