@@ -143,12 +143,9 @@ class PagedKVCache:
         seq_ids = list(seq_ids)
         counts = self._counts(seq_ids, n_new)
         self.reserve(seq_ids, counts)
-        width = max([len(self._blocks[s]) for s in seq_ids] + [1])
-        table = torch.full((len(seq_ids), width), -1, dtype=torch.int32)
-        for i, s in enumerate(seq_ids):
-            blocks = self._blocks[s]
-            if blocks:
-                table[i, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+        rows = [self._blocks[s] for s in seq_ids]
+        width = max([len(b) for b in rows] + [1])
+        table = torch.tensor([b + [-1] * (width - len(b)) for b in rows], dtype=torch.int32).view(len(rows), width)
         lens = torch.tensor([self._lens[s] for s in seq_ids], dtype=torch.int32)
         n = torch.tensor(counts, dtype=torch.int32)
         dev = self.k_pools.device
