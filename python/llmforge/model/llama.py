@@ -194,7 +194,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
 
     def forward(self, x):
-        g, u = self.gate_proj(x), self.up_proj(x)
+        gp, up = self.gate_proj, self.up_proj
+        if _fused_cpu(x, gp, up) and (gp.bias is None) == (up.bias is None):  # one GEMM, SwiGLU on [gate | up]
+            b = torch.cat([gp.bias, up.bias]) if gp.bias is not None else None
+            return self.down_proj(ops.swiglu_packed(F.linear(x, torch.cat([gp.weight, up.weight]), b)))
+        g, u = gp(x), up(x)
         if use_kernels(g) and g.dtype == u.dtype:
             return self.down_proj(ops.swiglu(g, u))
         return self.down_proj(F.silu(g) * u)
