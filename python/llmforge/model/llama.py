@@ -8,8 +8,8 @@ Llama layout (model.layers.N.self_attn.q_proj.weight, ...), so state dicts map 1
     loss = model.loss(tokens, labels)                        # mean next-token CE over labels != -100
 
 On CPU (float32/bfloat16/float64, no autocast) training takes fused paths with the same maths:
-q/k/v as one GEMM with RoPE writing heads-first (ops.qkv_rope), the residual add fused into the
-post-attention norm (ops.rmsnorm_residual), and the output layer + loss in one Function
+q/k/v as one GEMM with RoPE writing heads-first (ops.qkv_rope), gate/up as one GEMM feeding
+ops.swiglu_packed, the residual add fused into the post-attention norm (ops.rmsnorm_residual), and the output layer + loss in one Function
 (ops.linear_cross_entropy). Projections that are not bare nn.Linear (LoRA, quantised, hooked)
 keep the unfused path.
 """
