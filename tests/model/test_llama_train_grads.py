@@ -1,5 +1,6 @@
 """The training loss and every parameter gradient of the model (fused CPU paths: q/k/v GEMM with
-RoPE, gate/up GEMM with packed SwiGLU, fused residual + RMSNorm, the cross-entropy kernel) against transformers' Llama in float64."""
+RoPE, gate/up GEMM with packed SwiGLU, fused residual + RMSNorm, the cross-entropy kernel)
+against transformers' Llama in float64."""
 from __future__ import annotations
 
 import pytest
