@@ -70,6 +70,28 @@ def time_fn(fn, device: str = "cpu", warmup: int = 3, iters: int = 20, min_time_
     return statistics.median(times), q(0.1), q(0.9)
 
 
+def time_fns_interleaved(fns, device: str = "cpu", warmup: int = 2, iters: int = 10) -> list[tuple[float, float, float]]:
+    """time_fn for several functions at once, one call of each in turn per round, so that a drift
+    of the machine's speed (this VM's shifts by up to 1.5x within minutes) reaches all of them alike
+    and their ratio stays fair. Returns (median, p10, p90) in ms per function."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(iters):
+        for fn, ts in zip(fns, times):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    out = []
+    for ts in times:
+        ts.sort()
+        out.append((statistics.median(ts), ts[int(0.1 * len(ts))], ts[min(len(ts) - 1, int(0.9 * len(ts)))]))
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def peak_bandwidth(device: str = "cpu") -> float:
     """Measured copy bandwidth in GB/s (bytes read + bytes written) on a 256 MiB buffer."""

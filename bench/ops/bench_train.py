@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import finish, row, time_fn
+from bench.harness import finish, row, time_fns_interleaved
 from bench.reference_llama import ReferenceLlama
 from llmforge.model import ModelConfig, Transformer
 
@@ -31,15 +31,20 @@ def run(device: str = "cpu", quick: bool = False):
             a, b = ours.loss(tokens).item(), ref.loss(tokens).item()
         assert abs(a - b) < 1e-4 * abs(a), f"models differ: {a} vs {b}"
         flops = 6 * cfg.n_params(embeddings=False) * B * T + 12 * cfg.n_layers * cfg.dim * T * T * B / 2
-        for impl, model in (("llmforge", ours), ("torch eager + SDPA", ref)):
+        impls = (("llmforge", ours), ("torch eager + SDPA", ref))
+        steps = []
+        for impl, model in impls:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step():
+            def step(model=model, opt=opt):
                 opt.zero_grad(set_to_none=True)
                 model.loss(tokens).backward()
                 opt.step()
 
-            t = time_fn(step, device, warmup=2, iters=5 if quick else 10, min_time_s=0)
+            steps.append(step)
+        # one step of each in turn: the VM's speed drifts, and both sides must see the same drift
+        times = time_fns_interleaved(steps, device, warmup=2, iters=5 if quick else 12)
+        for (impl, _), t in zip(impls, times):
             rows.append(row(f"{name}, batch {B}x{T}", impl, t, device, flops=flops,
                             tokens_per_s=f"{B * T / (t[0] * 1e-3):,.0f}", params=f"{cfg.n_params() / 1e6:.1f}M"))
     return finish(rows, baseline="torch eager + SDPA")
