@@ -341,15 +341,21 @@ void f32_block(const DecodeLinear& L, int64_t n0, const Act& a, int64_t m0, floa
 // from memory once, in its first pass over the tokens, and stay in L1 for the other passes; the
 // passes prefetch the rows kAhead on, spread over them, so that memory streams while the FMAs run.
 // Long prompts go through in tiles of kTile tokens (a tile's activations stay in L2; so do the
-// item's weight rows, re-read per tile).
+// item's weight rows, re-read per tile); int4 weights likewise, a row at a time per tile.
 void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, int64_t M, float* y, int64_t ldy,
                  bool add) {
-  if (L.int4 || M == 1) {
-    for (int64_t n = n0; n < n1; ++n) linear_row(L, n, a, M, y + (n - n0), ldy, add);
+  constexpr int64_t kTile = 64;
+  if (L.int4 || M == 1) {  // tiles of kTile tokens, whose int8 codes stay in L1/L2 across the rows
+    for (int64_t t0 = 0; t0 < M; t0 += kTile) {
+      const auto at_row = [t0](auto* p, int64_t ld) { return p ? p + t0 * ld : p; };
+      const Act at{at_row(a.f, a.ldq), at_row(a.q, a.ldq), at_row(a.dx, a.ldb), at_row(a.xs, a.ldb), a.ldq, a.ldb, a.q8};
+      for (int64_t n = n0; n < n1; ++n)
+        linear_row(L, n, at, std::min(kTile, M - t0), y + t0 * ldy + (n - n0), ldy, add);
+    }
     return;
   }
   constexpr int BN = 3, BM = 4;  // weight rows x token rows per block: 12 accumulators
-  constexpr int64_t kAhead = 12, kTile = 64;
+  constexpr int64_t kAhead = 12;
   float out[BN][4];
   for (int64_t t0 = 0; t0 < M; t0 += kTile) {
     const int64_t t1 = std::min(M, t0 + kTile), passes = (t1 - t0 + BM - 1) / BM;

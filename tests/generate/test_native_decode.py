@@ -124,6 +124,24 @@ def test_int4_q8_model_matches_q8_reference(group_size, symmetric, dim):
     _agree(python, ref, plain)
 
 
+def test_long_prompts_go_through_in_token_tiles():
+    """A 150-token prefill crosses the kernel's 64-token tiles: float weights still match the float64
+    forward, and int4 weights (per-token sums in a fixed order) give exactly the step-by-step logits."""
+    ids = torch.randint(0, 301, (150,), generator=torch.Generator().manual_seed(6))
+    m = _model(max_seq_len=160, std=0.1)
+    with torch.no_grad():
+        ref = m.double()(ids[None])[0]
+    m.float()
+    got = NativeDecoder(m, max_len=160).forward(ids.tolist(), all_logits=True)
+    torch.testing.assert_close(got.double(), ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+    for act_round in (None, "q8_0"):
+        q = _int4(_model(max_seq_len=160, std=0.08, tie_embeddings=False), act_round=act_round,
+                  targets=PROJ + ("lm_head",))     # an int4 head too: every sum is per token
+        whole = NativeDecoder(q, max_len=160).forward(ids.tolist(), all_logits=True)
+        step = NativeDecoder(q, max_len=160)
+        assert torch.equal(whole, torch.stack([step.forward([t]) for t in ids.tolist()]))
+
+
 def test_int4_output_head_and_scalar_path_agree():
     m = _int4(_model(std=0.08, tie_embeddings=False), act_round="q8_0", targets=PROJ + ("lm_head",))
     assert isinstance(m.lm_head, Int4Linear)
