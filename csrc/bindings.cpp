@@ -676,7 +676,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("v_pools"), py::arg("logits"), py::arg("out_rows"))
       .def("truncate", [](PyDecodeModel& self, int64_t n) { self.impl->truncate(n); }, py::arg("n"))
       .def_property_readonly("length", [](const PyDecodeModel& self) { return self.impl->length(); })
-      .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); });
+      .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); })
+      .def_property(
+          "threads", [](const PyDecodeModel& self) { return self.impl->threads(); },
+          [](PyDecodeModel& self, int t) { self.impl->set_threads(t); });
 
   // ---- cross_entropy -----------------------------------------------------------
   m.def("cross_entropy_fwd",

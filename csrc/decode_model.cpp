@@ -151,6 +151,12 @@ void DecodeModel::run(const std::vector<int64_t>& tokens, const int64_t* positio
   LF_CPU_DISPATCH(decode_forward, w_, st);
 }
 
+void DecodeModel::set_threads(int threads) {
+  check_threads(kOp, threads);
+  std::lock_guard<std::mutex> lock(mu_);
+  threads_ = threads;
+}
+
 void DecodeModel::forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t M = int64_t(tokens.size());

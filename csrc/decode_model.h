@@ -58,6 +58,8 @@ class DecodeModel {
   int64_t length() const { return length_; }
   void truncate(int64_t n);  // forget positions >= n (0 resets)
   int64_t max_len() const { return w_.max_len; }
+  int threads() const { return threads_; }
+  void set_threads(int threads);  // OpenMP threads of the next calls (>= 1)
 
  private:
   void run(const std::vector<int64_t>& tokens, const int64_t* positions, const int32_t* seqs,

@@ -14,9 +14,11 @@ Int4Linear (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_in
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
 results are the Python forward's up to float summation order. One sequence at a time (batch 1).
+Each call runs on `threads` threads, or on one while the machine is oversubscribed (threads.py).
 """
 from __future__ import annotations
 
+import time
 import weakref
 
 import torch
@@ -25,6 +27,7 @@ from torch import nn
 from .. import _C
 from ..model.llama import MLP, RMSNorm, Transformer, rope_inv_freq
 from ..quant.linear import Int4Linear
+from .threads import ThreadChooser
 
 
 class NotSupported(ValueError):
@@ -92,12 +95,22 @@ class NativeDecoder:
         ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)
         self.cfg, self.max_len = cfg, max_len
         self.threads = torch.get_num_threads() if threads is None else int(threads)
+        self.chooser = ThreadChooser(self.threads)   # fewer threads while the machine is oversubscribed
         self._m = _C.DecodeModel(
             {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
              "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "vocab": cfg.vocab_size, "max_len": max_len,
              "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"}},
             emb.detach().contiguous(), ang.cos().float().contiguous(), ang.sin().float().contiguous(),
             _norm(model.model.norm, "norm"), output, layers, self.threads)
+
+    def _timed(self, rows: int, fn, *args) -> None:
+        """fn(*args) on the thread count the chooser picks for a call of `rows` rows, timed for it."""
+        n = self.chooser.pick(rows)
+        if self._m.threads != n:
+            self._m.threads = n
+        t0 = time.perf_counter()
+        fn(*args)
+        self.chooser.record(rows, n, time.perf_counter() - t0)
 
     @staticmethod
     def why_not(model) -> str | None:
@@ -125,7 +138,8 @@ class NativeDecoder:
         (default: every row)."""
         rows = list(range(len(tokens))) if out_rows is None else list(out_rows)
         out = torch.empty(len(rows), self.cfg.vocab_size)
-        self._m.forward_paged(tokens, positions, seqs, block_table, k_pools, v_pools, out, rows)
+        self._timed(len(tokens), self._m.forward_paged, tokens, positions, seqs, block_table, k_pools, v_pools, out,
+                    rows)
         return out
 
     def forward(self, tokens, all_logits: bool = False) -> torch.Tensor:
@@ -137,7 +151,7 @@ class NativeDecoder:
             tokens = tokens.tolist()
         n = len(tokens)
         out = torch.empty(n if all_logits else 1, self.cfg.vocab_size)
-        self._m.forward(tokens, out, all_logits)
+        self._timed(n, self._m.forward, tokens, out, all_logits)
         return out if all_logits else out[0]
 
 
