@@ -3,10 +3,14 @@ logits for any incoming gradient, ignored rows, extreme logits, gradcheck, opche
 and the fused output layer + loss (linear_cross_entropy) against F.linear + F.cross_entropy."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 from llmforge.ops import cross_entropy, cross_entropy_reference, linear_cross_entropy
+
+ce_module = importlib.import_module("llmforge.ops.cross_entropy")   # the module (ops.cross_entropy is the function)
 
 # (dtype, loss atol/rtol, grad atol/rtol)
 TOLS = [(torch.float32, 2e-5, 2e-6, 1e-7, 1e-5), (torch.bfloat16, 1e-4, 1e-5, 1e-6, 2**-7),
@@ -108,7 +112,11 @@ def test_bad_input():
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 2e-2, 2e-2),
                                              (torch.float64, 1e-11, 1e-10)])
 @pytest.mark.parametrize("N,D,V", [(1, 1, 2), (37, 19, 301), (130, 64, 1000), (64, 48, 4096)])
-def test_linear_cross_entropy(cpu_isa, N, D, V, dtype, atol, rtol):
+@pytest.mark.parametrize("chunk_rows", [None, 16])         # 16: several row chunks, the last one short
+def test_linear_cross_entropy(cpu_isa, N, D, V, dtype, atol, rtol, chunk_rows, monkeypatch):
+    if chunk_rows:
+        monkeypatch.setattr(ce_module, "MIN_CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(ce_module, "CHUNK_ELEMS", 1)
     h = (torch.randn(N, D, dtype=torch.float64)).to(dtype)
     w = (torch.randn(V, D, dtype=torch.float64) / D ** 0.5).to(dtype)
     targets = torch.randint(0, V, (N,))

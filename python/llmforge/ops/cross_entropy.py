@@ -9,9 +9,11 @@ loss[r] = logsumexp(logits[r]) - logits[r, targets[r]], and 0 where targets[r] =
 (default -100, as torch). The gradient at logits is grad_loss[r] * (softmax(logits[r]) -
 one_hot(targets[r])), written straight from the saved logits and log-sum-exp: no float copy
 of the logits, no log-probabilities tensor, no zero-filled scatter. linear_cross_entropy (the
-training loss of an output layer) goes further: its forward overwrites the logits with
-softmax - one_hot while each row is in L1, and its backward scales the two GEMM results by the
-incoming gradient, so there is no backward pass over the (N, V) logits at all.
+training loss of an output layer) goes further: it works in row chunks (16 MiB of logits, at
+least 256 rows), and for each its forward overwrites the logits with softmax - one_hot while each
+row is in L1 and multiplies them into the input and weight gradients at once; the backward only
+scales those by the incoming gradient. No (N, V) tensor is ever kept: for 4096 tokens of a
+32k vocabulary that is 512 MiB of float32 logits saved for the backward that it does not hold.
 
 Kernel: csrc/cpu/cross_entropy.cpp (CPU: float32, bfloat16, float64 logits; float32 maths and
 loss for bfloat16, float64 for float64). logits must be contiguous; targets int64 in [0, V)
@@ -105,28 +107,52 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     return cross_entropy_fwd(logits, targets, int(ignore_index))[0]
 
 
+# logits elements per chunk of _LinearCrossEntropy (16 MiB of float32), but never fewer than
+# MIN_CHUNK_ROWS rows: below that the weight-gradient accumulation would cost more traffic than
+# the chunk's GEMMs do arithmetic
+CHUNK_ELEMS = 4 << 20
+MIN_CHUNK_ROWS = 256
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_r CE(h[r] @ weight^T, targets[r]): the forward writes softmax - one_hot over the logits
-    in place while each row is in L1 (the gradient for an incoming 1); the backward scales the
-    two GEMM results by the incoming scalar instead of a (rows, vocab) gradient."""
+    """sum_r CE(h[r] @ weight^T, targets[r]) in row chunks: for each chunk the forward computes the
+    logits, overwrites them with softmax - one_hot while each row is in L1 (the gradient for an
+    incoming 1), and multiplies them straight into dh (chunk rows) and dweight (accumulated), so
+    only a chunk of logits ever exists (rows x vocab, not all rows) and it is read back while it
+    is still in cache. The backward scales dh and dweight by the incoming scalar."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index):
-        logits = torch.mm(h, weight.t())                                             # (N, V)
-        loss = torch.empty(h.shape[0], dtype=_stat_dtype(logits), device=h.device)
+        N, V = h.shape[0], weight.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = max(1, min(N, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(V, 1))))
+        loss = torch.empty(N, dtype=_stat_dtype(h), device=h.device)
         lse = torch.empty_like(loss)
-        grad = logits if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
-        C.cross_entropy_fwd(logits, targets.contiguous(), loss, lse, grad, int(ignore_index), threads())
-        ctx.save_for_backward(h, weight, logits)                                     # logits now hold the gradient
+        dh = torch.empty_like(h) if need_h else None
+        dw = torch.empty_like(weight) if need_w else None
+        buf = torch.empty(rows, V, dtype=h.dtype, device=h.device)
+        for r0 in range(0, N, rows):
+            r1 = min(N, r0 + rows)
+            hc, lg = h[r0:r1], buf[: r1 - r0]
+            torch.mm(hc, weight.t(), out=lg)
+            C.cross_entropy_fwd(lg, targets[r0:r1], loss[r0:r1], lse[r0:r1], lg if need_h or need_w else None,
+                                int(ignore_index), threads())
+            if need_h:
+                torch.mm(lg, weight, out=dh[r0:r1])
+            if need_w:
+                if r0 == 0:
+                    torch.mm(lg.t(), hc, out=dw)
+                else:
+                    dw.addmm_(lg.t(), hc)
+        ctx.save_for_backward(dh, dw)
         return loss.sum()
 
     @staticmethod
     def backward(ctx, grad_total):
-        h, weight, g = ctx.saved_tensors
-        s = grad_total.to(g.dtype)
-        dh = torch.mm(g, weight).mul_(s) if ctx.needs_input_grad[0] else None
-        dw = torch.mm(g.t(), h).mul_(s) if ctx.needs_input_grad[1] else None
-        return dh, dw, None, None
+        dh, dw = ctx.saved_tensors
+        s = grad_total.to(dh.dtype if dh is not None else dw.dtype)
+        return (dh * s if ctx.needs_input_grad[0] else None, dw * s if ctx.needs_input_grad[1] else None,
+                None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
@@ -143,7 +169,7 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_inde
         raise TypeError(f"linear_cross_entropy: targets must be int64, got {targets.dtype}")
     require(targets.shape == h.shape[:1] and targets.device == h.device,
             f"linear_cross_entropy: targets must be ({h.shape[0]},) on {h.device}, got {tuple(targets.shape)}")
-    return _LinearCrossEntropy.apply(h.contiguous(), weight, targets, int(ignore_index))
+    return _LinearCrossEntropy.apply(h.contiguous(), weight.contiguous(), targets.contiguous(), int(ignore_index))
 
 
 def cross_entropy_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
