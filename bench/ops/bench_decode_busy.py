@@ -16,8 +16,8 @@ import time
 import torch
 
 from bench.harness import finish, row, time_fn
+from bench.ops.bench_engine import model_11m
 from llmforge.generate.native import NativeDecoder
-from llmforge.model import ModelConfig, Transformer
 
 HOG = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 
@@ -25,10 +25,7 @@ HOG = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 def run(device: str = "cpu", quick: bool = False):
     if device != "cpu":
         return []
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024,
-                      tie_embeddings=True, max_seq_len=256)
-    model = Transformer(cfg).eval()
+    model = model_11m()
     threads = torch.get_num_threads()
     rows = []
     for load in ("idle", "next to a busy job"):

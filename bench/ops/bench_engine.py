@@ -17,13 +17,17 @@ from llmforge.generate.serving_engine import Engine
 from llmforge.model import ModelConfig, Transformer
 
 
+def model_11m() -> Transformer:
+    """The ~11M-parameter float32 model of the generation benches (random weights, seed 0)."""
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024,
+                                   tie_embeddings=True, max_seq_len=256)).eval()
+
+
 def run(device: str = "cpu", quick: bool = False):
     if device != "cpu":
         return []
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024,
-                      tie_embeddings=True, max_seq_len=256)
-    model = Transformer(cfg).eval()
+    model = model_11m()
     g = torch.Generator().manual_seed(0)
     n_req, new = 16, 32 if quick else 64
     prompts = [torch.randint(0, 4096, (int(torch.randint(16, 49, (1,), generator=g)),), generator=g).tolist()
