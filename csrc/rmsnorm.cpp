@@ -43,14 +43,14 @@ void check_weight(const char* op, const char* arg, const TensorView& w, const Te
   check_contiguous(op, arg, w);
 }
 
+}  // namespace
+
 void check_rstd(const char* op, const TensorView& rstd, const TensorView& x) {
   check_same_device(op, "rstd", rstd, x, "x");
   check_dtype(op, "rstd", rstd, {x.dtype == DType::f64 ? DType::f64 : DType::f32});
   check_shape(op, "rstd", rstd, {x.shape[0]});
   check_contiguous(op, "rstd", rstd);
 }
-
-}  // namespace
 
 void rmsnorm_fwd(const TensorView& x, const TensorView* res, const TensorView& w, const TensorView& y,
                  const TensorView* h_out, const TensorView& rstd, double eps, int threads, intptr_t stream) {

@@ -20,4 +20,8 @@ void rmsnorm_bwd(const TensorView& dy, const TensorView& h, const TensorView& w,
 
 int64_t rmsnorm_bwd_workspace_rows(int64_t rows, int device);
 
+// rstd must be (rows of x,) float32 (float64 for f64 x), contiguous, on x's device (also used by
+// the RMSNorm+GEMM op).
+void check_rstd(const char* op, const TensorView& rstd, const TensorView& x);
+
 }  // namespace lf

@@ -10,6 +10,7 @@
 #include "cpu/rmsnorm_gemm.h"
 #include "device.h"
 #include "isa.h"
+#include "rmsnorm.h"
 #ifdef LLMFORGE_WITH_CUDA
 #include "rmsnorm_gemm.cuh"
 #endif
@@ -52,13 +53,6 @@ void check_out(const char* op, const char* arg, const TensorView& t, const Tenso
   check_same_dtype(op, arg, t, x, "x");
   check_shape(op, arg, t, shape);
   check_contiguous(op, arg, t);
-}
-
-void check_rstd(const char* op, const TensorView& rstd, const TensorView& x) {
-  check_same_device(op, "rstd", rstd, x, "x");
-  check_dtype(op, "rstd", rstd, {x.dtype == DType::f64 ? DType::f64 : DType::f32});
-  check_shape(op, "rstd", rstd, {x.shape[0]});
-  check_contiguous(op, "rstd", rstd);
 }
 
 float* aligned(std::unique_ptr<float[]>& owner, int64_t floats) {

@@ -91,6 +91,7 @@ def test_gptq_and_awq_beat_rtn_perplexity(trained_model):
     quantize_model_awq(awq_m, calib, bits, gs)
     r, gq, aw = (compare_models(model, m, held) for m in (rtn_m, gptq_m, awq_m))
     # KL to the float model is the direct measure; perplexity differences this small can go
-    # either way for AWQ, so it is only required of GPTQ here
+    # either way for AWQ, so it is only required of GPTQ here, as the distance to the float
+    # model's perplexity (3-bit RTN can land below it by chance: seen at 8.729 vs 8.737)
     assert gq["kl_per_token"] < r["kl_per_token"] and aw["kl_per_token"] < r["kl_per_token"], (r, gq, aw)
-    assert gq["ppl"] < r["ppl"], (r, gq)
+    assert abs(gq["ppl"] - gq["ppl_fp"]) < abs(r["ppl"] - r["ppl_fp"]), (r, gq)
