@@ -1,4 +1,5 @@
-"""Generation throughput: continuous batching of 16 requests vs the same requests one by one.
+"""Generation throughput: continuous batching of 16 requests vs the same requests one by one
+(the cases timed a run each in turn, so that drifts of the machine reach all of them alike).
 
     python -m bench engine [--record]
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import finish, row, time_fn
+from bench.harness import finish, row, time_fns_interleaved
 from llmforge.generate.sampling import SamplingParams
 from llmforge.generate.serving_engine import Engine
 from llmforge.model import ModelConfig, Transformer
@@ -36,14 +37,19 @@ def run(device: str = "cpu", quick: bool = False):
     rows = []
     cases = (("one by one", 1, True), ("continuous batching (max 16)", 16, True),
              ("one by one, Python path", 1, False), ("continuous batching (max 16), Python path", 16, False))
-    for name, max_batch, native in cases[:2] if quick else cases:
+    cases = cases[:2] if quick else cases
+
+    def runner(max_batch, native):
         def go():
             eng = Engine(model, num_blocks=512, block_size=16, max_batch=max_batch, native=native)
             for p in prompts:
                 eng.submit(p, new, greedy)
             eng.run()
+        return go
 
-        t = time_fn(go, warmup=1, iters=2 if quick else 3, min_time_s=0)
+    # one run of each case in turn: the VM's speed drifts, and the ratio must see the same drift
+    times = time_fns_interleaved([runner(mb, nat) for _, mb, nat in cases], warmup=1, iters=3 if quick else 5)
+    for (name, _, _), t in zip(cases, times):
         rows.append(row(f"{n_req} requests x {new} new tokens, 11M model", name, t,
                         tokens_per_s=f"{n_req * new / (t[0] * 1e-3):,.0f}"))
     return finish(rows, baseline="one by one")
