@@ -112,21 +112,11 @@ void bwd_impl(const CrossEntropyArgs& a) {
 }  // namespace
 
 void cross_entropy_fwd(const CrossEntropyArgs& a) {
-  switch (a.dtype) {
-    case DType::f32: fwd_impl<float>(a); break;
-    case DType::bf16: fwd_impl<bf16>(a); break;
-    case DType::f64: fwd_impl<double>(a); break;
-    default: break;  // the adapter (csrc/cross_entropy.cpp) has checked the dtype
-  }
+  with_float_type(a.dtype, [&](auto t) { fwd_impl<decltype(t)>(a); });
 }
 
 void cross_entropy_bwd(const CrossEntropyArgs& a) {
-  switch (a.dtype) {
-    case DType::f32: bwd_impl<float>(a); break;
-    case DType::bf16: bwd_impl<bf16>(a); break;
-    case DType::f64: bwd_impl<double>(a); break;
-    default: break;
-  }
+  with_float_type(a.dtype, [&](auto t) { bwd_impl<decltype(t)>(a); });
 }
 
 }  // namespace lf::cpu::LF_ISA

@@ -186,12 +186,7 @@ void bwd_impl(const RmsNormBwdArgs& a) {
 }  // namespace
 
 void rmsnorm_fwd(const RmsNormFwdArgs& a) {
-  switch (a.dtype) {
-    case DType::f32: fwd_impl<float>(a); break;
-    case DType::bf16: fwd_impl<bf16>(a); break;
-    case DType::f64: fwd_impl<double>(a); break;
-    default: break;  // the adapter (csrc/rmsnorm.cpp) has checked the dtype
-  }
+  with_float_type(a.dtype, [&](auto t) { fwd_impl<decltype(t)>(a); });
 }
 
 void rmsnorm_bwd(const RmsNormBwdArgs& a) {

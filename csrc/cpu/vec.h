@@ -10,10 +10,13 @@
 //   vstream      non-temporal store (falls back to vstore when unaligned)
 //   vadd vsub vmul vfma(a, b, c) = a*b + c, vmax, vset1, vzero, vsum (horizontal add), vhmax
 //   hsum256      horizontal add of a __m256 (SIMD builds)
+//   with_float_type(dtype, fn)  fn(T{}) for T = float, bf16 or double (a kernel's per-dtype switch)
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "tensor.h"  // DType
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -49,6 +52,18 @@ inline double to_f32(double x) { return x; }
 template <class T> inline T from_f32(float x);
 template <> inline float from_f32<float>(float x) { return x; }
 template <> inline bf16 from_f32<bf16>(float x) { return f32_to_bf16(x); }
+
+// fn(T{}) with T the storage type of a float32 / bfloat16 / float64 tensor; other dtypes do nothing
+// (every adapter has rejected them before a kernel runs).
+template <class Fn>
+inline void with_float_type(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f32: fn(float{}); break;
+    case DType::bf16: fn(bf16{}); break;
+    case DType::f64: fn(double{}); break;
+    default: break;
+  }
+}
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 // Sum of an 8-lane register (kernels that work in 256-bit registers in both SIMD builds).
