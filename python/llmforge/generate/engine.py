@@ -72,7 +72,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
     out = [[] for _ in range(B)]
     done = [False] * B
     stop = set(int(s) for s in stop_ids)
-    penalties = params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
+    penalties = params.penalized
     for _ in range(max_new_tokens):
         hist = None
         if penalties:

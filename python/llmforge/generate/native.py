@@ -13,7 +13,8 @@ Runs CPU float32 Llama models (no MoE) whose projections and output head are nn.
 Int4Linear (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
-results are the Python forward's up to float summation order. One sequence at a time (batch 1).
+results are the Python forward's up to float summation order. forward() runs one sequence on its own
+cache; forward_paged() a batch of sequences over a paged cache's pools.
 Each call runs on `threads` threads, or on one while the machine is oversubscribed (threads.py).
 """
 from __future__ import annotations

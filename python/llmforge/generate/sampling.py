@@ -48,12 +48,16 @@ class SamplingParams:
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
 
+    @property
+    def penalized(self) -> bool:
+        """True when a repetition, frequency or presence penalty applies (sampling needs the history)."""
+        return self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+
 
 def process_logits(logits: torch.Tensor, p: SamplingParams, history: torch.Tensor | None = None) -> torch.Tensor:
     """(B, V) float logits -> processed logits (masked entries are -inf)."""
     x = logits.float().clone()
-    if history is not None and history.numel() and (p.repetition_penalty != 1.0 or p.frequency_penalty
-                                                   or p.presence_penalty):
+    if history is not None and history.numel() and p.penalized:
         counts = torch.zeros_like(x)
         counts.scatter_add_(1, history.clamp(min=0), (history >= 0).float())
         seen = counts > 0

@@ -179,8 +179,7 @@ class Engine:
     def _emit(self, req: Request, logits_row: torch.Tensor, tok: int | None = None) -> None:
         if tok is None:
             p = req.params
-            hist = (torch.tensor([req.prompt + req.out])
-                    if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty else None)
+            hist = torch.tensor([req.prompt + req.out]) if p.penalized else None
             tok = int(sample(logits_row[None], p, req.generator, hist)[0])
         req.out.append(tok)
         self._events.append((req.rid, tok))
@@ -195,8 +194,7 @@ class Engine:
             req.on_token(req.rid, tok, delta, req.finish_reason)
 
     def _emit_all(self, reqs: list[Request], logits: torch.Tensor) -> None:
-        plain = all(r.params.temperature == 0 and r.params.repetition_penalty == 1.0 and not r.params.frequency_penalty
-                    and not r.params.presence_penalty for r in reqs)
+        plain = all(r.params.temperature == 0 and not r.params.penalized for r in reqs)
         toks = logits.argmax(-1).tolist() if plain else [None] * len(reqs)   # greedy: one argmax for the batch
         for r, row, t in zip(reqs, logits, toks):
             self._emit(r, row, t)
