@@ -65,7 +65,12 @@ def time_fn(fn, device: str = "cpu", warmup: int = 3, iters: int = 20, min_time_
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    return _stats(times)
+
+
+def _stats(times: list[float]) -> tuple[float, float, float]:
+    """Median, p10 and p90 of times."""
+    times = sorted(times)
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
     return statistics.median(times), q(0.1), q(0.9)
 
@@ -85,11 +90,7 @@ def time_fns_interleaved(fns, device: str = "cpu", warmup: int = 2, iters: int =
             fn()
             _sync(device)
             ts.append((time.perf_counter() - t0) * 1e3)
-    out = []
-    for ts in times:
-        ts.sort()
-        out.append((statistics.median(ts), ts[int(0.1 * len(ts))], ts[min(len(ts) - 1, int(0.9 * len(ts)))]))
-    return out
+    return [_stats(ts) for ts in times]
 
 
 @functools.lru_cache(maxsize=None)
