@@ -20,6 +20,7 @@
 #include "cross_entropy.h"
 #include "bpe.h"
 #include "pretokenize.h"
+#include "gemm.h"
 #include "rmsnorm_gemm.h"
 #include "rope.h"
 #include "swiglu.h"
@@ -404,6 +405,15 @@ PYBIND11_MODULE(_C, m) {
           lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads, stream);
         },
         py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"), py::arg("stream") = 0);
+
+  // ---- gemm ------------------------------------------------------------------------
+  m.def("gemm",
+        [](py::handle a, py::handle b, py::handle c, bool accumulate, int threads) {
+          auto A = to_view(a, "a"), B = to_view(b, "b"), Cv = to_view(c, "c");
+          py::gil_scoped_release nogil;
+          lf::gemm(A.view, B.view, Cv.view, accumulate, threads);
+        },
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate"), py::arg("threads"));
 
   // ---- rmsnorm_gemm ------------------------------------------------------------
   m.def("rmsnorm_gemm_fwd",

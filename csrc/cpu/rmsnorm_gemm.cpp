@@ -9,7 +9,7 @@
 //  - packed path (BLIS loop order jc -> pc -> ic -> jr -> ir): each thread owns a block of
 //    the tm x tn grid over (M, N), packs KC x NC panels of w (converted to f32) and MC x KC
 //    panels of x with rstd[m] * g[k] applied, and runs the MR x NR micro-kernel
-//    (rmsnorm_gemm_kernel.h). bf16 output accumulates across k blocks in an f32 buffer and
+//    (gemm_kernel.h). bf16 output accumulates across k blocks in an f32 buffer and
 //    is rounded once, in the last k block's epilogue.
 // Backward: the same packed GEMM computes da = dy @ w and dw = dy^T @ (x * rstd * g), the
 // latter with the normalisation applied while packing its B panels.
@@ -20,7 +20,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "cpu/rmsnorm_gemm_kernel.h"
+#include "cpu/gemm_kernel.h"
 #include "cpu/vec.h"
 
 namespace lf::cpu::LF_ISA {

@@ -56,6 +56,13 @@ def _fused_cpu(x: torch.Tensor, *mods: nn.Linear) -> bool:
             and all(m.weight.dtype == x.dtype for m in mods))
 
 
+def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """mod(x), on llmforge's GEMM (ops.linear) when mod is a bare nn.Linear on CPU float32."""
+    if _fused_cpu(x, mod):
+        return ops.linear(x, mod.weight, mod.bias)
+    return mod(x)
+
+
 # ---- RoPE ----------------------------------------------------------------------------------
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,) in float64, with HF-style rope_scaling applied."""
@@ -172,7 +179,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
         else:  # packed documents: a block-diagonal mask (the fused kernel has no varlen mode yet)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
+        return _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, h * hd))
 
     def _forward_cached(self, x, cos, sin, cache, layer):
         B, T, _ = x.shape
@@ -197,7 +204,8 @@ class MLP(nn.Module):
         gp, up = self.gate_proj, self.up_proj
         if _fused_cpu(x, gp, up) and (gp.bias is None) == (up.bias is None):  # one GEMM, SwiGLU on [gate | up]
             b = torch.cat([gp.bias, up.bias]) if gp.bias is not None else None
-            return self.down_proj(ops.swiglu_packed(F.linear(x, torch.cat([gp.weight, up.weight]), b)))
+            h = ops.swiglu_packed(ops.linear(x, torch.cat([gp.weight, up.weight]), b))
+            return _linear(self.down_proj, h)
         g, u = gp(x), up(x)
         if use_kernels(g) and g.dtype == u.dtype:
             return self.down_proj(ops.swiglu(g, u))

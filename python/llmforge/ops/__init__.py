@@ -41,3 +41,6 @@ __all__ += ["cross_entropy", "cross_entropy_reference", "linear_cross_entropy"]
 from .qkv_rope import qkv_rope, qkv_rope_reference
 
 __all__ += ["qkv_rope", "qkv_rope_reference"]
+from .gemm import gemm, linear
+
+__all__ += ["gemm", "linear"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._native import C, arg, require, same_device, threads
+from .gemm import mm
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 
@@ -134,16 +135,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
             hc, lg = h[r0:r1], buf[: r1 - r0]
-            torch.mm(hc, weight.t(), out=lg)
+            mm(hc, weight.t(), out=lg)
             C.cross_entropy_fwd(lg, targets[r0:r1], loss[r0:r1], lse[r0:r1], lg if need_h or need_w else None,
                                 int(ignore_index), threads())
             if need_h:
-                torch.mm(lg, weight, out=dh[r0:r1])
+                mm(lg, weight, out=dh[r0:r1])
             if need_w:
-                if r0 == 0:
-                    torch.mm(lg.t(), hc, out=dw)
-                else:
-                    dw.addmm_(lg.t(), hc)
+                mm(lg.t(), hc, out=dw, accumulate=r0 > 0)
         ctx.save_for_backward(dh, dw)
         return loss.sum()
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._native import require
+from .gemm import mm
 from .rope import rope_strided_
 
 
@@ -35,7 +36,7 @@ class _QKVRope(torch.autograd.Function):
         H, Hkv = n_heads, n_kv_heads
         hd = w.shape[0] // (H + 2 * Hkv)
         x2 = x.reshape(B * T, D)
-        y = torch.addmm(bias, x2, w.t()) if bias is not None else torch.mm(x2, w.t())   # (B*T, (H+2Hkv)*hd)
+        y = torch.addmm(bias, x2, w.t()) if bias is not None else mm(x2, w.t())   # (B*T, (H+2Hkv)*hd)
         y4 = y.view(B, T, H + 2 * Hkv, hd)
         q = x.new_empty(B, H, T, hd)
         k = x.new_empty(B, Hkv, T, hd)
@@ -63,8 +64,8 @@ class _QKVRope(torch.autograd.Function):
             dy4[:, :, H + Hkv:].zero_()
         else:
             dy4[:, :, H + Hkv:].copy_(dv.transpose(1, 2))
-        dx = torch.mm(dy, w).view(B, T, D) if ctx.needs_input_grad[0] else None
-        dw = torch.mm(dy.t(), x2) if ctx.needs_input_grad[1] else None
+        dx = mm(dy, w).view(B, T, D) if ctx.needs_input_grad[0] else None
+        dw = mm(dy.t(), x2) if ctx.needs_input_grad[1] else None
         db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None, None, None
 

@@ -1,4 +1,4 @@
-// rmsnorm_gemm_kernel.h — the register-blocked GEMM pieces behind rmsnorm_gemm.cpp,
+// gemm_kernel.h — the register-blocked GEMM pieces behind gemm.cpp and rmsnorm_gemm.cpp,
 // per ISA build (namespace lf::cpu::LF_ISA).
 //
 // BLIS-style: C (MR x NR tile) += A_panel (MR x kc, packed k-major) * B_panel (kc x NR,
@@ -17,7 +17,7 @@
 namespace lf::cpu::LF_ISA {
 namespace gemm {
 // Internal linkage: a template emitted as a weak symbol could be merged across ISA builds
-// (tests/test_build.py checks). This header is included by rmsnorm_gemm.cpp only.
+// (tests/test_build.py checks). Each including .cpp (gemm.cpp, rmsnorm_gemm.cpp) gets its own copy.
 namespace {
 
 constexpr int NV = N == 1 ? 8 : 2;  // vectors per B row of a tile (scalar build: 8 floats)

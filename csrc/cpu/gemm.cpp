@@ -1,0 +1,94 @@
+// gemm.cpp — CPU float32 GEMM (see gemm.h). Compiled once per ISA (LF_ISA).
+#include "cpu/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "cpu/gemm_kernel.h"
+#include "cpu/vec.h"
+
+namespace lf::cpu::LF_ISA {
+namespace {
+
+using gemm::MR;
+using gemm::NR;
+constexpr int64_t kKC = 384;   // k block bound: a B panel (KC x NR) in L1, an A sliver streaming from L2
+constexpr int64_t kMC = 144;   // m block: the packed A block (MC x KC, 216 KiB) in L2
+constexpr int64_t kNC = 2048;  // n block: the shared packed B block (KC x NC, 3 MiB) in L3
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The packing buffers of the calling thread, reused across calls (grown when too small).
+float* workspace(int64_t floats) {
+  thread_local std::unique_ptr<float[]> buf;
+  thread_local int64_t have = 0;
+  if (floats > have) {
+    buf.reset(new float[floats + 16]);
+    have = floats;
+  }
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.get()) + 63) & ~uintptr_t{63});
+}
+
+void run(const GemmArgs& g) {
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const int64_t kc_max = cdiv(K, cdiv(K, kKC));  // balanced k blocks (K = 640: 2 x 320, not 384 + 256)
+  const int64_t nc_max = std::min(kNC, cdiv(N, NR) * NR);
+  const int nt = std::max(1, std::min<int>(g.threads, static_cast<int>(cdiv(M, MR) * cdiv(N, NR))));
+  // the (tm x tn) thread grid: rows when there are enough of them, else columns too
+  int tm = nt;
+  while (tm > 1 && (M / tm < 8 * MR || nt % tm)) --tm;
+  const int tn = nt / tm;
+  const int64_t a_floats = kMC * kc_max + 16;
+  float* ws = workspace(kc_max * nc_max + 16 + nt * a_floats);
+  float* bp = ws;
+  const int64_t mu = cdiv(M, MR);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int pm = t / tn, pn = t % tn;
+    float* ap = ws + kc_max * nc_max + 16 + t * a_floats;
+    const int64_t m_lo = std::min(M, mu * pm / tm * MR), m_hi = std::min(M, mu * (pm + 1) / tm * MR);
+    for (int64_t jc = 0; jc < N; jc += nc_max) {
+      const int64_t nc = std::min(nc_max, N - jc), np = cdiv(nc, NR);
+      const int64_t p_lo = np * pn / tn, p_hi = np * (pn + 1) / tn;  // this thread's B panels
+      for (int64_t pc = 0; pc < K; pc += kc_max) {
+        const int64_t kc = std::min(kc_max, K - pc);
+        const bool first = pc == 0 && !g.accumulate;
+#pragma omp barrier
+        for (int64_t p = np * t / nt; p < np * (t + 1) / nt; ++p)
+          gemm::pack_b<float>(g.b, g.b_rs, g.b_cs, nullptr, nullptr, jc + p * NR, std::min(int64_t{NR}, nc - p * NR), pc,
+                              kc, bp + p * kc * NR);
+#pragma omp barrier
+        for (int64_t ic = m_lo; ic < m_hi; ic += kMC) {
+          const int64_t mc = std::min(kMC, m_hi - ic);
+          gemm::pack_a<float>(g.a, g.a_rs, g.a_cs, nullptr, nullptr, ic, mc, pc, kc, ap);
+          for (int64_t p = p_lo; p < p_hi; ++p) {
+            const int64_t jr = p * NR;
+            const int nr = static_cast<int>(std::min(int64_t{NR}, nc - jr));
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int mr = static_cast<int>(std::min(int64_t{MR}, mc - ir));
+              gemm::micro_kernel<float>(kc, ap + (ir / MR) * kc * MR, bp + p * kc * NR,
+                                        g.c + (ic + ir) * g.ldc + jc + jr, g.ldc, nullptr, 0, first, false, mr, nr);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return;
+  if (g.K == 0) {  // an empty sum
+    if (!g.accumulate)
+      for (int64_t i = 0; i < g.M; ++i) std::fill(g.c + i * g.ldc, g.c + i * g.ldc + g.N, 0.f);
+    return;
+  }
+  run(g);
+}
+
+}  // namespace lf::cpu::LF_ISA
