@@ -1,5 +1,7 @@
 """Training throughput: llmforge's Transformer vs a plain PyTorch reference (eager, torch SDPA)
-of the same model and weights, forward + backward + AdamW step.
+of the same model and weights, forward + backward + AdamW step: llmforge's model with its own
+AdamW (llmforge.train.optim.AdamW, the one `llmforge pretrain` uses), the reference with
+torch.optim.AdamW (default settings), same hyperparameters.
 
     python -m bench train [--record]
 """
@@ -10,6 +12,7 @@ import torch
 from bench.harness import finish, row, time_fns_interleaved
 from bench.reference_llama import ReferenceLlama
 from llmforge.model import ModelConfig, Transformer
+from llmforge.train.optim import AdamW
 
 CASES = {
     "~10M (dim 384, 6 layers, GQA 6/2, vocab 4096)": dict(vocab_size=4096, dim=384, n_layers=6, n_heads=6,
@@ -34,7 +37,7 @@ def run(device: str = "cpu", quick: bool = False):
         impls = (("llmforge", ours), ("torch eager + SDPA", ref))
         steps = []
         for impl, model in impls:
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            opt = (AdamW if model is ours else torch.optim.AdamW)(model.parameters(), lr=1e-4)
 
             def step(model=model, opt=opt):
                 opt.zero_grad(set_to_none=True)
