@@ -17,6 +17,7 @@ using gemm::NR;
 constexpr int64_t kKC = 384;   // k block bound: a B panel (KC x NR) in L1, an A sliver streaming from L2
 constexpr int64_t kMC = 144;   // m block: the packed A block (MC x KC, 216 KiB) in L2
 constexpr int64_t kNC = 2048;  // n block: the shared packed B block (KC x NC, 3 MiB) in L3
+constexpr int64_t kMinRows = 72;  // smallest row block a thread takes when M is split finer than kMC
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -70,35 +71,36 @@ void run(const GemmArgs& g) {
   const int64_t kc_max = cdiv(K, cdiv(K, kKC));  // balanced k blocks (K = 640: 2 x 320, not 384 + 256)
   const int64_t nc_max = std::min(kNC, cdiv(N, NR) * NR);
   const int nt = std::max(1, std::min<int>(g.threads, static_cast<int>(cdiv(M, MR) * cdiv(N, NR))));
-  // the (tm x tn) thread grid: rows when there are enough of them, else columns too
-  int tm = nt;
-  while (tm > 1 && (M / tm < 8 * MR || nt % tm)) --tm;
-  const int tn = nt / tm;
-  const int64_t a_floats = kMC * kc_max + 16;
+  // Work items: row blocks of kMinRows..kMC rows, up to 4 per thread when M allows (so a
+  // thread the OS deschedules leaves its remaining items to the others; fewer rows would
+  // stream each B panel from L2 for too little work), times column parts when there are
+  // too few rows to go round.
+  const int64_t m_items = std::max(cdiv(M, kMC), std::min(int64_t{4} * nt, cdiv(M, kMinRows)));
+  const int64_t item_rows = cdiv(cdiv(M, m_items), MR) * MR;
+  const int64_t mb = cdiv(M, item_rows);
+  const int64_t a_floats = item_rows * kc_max + 16;
   float* ws = workspace(kc_max * nc_max + 16 + nt * a_floats);
   float* bp = ws;
-  const int64_t mu = cdiv(M, MR);
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
-    const int pm = t / tn, pn = t % tn;
-    float* ap = ws + kc_max * nc_max + 16 + t * a_floats;
-    const int64_t m_lo = std::min(M, mu * pm / tm * MR), m_hi = std::min(M, mu * (pm + 1) / tm * MR);
+    float* ap = ws + kc_max * nc_max + 16 + omp_get_thread_num() * a_floats;
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc), np = cdiv(nc, NR);
-      const int64_t p_lo = np * pn / tn, p_hi = np * (pn + 1) / tn;  // this thread's B panels
+      const int64_t nparts = std::max<int64_t>(1, std::min(np, cdiv(2 * nt, mb)));
       for (int64_t pc = 0; pc < K; pc += kc_max) {
         const int64_t kc = std::min(kc_max, K - pc);
         const bool first = pc == 0 && !g.accumulate;
 #pragma omp barrier
-        for (int64_t p = np * t / nt; p < np * (t + 1) / nt; ++p)
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t p = 0; p < np; ++p)
           gemm::pack_b<float>(g.b, g.b_rs, g.b_cs, nullptr, nullptr, jc + p * NR, std::min(int64_t{NR}, nc - p * NR), pc,
                               kc, bp + p * kc * NR);
-#pragma omp barrier
-        for (int64_t ic = m_lo; ic < m_hi; ic += kMC) {
-          const int64_t mc = std::min(kMC, m_hi - ic);
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t item = 0; item < mb * nparts; ++item) {
+          const int64_t ic = (item / nparts) * item_rows, part = item % nparts;
+          const int64_t mc = std::min(item_rows, M - ic);
           pack_a_f32(g.a, g.a_rs, g.a_cs, M, ic, mc, pc, kc, ap);
-          for (int64_t p = p_lo; p < p_hi; ++p) {
+          for (int64_t p = np * part / nparts; p < np * (part + 1) / nparts; ++p) {
             const int64_t jr = p * NR;
             const int nr = static_cast<int>(std::min(int64_t{NR}, nc - jr));
             for (int64_t ir = 0; ir < mc; ir += MR) {

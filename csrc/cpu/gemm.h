@@ -11,8 +11,9 @@
 // Blocking (BLIS loop order jc -> pc -> ic -> jr -> ir, gemm_kernel.h's packing and
 // 6 x 16 micro-kernel): k in balanced blocks of at most 384, so for the K = 384 GEMMs of a
 // small model C is written once; the threads pack each KC x NC block of B together, then
-// each computes its share of a (tm x tn) grid over (M, N) with its own packed A panels
-// (M is split when it is tall enough, so A is packed once in all).
+// take row blocks of C (with their own packed A panels) from a dynamic queue, up to 4
+// per thread, so a thread the OS deschedules on a busy machine does not hold up the rest.
+// Which thread computes a tile never changes its value: results are deterministic.
 #pragma once
 #include <cstdint>
 
