@@ -4,7 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <memory>
+#include <cstdlib>
+#include <new>
 
 #include "cpu/gemm_kernel.h"
 #include "cpu/vec.h"
@@ -22,14 +23,23 @@ constexpr int64_t kMinRows = 72;  // smallest row block a thread takes when M is
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The packing buffers of the calling thread, reused across calls (grown when too small).
+// A plain struct, not std::unique_ptr: no template instance that could be emitted as a weak
+// symbol outside this ISA's namespace (tests/test_build.py).
+struct Workspace {
+  float* data = nullptr;
+  int64_t floats = 0;
+  ~Workspace() { std::free(data); }
+};
+
 float* workspace(int64_t floats) {
-  thread_local std::unique_ptr<float[]> buf;
-  thread_local int64_t have = 0;
-  if (floats > have) {
-    buf.reset(new float[floats + 16]);
-    have = floats;
+  thread_local Workspace ws;
+  if (floats > ws.floats) {
+    std::free(ws.data);
+    ws.data = static_cast<float*>(std::malloc(sizeof(float) * (floats + 16)));
+    if (!ws.data) throw std::bad_alloc();
+    ws.floats = floats;
   }
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.get()) + 63) & ~uintptr_t{63});
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(ws.data) + 63) & ~uintptr_t{63});
 }
 
 // gemm::pack_a for unscaled float32 A: full MR-row panels with 8-wide loads (rows along k:

@@ -89,9 +89,11 @@ class AdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 step = int(state["step"].item())
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                tensors = (p, g, m, v)
-                if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
-                    _C.adamw_step(p.detach(), g, m, v, lr, b1, b2, eps, wd, step, threads())
+                # sharded parameters (FSDP2's DTensors) update their local shards
+                local = [t.to_local() if hasattr(t, "to_local") else t for t in (p.detach(), g, m, v)]
+                if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in local):
+                    if local[0].numel():
+                        _C.adamw_step(*local, lr, b1, b2, eps, wd, step, threads())
                     continue
                 p.mul_(1 - lr * wd)
                 m.lerp_(g, 1 - b1)
