@@ -20,7 +20,6 @@
 #include "cross_entropy.h"
 #include "bpe.h"
 #include "pretokenize.h"
-#include "adamw.h"
 #include "gemm.h"
 #include "rmsnorm_gemm.h"
 #include "rope.h"
@@ -406,18 +405,6 @@ PYBIND11_MODULE(_C, m) {
           lf::swiglu_packed_bwd(DY.view, X.view, DX.view, threads, stream);
         },
         py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("threads"), py::arg("stream") = 0);
-
-  // ---- adamw -----------------------------------------------------------------------
-  m.def("adamw_step",
-        [](py::handle p, py::handle g, py::handle m1, py::handle m2, double lr, double beta1, double beta2,
-           double eps, double weight_decay, int64_t step, int threads) {
-          auto P = to_view(p, "param"), G = to_view(g, "grad"), M1 = to_view(m1, "exp_avg");
-          auto M2 = to_view(m2, "exp_avg_sq");
-          py::gil_scoped_release nogil;
-          lf::adamw_step(P.view, G.view, M1.view, M2.view, lr, beta1, beta2, eps, weight_decay, step, threads);
-        },
-        py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("lr"), py::arg("beta1"),
-        py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"), py::arg("threads"));
 
   // ---- gemm ------------------------------------------------------------------------
   m.def("gemm",

@@ -4,7 +4,7 @@
     lr = cosine_lr(step, base_lr, min_lr, warmup, total)
 
 Weight decay applies to matrices only (not norms, biases or embeddings' 1-D params).
-AdamW: torch's update in one fused native pass per float32 CPU parameter (csrc/cpu/adamw.cpp).
+AdamW is torch's, with its fused multi-tensor kernel where it applies.
 Lion (Chen et al. 2023): update = sign(beta1*m + (1-beta1)*g); m = beta2*m + (1-beta2)*g.
 """
 from __future__ import annotations
@@ -46,61 +46,11 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-class AdamW(torch.optim.Optimizer):
-    """AdamW with torch.optim.AdamW's maths, defaults and state names (step, exp_avg,
-    exp_avg_sq: state dicts load into either), but one fused native pass per float32 CPU
-    parameter (csrc/cpu/adamw.cpp) instead of five elementwise passes. Parameters elsewhere
-    (CUDA, bfloat16) take the same update in torch ops. No amsgrad, no sparse gradients."""
-
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2):
-        if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be finite and >= 0, got {lr}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        from .. import _C
-        from ..ops._native import threads
-
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise RuntimeError("AdamW does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = int(state["step"].item())
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                # sharded parameters (FSDP2's DTensors) update their local shards
-                local = [t.to_local() if hasattr(t, "to_local") else t for t in (p.detach(), g, m, v)]
-                if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in local):
-                    if local[0].numel():
-                        _C.adamw_step(*local, lr, b1, b2, eps, wd, step, threads())
-                    continue
-                p.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - b1 ** step))
-        return loss
+def _fused_ok(model: nn.Module) -> bool:
+    """torch's fused AdamW takes plain CPU/CUDA float parameters all on one device type."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return (bool(params) and all(p.is_floating_point() and type(p.data) is torch.Tensor for p in params)
+            and len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda"))
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -116,7 +66,9 @@ def make_optimizer(model: nn.Module, name: str = "adamw", lr: float = 3e-4, weig
                    betas=(0.9, 0.95), eps: float = 1e-8) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     if name == "adamw":
-        return AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+        # torch's fused kernel: one multi-tensor pass over parameter, gradient and both moments
+        # (~3.5x faster than the default foreach on CPU, bench: python -m bench adamw)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=_fused_ok(model))
     if name == "lion":
         return Lion(groups, lr=lr, betas=tuple(betas))
     if name == "adamw8bit":
