@@ -2,7 +2,9 @@
 
 Each op is a ``torch.library.custom_op`` (namespace ``llmforge``) with a fake
 (meta) implementation for torch.compile, autograd where training needs it, and a
-pure-torch reference (``<op>_reference``) that the tests compare against.
+pure-torch reference (``<op>_reference``) that the tests compare against. The
+GEMM-based training paths (gemm / linear, qkv_rope, linear_cross_entropy) are plain
+functions and ``torch.autograd.Function``s instead, tested against float64 torch.
 """
 from .rmsnorm import rmsnorm, rmsnorm_reference, rmsnorm_residual, rmsnorm_residual_reference
 
