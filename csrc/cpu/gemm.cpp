@@ -42,40 +42,6 @@ float* workspace(int64_t floats) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(ws.data) + 63) & ~uintptr_t{63});
 }
 
-// gemm::pack_a for unscaled float32 A: full MR-row panels with 8-wide loads (rows along k:
-// 8 x 8 transposes; k-major: one load per k), each k's MR values stored as an 8-float vector
-// whose last two lanes the next k overwrites (the panel buffer has slack for the final
-// spill). M bounds the k-major loads' two extra lanes.
-void pack_a_f32(const float* src, int64_t rs, int64_t cs, int64_t M, int64_t i0, int64_t mc, int64_t k0,
-                int64_t kc, float* ap) {
-#if defined(__AVX2__)
-  static_assert(MR == 6, "the vector packing stores 6 rows per k");
-  int64_t p0 = 0;
-  for (; p0 + MR <= mc; p0 += MR) {
-    float* panel = ap + (p0 / MR) * kc * MR;
-    const int64_t ib = i0 + p0;
-    int64_t k = 0;
-    if (cs == 1) {
-      for (; k + 8 <= kc; k += 8) {
-        __m256 r[8];
-        for (int i = 0; i < MR; ++i) r[i] = _mm256_loadu_ps(src + (ib + i) * rs + k0 + k);
-        r[6] = r[7] = _mm256_setzero_ps();
-        gemm::transpose8(r);
-        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(panel + (k + j) * MR, r[j]);
-      }
-    } else if (ib + 8 <= M) {
-      for (; k < kc; ++k) _mm256_storeu_ps(panel + k * MR, _mm256_loadu_ps(src + (k0 + k) * cs + ib));
-    }
-    for (; k < kc; ++k)
-      for (int i = 0; i < MR; ++i) panel[k * MR + i] = src[(ib + i) * rs + (k0 + k) * cs];
-  }
-  if (p0 < mc) gemm::pack_a<float>(src, rs, cs, nullptr, nullptr, i0 + p0, mc - p0, k0, kc, ap + (p0 / MR) * kc * MR);
-#else
-  (void)M;
-  gemm::pack_a<float>(src, rs, cs, nullptr, nullptr, i0, mc, k0, kc, ap);
-#endif
-}
-
 void run(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const int64_t kc_max = cdiv(K, cdiv(K, kKC));  // balanced k blocks (K = 640: 2 x 320, not 384 + 256)
@@ -109,7 +75,7 @@ void run(const GemmArgs& g) {
         for (int64_t item = 0; item < mb * nparts; ++item) {
           const int64_t ic = (item / nparts) * item_rows, part = item % nparts;
           const int64_t mc = std::min(item_rows, M - ic);
-          pack_a_f32(g.a, g.a_rs, g.a_cs, M, ic, mc, pc, kc, ap);
+          gemm::pack_a<float>(g.a, g.a_rs, g.a_cs, nullptr, nullptr, ic, mc, pc, kc, ap);
           for (int64_t p = np * part / nparts; p < np * (part + 1) / nparts; ++p) {
             const int64_t jr = p * NR;
             const int nr = static_cast<int>(std::min(int64_t{NR}, nc - jr));

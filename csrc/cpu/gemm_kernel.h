@@ -108,9 +108,35 @@ inline void pack_b(const T* src, int64_t rs, int64_t cs, const float* sk, const 
   }
 }
 
+#if defined(__AVX2__)
+// The first k of one full, unscaled float32 A panel (MR = 6 rows from ib) with 8-wide loads:
+// rows along k through 8 x 8 transposes, k-major rows one load per k. Each k's 6 values are
+// stored as an 8-float vector whose last two lanes the next k overwrites, so the last k is
+// left to the caller (nothing is written past the panel). A k-major load reads rows ib + 6
+// and ib + 7 too: `spare_rows` says they exist. Returns how many k were packed.
+inline int64_t pack_a_panel_f32(const float* src, int64_t rs, int64_t cs, int64_t ib, bool spare_rows, int64_t k0,
+                                int64_t kc, float* panel) {
+  static_assert(MR == 6, "the vector packing stores 6 rows per k");
+  int64_t k = 0;
+  if (cs == 1) {
+    for (; k + 8 < kc; k += 8) {
+      __m256 r[8];
+      for (int i = 0; i < MR; ++i) r[i] = _mm256_loadu_ps(src + (ib + i) * rs + k0 + k);
+      r[6] = r[7] = _mm256_setzero_ps();
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(panel + (k + j) * MR, r[j]);
+    }
+  } else if (spare_rows) {
+    for (; k + 1 < kc; ++k) _mm256_storeu_ps(panel + k * MR, _mm256_loadu_ps(src + (k0 + k) * cs + ib));
+  }
+  return k;
+}
+#endif
+
 // A(i, k) = src[i * rs + k * cs] * (si ? si[i] : 1) * (sk ? sk[k] : 1), for i in [i0, i0 + mc)
 // and k in [k0, k0 + kc), into MR-high panels (zero padded). In the forward si = rstd and
-// sk = the norm weight: this is where RMSNorm happens. cs == 1 or rs == 1.
+// sk = the norm weight: this is where RMSNorm happens. cs == 1 or rs == 1. Unscaled float32
+// panels start with pack_a_panel_f32.
 template <class T>
 inline void pack_a(const T* src, int64_t rs, int64_t cs, const float* si, const float* sk, int64_t i0, int64_t mc,
                    int64_t k0, int64_t kc, float* ap) {
@@ -118,18 +144,23 @@ inline void pack_a(const T* src, int64_t rs, int64_t cs, const float* si, const 
     float* panel = ap + (p0 / MR) * kc * MR;
     const int64_t rows = mc - p0 < MR ? mc - p0 : MR;
     const int64_t ib = i0 + p0;
+    int64_t kv = 0;  // k already packed
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>)
+      if (rows == MR && !si && !sk) kv = pack_a_panel_f32(src, rs, cs, ib, p0 + 8 <= mc, k0, kc, panel);
+#endif
     if (cs == 1) {
       for (int64_t r = 0; r < rows; ++r) {
         const T* s = src + (ib + r) * rs + k0;
         const float f = si ? si[ib + r] : 1.f;
         if (sk) {
-          for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f * sk[k0 + k];
+          for (int64_t k = kv; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f * sk[k0 + k];
         } else {
-          for (int64_t k = 0; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f;
+          for (int64_t k = kv; k < kc; ++k) panel[k * MR + r] = to_f32(s[k]) * f;
         }
       }
     } else {
-      for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t k = kv; k < kc; ++k) {
         const T* s = src + (k0 + k) * cs + ib;
         const float fk = sk ? sk[k0 + k] : 1.f;
         for (int64_t r = 0; r < rows; ++r) panel[k * MR + r] = to_f32(s[r]) * fk * (si ? si[ib + r] : 1.f);
