@@ -20,13 +20,11 @@ void check_operand(const char* arg, const TensorView& t) {
 // (row stride, column stride) of an operand that is row-major or column-major in memory;
 // a dimension of size 1 may have any stride.
 void operand_strides(const char* arg, const TensorView& t, int64_t* rs, int64_t* cs) {
-  *rs = t.shape[0] == 1 ? 0 : t.strides[0];
-  *cs = t.shape[1] == 1 ? 0 : t.strides[1];
-  if (*cs == 1 || *rs == 1 || t.shape[1] == 1 || t.shape[0] == 1) {
-    if (t.shape[1] == 1) *cs = 1;
-    else if (t.shape[0] == 1) *rs = 1;
-    return;
-  }
+  *rs = t.strides[0];
+  *cs = t.strides[1];
+  if (t.shape[1] == 1) *cs = 1;       // a single column: read as row-major
+  else if (t.shape[0] == 1) *rs = 1;  // a single row: read as column-major
+  if (*cs == 1 || *rs == 1) return;
   fail_value(kOp, ": ", arg, " must be row- or column-major (one unit stride), got shape ", t.shape_str(),
              " and strides (", t.strides[0], ", ", t.strides[1], "); call .contiguous() first");
 }

@@ -37,12 +37,18 @@ def gemm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = Fal
     return out
 
 
+def _applies(rows: int, *tensors: Tensor) -> bool:
+    """The llmforge GEMM takes over: CPU float32 operands, at least GEMM_MIN_ROWS rows, a vector
+    ISA (the scalar build would be slower than torch)."""
+    return (rows >= GEMM_MIN_ROWS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and C.cpu_isa() != "scalar")
+
+
 def mm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
     """a @ b (2-D) on the llmforge GEMM where it applies (CPU float32, at least GEMM_MIN_ROWS
     rows, an out with unit column stride), else torch.mm / addmm_. Not differentiable."""
-    if (a.device.type == "cpu" and a.dtype == b.dtype == torch.float32 and a.shape[0] >= GEMM_MIN_ROWS
-            and (out is None or (out.dtype == torch.float32 and out.stride(-1) == 1))
-            and 1 in a.stride() and 1 in b.stride() and C.cpu_isa() != "scalar"):
+    if (_applies(a.shape[0], a, b, *(() if out is None else (out,))) and (out is None or out.stride(-1) == 1)
+            and 1 in a.stride() and 1 in b.stride()):
         return gemm(a, b, out, accumulate)
     if accumulate:
         return out.addmm_(a, b)
@@ -51,10 +57,8 @@ def mm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False
 
 def uses_gemm(x: Tensor, weight: Tensor) -> bool:
     """Does linear(x, weight) run on the llmforge GEMM (rather than F.linear)?"""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and weight.device.type == "cpu" and weight.dim() == 2 and x.dim() >= 1
-            and x.numel() >= GEMM_MIN_ROWS * max(1, x.shape[-1]) and not torch.is_autocast_enabled("cpu")
-            and C.cpu_isa() != "scalar")
+    return (weight.dim() == 2 and x.dim() >= 1 and not torch.is_autocast_enabled("cpu")
+            and _applies(x.numel() // max(1, x.shape[-1]), x, weight))
 
 
 class _Linear(torch.autograd.Function):
