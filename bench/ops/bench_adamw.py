@@ -1,8 +1,7 @@
 """AdamW step as llmforge.train.make_optimizer builds it (torch.optim.AdamW with fused=True: one
 multi-tensor pass) vs torch.optim.AdamW's default (on CPU a loop of per-tensor ops) and its
-foreach=True variant, on the
-parameters of the ~10M train-bench model (11.0M float32 values; each step reads parameter,
-gradient and both moments and writes three of them). One step of each in turn per round.
+foreach=True variant, on the parameters of the ~10M train-bench model (11.0M float32 values;
+each step reads parameter, gradient and both moments and writes three of them). One step of each in turn per round.
 
     python -m bench adamw [--record] [--quick]
 """

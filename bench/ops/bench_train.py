@@ -1,7 +1,7 @@
 """Training throughput: llmforge's Transformer vs a plain PyTorch reference (eager, torch SDPA)
 of the same model and weights, forward + backward + AdamW step. llmforge's model steps with the
 optimizer `llmforge pretrain` uses (make_optimizer: torch.optim.AdamW, fused=True), the
-reference with torch.optim.AdamW's defaults (foreach), same hyperparameters; a third row gives
+reference with torch.optim.AdamW's defaults, same hyperparameters; a third row gives
 the reference the fused optimizer too, so the model's own share of the speedup is visible.
 
     python -m bench train [--record]
