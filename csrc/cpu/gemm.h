@@ -9,10 +9,10 @@
 // from a BLAS, the result does not beyond rounding).
 //
 // Blocking (BLIS loop order jc -> pc -> ic -> jr -> ir, gemm_kernel.h's packing and
-// 6 x 16 micro-kernel): k in balanced blocks of at most 384, so for the K = 384 GEMMs of a
-// small model C is written once; the threads pack each KC x NC block of B together, then
-// take row blocks of C (with their own packed A panels) from a dynamic queue, up to 4
-// per thread, so a thread the OS deschedules on a busy machine does not hold up the rest.
+// 6 x 16 micro-kernel): k in balanced blocks of at most 1024, so C is written once when
+// K <= 1024; the threads pack each KC x NC block of B together, then take blocks of C
+// (with their own packed A panels) from a dynamic queue, two per thread, so a thread the OS
+// deschedules on a busy machine does not hold up the rest.
 // Which thread computes a tile never changes its value: results are deterministic.
 #pragma once
 #include <cstdint>
