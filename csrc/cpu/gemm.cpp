@@ -19,8 +19,8 @@ constexpr int64_t kKC = 1024;  // k block bound (a B panel of KC x NR, 64 KiB, s
                                // the micro-kernel: measured 2-5% faster than 384 when K >= 1024, as
                                // C is read and written fewer times)
 constexpr int64_t kNC = 2048;  // n block: the shared packed B block (KC x NC, 3 MiB) in L3
-constexpr int64_t kMinTiles = 32;   // rows (in MR tiles) of a work item, when M allows: each B panel
-                                    // brought into L1 serves this many micro-kernel calls
+constexpr int64_t kMinTiles = 64;   // rows (in MR tiles) of a work item, when M allows: each B panel
+                                    // fetched serves this many micro-kernel calls
 constexpr int64_t kMaxRows = 1024;  // rows of a work item at most (its packed A block, 1.5 MiB, in L3)
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -50,15 +50,16 @@ void run(const GemmArgs& g) {
   const int64_t kc_max = cdiv(K, cdiv(K, kKC));  // balanced k blocks (K = 640: 2 x 320, not 384 + 256)
   const int64_t nc_max = std::min(kNC, cdiv(N, NR) * NR);
   const int nt = std::max(1, std::min<int>(g.threads, static_cast<int>(cdiv(M, MR) * cdiv(N, NR))));
-  // Work items: two per thread (so a thread the OS deschedules can leave one to the others),
-  // each a block of C of at least kMinTiles row tiles when M allows, the columns split when
-  // the rows alone do not give two items per thread. Rows are shared out by tile count (the
-  // items' counts differ by at most one) and the row block count is a multiple of the thread
-  // count. Measured (M = 384..4096, K = 384..4096, 2 threads): items of 96-144 rows, 8 per
-  // thread, ran 3-18% slower (each B panel in L1 served fewer tiles; an odd count of
-  // items left one thread up to 5% more rows).
+  // Work items: blocks of C of at least kMinTiles row tiles when M allows. Two per thread
+  // by rows (so a thread the OS deschedules can leave one to the others); when M is too
+  // small for that, one per thread, the columns split (each thread packs all of A).
+  // Rows are shared out by tile count (the items' counts differ by at most one) and the row
+  // block count is a multiple of the thread count. Measured (M = 384..4096, K = 384..4096,
+  // 2 threads): items of 96-144 rows, 8 per thread, ran 3-18% slower (each B panel in L1
+  // served fewer tiles; an odd count of items left one thread up to 5% more rows), and for
+  // M = 384 and 640 two items per thread 2-4% slower than one.
   const int64_t tiles = cdiv(M, MR);
-  int64_t mb = nt * std::min<int64_t>(2, std::max<int64_t>(1, tiles / (nt * kMinTiles)));
+  int64_t mb = tiles >= 2 * nt * kMinTiles ? 2 * nt : std::min<int64_t>(nt, std::max<int64_t>(1, tiles / kMinTiles));
   mb = std::max(mb, cdiv(cdiv(M, kMaxRows), nt) * nt);
   mb = std::min(mb, tiles);
   const int64_t a_floats = cdiv(tiles, mb) * MR * kc_max + 16;
@@ -69,7 +70,7 @@ void run(const GemmArgs& g) {
     float* ap = ws + kc_max * nc_max + 16 + omp_get_thread_num() * a_floats;
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc), np = cdiv(nc, NR);
-      const int64_t nparts = std::max<int64_t>(1, std::min(np, cdiv(2 * nt, mb)));
+      const int64_t nparts = std::max<int64_t>(1, std::min(np, cdiv(nt, mb)));
       for (int64_t pc = 0; pc < K; pc += kc_max) {
         const int64_t kc = std::min(kc_max, K - pc);
         const bool first = pc == 0 && !g.accumulate;
