@@ -88,7 +88,7 @@ class ReferenceLlama(nn.Module):
 
     def loss(self, tokens):
         B, T = tokens.shape
-        ang = torch.arange(T, dtype=torch.float32)[:, None] * self.inv_freq
+        ang = torch.arange(T, dtype=torch.float32, device=tokens.device)[:, None] * self.inv_freq
         ang = torch.cat([ang, ang], -1)
         cos, sin = ang.cos(), ang.sin()
         x = self.model.embed_tokens(tokens)

@@ -20,7 +20,68 @@ CASES = {
 }
 
 
+CUDA_CASES = {
+    "~125M (dim 768, 12 layers, 12 heads, vocab 50304, tied)": dict(vocab_size=50304, dim=768, n_layers=12, n_heads=12,
+                                                                   n_kv_heads=12, ffn_dim=2048, tie_embeddings=True),
+}
+
+# dense bf16 tensor-core peaks (vendor data sheets, SXM parts), by a substring of the device name
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
+
+
+def gpu_peak_tflops() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+def model_flops(cfg: ModelConfig, B: int, T: int) -> float:
+    """Training FLOPs of one step: 6 per parameter per token (the output head counted even when
+    tied to the embedding; the embedding lookup is free) plus causal attention's QK^T and PV."""
+    n = cfg.n_params(embeddings=False) + cfg.vocab_size * cfg.dim
+    attn = 6 * 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * T * T * B / 2
+    return 6 * n * B * T + attn
+
+
+def run_cuda(quick: bool = False):
+    rows = []
+    B, T = 16, 1024
+    peak = gpu_peak_tflops()
+    for name, kw in CUDA_CASES.items():
+        cfg = ModelConfig(max_seq_len=T, **kw)
+        torch.manual_seed(0)
+        ours = Transformer(cfg).cuda()
+        ref = ReferenceLlama(cfg).cuda()
+        ref.load_state_dict(ours.state_dict(), strict=False)
+        tokens = torch.randint(0, cfg.vocab_size, (B, T), device="cuda")
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            a, b = ours.loss(tokens).item(), ref.loss(tokens).item()
+        assert abs(a - b) < 2e-2 * abs(a), f"models differ under bf16 autocast: {a} vs {b}"
+        steps = []
+        impls = (("llmforge", ours), ("torch eager + SDPA, fused AdamW", ref))
+        for impl, model in impls:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+            def step(model=model, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model.loss(tokens)
+                loss.backward()
+                opt.step()
+
+            steps.append(step)
+        times = time_fns_interleaved(steps, "cuda", warmup=3, iters=5 if quick else 20)
+        flops = model_flops(cfg, B, T)
+        for (impl, _), t in zip(impls, times):
+            tf = flops / (t[0] * 1e-3) / 1e12
+            rows.append(row(f"{name}, batch {B}x{T}, bf16 autocast", impl, t, "cuda", flops=flops, peak_tflops=peak,
+                            tokens_per_s=f"{B * T / (t[0] * 1e-3):,.0f}", params=f"{cfg.n_params() / 1e6:.1f}M",
+                            mfu=f"{100 * tf / peak:.1f}%" if peak else "peak unknown"))
+    return finish(rows, baseline="torch eager + SDPA, fused AdamW")
+
+
 def run(device: str = "cpu", quick: bool = False):
+    if device == "cuda":
+        return run_cuda(quick)
     rows = []
     B, T = 8, 256
     for name, kw in CASES.items():

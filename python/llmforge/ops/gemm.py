@@ -6,12 +6,14 @@
     y = linear(x, weight, bias)         # x (..., in) @ weight (out, in)^T + bias, differentiable
 
 The training matmuls (x @ w^T, dy @ w, dy^T @ x) read their operands in place, pack them
-into L1/L2-sized panels and run a 6 x 16 register-blocked micro-kernel on all threads.
-linear() takes this path for CPU float32 tensors (no autocast) with at least GEMM_MIN_ROWS
-rows; on a small model's training-step shapes it runs at 1.11-1.31x MKL's speed for the forward
-matmuls and 0.96-1.10x for the gradient ones (2-core AVX2 machine, `python -m bench gemm`,
-bench/results/cpu.md); elsewhere it is F.linear. gemm() itself only takes CPU float32 and
-raises on anything else.
+into L1/L2-sized panels and run a 6-row register-blocked micro-kernel (6 x 16 floats on
+AVX2, 6 x 32 on AVX-512) on all threads. linear() takes this path for CPU float32 tensors (no
+autocast) with at least GEMM_MIN_ROWS rows; elsewhere it is F.linear. On a small model's
+training-step shapes (`python -m bench gemm`, bench/results/cpu.md) it runs at 2.0-2.2x MKL's
+speed on a 2-core Zen 5 (AVX-512: 0.41-0.47 TFLOP/s, 81-94% of the 0.507 measured FMA peak; MKL
+keeps to AVX2 on AMD), 1.13-1.30x there with the AVX2 path forced (LLMFORGE_ISA=avx2), and
+0.94-1.31x on a 2-core Zen 3 (AVX2). gemm() itself only takes CPU float32 and raises on
+anything else.
 """
 from __future__ import annotations
 
