@@ -93,7 +93,8 @@ cuda::FlashAttnParams check_and_plan(const char* op, const TensorView& q, const 
              cu_k->shape_str());
     LF_CHECK(max_q >= 0 && max_q <= Tq && max_k >= 0 && max_k <= Tk, op, ": max_seqlen_q / max_seqlen_k (", max_q,
              ", ", max_k, ") must lie in [0, Tq] / [0, Tk] = [0, ", Tq, "] / [0, ", Tk, "]");
-    LF_CHECK(Tq < (int64_t{1} << 31) && Tk < (int64_t{1} << 31), op, ": at most 2^31 - 1 packed tokens");
+    // 2^30: the kernels' int tile arithmetic (key index + tile width) must not overflow
+    LF_CHECK(Tq < (int64_t{1} << 30) && Tk < (int64_t{1} << 30), op, ": at most 2^30 - 1 packed tokens");
     p.batch = static_cast<int>(cu_q->shape[0] - 1);
     p.cu_seqlens_q = cu_q->ptr<int32_t>();
     p.cu_seqlens_k = cu_k->ptr<int32_t>();

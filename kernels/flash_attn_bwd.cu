@@ -351,8 +351,10 @@ cudaError_t allow_smem(K kern, size_t smem) {
 
 template <class T, int D>
 const char* launch(const FlashAttnParams& p, cudaStream_t s) {
+  // no query rows at all (every packed sequence empty of queries): dK/dV are still written
+  // (zeros) by the dkdv kernel; the delta and dQ grids would be empty
   const dim3 gdelta((p.max_seqlen_q + kWarps - 1) / kWarps, p.heads, p.batch);
-  delta_kernel<T><<<gdelta, kThreads, 0, s>>>(p);
+  if (p.max_seqlen_q > 0) delta_kernel<T><<<gdelta, kThreads, 0, s>>>(p);
 
   auto kdkdv = dkdv_kernel<T, D>;
   cudaError_t e = allow_smem(kdkdv, DkdvCfg<D>::smem);
@@ -364,7 +366,7 @@ const char* launch(const FlashAttnParams& p, cudaStream_t s) {
   e = allow_smem(kdq, DqCfg<D>::smem);
   if (e != cudaSuccess) return cudaGetErrorString(e);
   const dim3 gq((p.max_seqlen_q + DqCfg<D>::kBq - 1) / DqCfg<D>::kBq, p.heads, p.batch);
-  kdq<<<gq, kThreads, DqCfg<D>::smem, s>>>(p);
+  if (p.max_seqlen_q > 0) kdq<<<gq, kThreads, DqCfg<D>::smem, s>>>(p);
   e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
@@ -373,8 +375,9 @@ const char* launch(const FlashAttnParams& p, cudaStream_t s) {
 
 const char* flash_attn_bwd(const FlashAttnParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  if (p.batch == 0 || p.max_seqlen_q == 0) return nullptr;
-  if (p.batch > 65535 || p.heads > 65535) return "attention_backward: grid too large";
+  if (p.batch == 0 || (p.max_seqlen_q == 0 && p.max_seqlen_k == 0)) return nullptr;
+  if (p.max_seqlen_q > 0x7fffffff / 2 || p.max_seqlen_k > 0x7fffffff / 2 || p.batch > 65535 || p.heads > 65535)
+    return "attention_backward: grid too large";
   if (p.dtype == 1 && p.head_dim == 64) return launch<__half, 64>(p, s);
   if (p.dtype == 1 && p.head_dim == 128) return launch<__half, 128>(p, s);
   if (p.dtype == 2 && p.head_dim == 64) return launch<__nv_bfloat16, 64>(p, s);

@@ -171,7 +171,8 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FlashAttnParams p) 
     float lt = l[rh];
     lt += __shfl_xor_sync(0xffffffffu, lt, 1);
     lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    // lt == 0: the row saw no key (zeros, lse -inf); a NaN score stays NaN in out and lse, as on CPU
+    const float inv = lt == 0.f ? 0.f : 1.f / lt;
     const int row = row_lo + 8 * rh;
     if (row < sl.sq) {
       T* orow = O + int64_t(row) * p.q_row;
@@ -180,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const FlashAttnParams p) 
         const uint32_t v = MmaOp<T>::pack(acc[dt][2 * rh] * inv, acc[dt][2 * rh + 1] * inv);
         *reinterpret_cast<uint32_t*>(orow + dt * 8 + 2 * t) = v;
       }
-      if (t == 0) L[row] = lt > 0.f ? m[rh] * p.scale + logf(lt) : -INFINITY;
+      if (t == 0) L[row] = lt == 0.f ? -INFINITY : m[rh] * p.scale + logf(lt);
     }
   }
 }

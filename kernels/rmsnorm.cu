@@ -229,7 +229,9 @@ void launch_bwd(const T* dy, const T* h, const T* w, const float* rstd, const T*
                 int64_t grid, int64_t rows, int hidden, cudaStream_t s) {
   const int t = threads_for(hidden / VEC, 2);
   const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
-  if (smem <= 48 * 1024)
+  // the shared-memory dW accumulator and the kernel's static reduction buffer (red[33]) must fit
+  // the 48 KiB a launch gets without opting in
+  if (smem + 33 * sizeof(float) <= 48 * 1024)
     bwd_kernel<T, VEC, true, DRES><<<static_cast<unsigned>(grid), t, smem, s>>>(dy, h, w, rstd, dh_out, dx, ws, rows, hidden);
   else
     bwd_kernel<T, VEC, false, DRES><<<static_cast<unsigned>(grid), t, 0, s>>>(dy, h, w, rstd, dh_out, dx, ws, rows, hidden);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/int4_unpack.h"
 #include "cpu/swiglu_simd.h"
 #include "cpu/vec.h"
 
@@ -111,40 +112,21 @@ inline __m256 sload8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128
 // acc[r] = sum_b s_b * sum_k q_w,k x_k over the float activations of token row m0 + r.
 template <int R, class S>
 void int4_float_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const Act& a, int64_t m0, float* acc1) {
-#if defined(__AVX2__)
-  const __m256i mask = _mm256_set1_epi32(0x0f);
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  constexpr int NW = kInt4RunVecs;
+  V acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = vzero();
   for (int64_t b = 0; b < nb; ++b) {
-    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 16 * b)));
-    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 16 * b + 8)));
-    const __m256 w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask));
-    const __m256 w2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), w3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
-    const __m256 s = _mm256_set1_ps(sload(sc, b >> gs));
+    V w[NW];
+    int4_unpack_run(row + 16 * b, w);
+    const V s = vset1(sload(sc, b >> gs));
     for (int r = 0; r < R; ++r) {
       const float* x = a.f + (m0 + r) * a.ldq + 32 * b;
-      __m256 d = _mm256_mul_ps(w0, _mm256_loadu_ps(x));
-      d = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), d);
-      d = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), d);
-      d = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), d);
-      acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
+      V d = vmul(w[0], vload(x));
+      for (int j = 1; j < NW; ++j) d = vfma(w[j], vload(x + N * j), d);
+      acc[r] = vfma(d, s, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) acc1[r] = hsum256(acc[r]);
-#else
-  for (int r = 0; r < R; ++r) {
-    const float* x = a.f + (m0 + r) * a.ldq;
-    float acc = 0.f;
-    for (int64_t b = 0; b < nb; ++b) {
-      float d = 0.f;
-      for (int i = 0; i < 16; ++i)
-        d += static_cast<float>(row[16 * b + i] & 0x0f) * x[32 * b + i] +
-             static_cast<float>(row[16 * b + i] >> 4) * x[32 * b + 16 + i];
-      acc += sload(sc, b >> gs) * d;
-    }
-    acc1[r] = acc;
-  }
-#endif
+  for (int r = 0; r < R; ++r) acc1[r] = vsum(acc[r]);
 }
 
 // y[r] = row n of an int4 weight . token row m0 + r, for R token rows; S: the scales' type.

@@ -244,6 +244,35 @@ def test_varlen_cuda(lens, causal, D):
 
 
 @pytest.mark.cuda
+def test_varlen_no_queries_cuda():
+    """Every packed sequence without queries: dK and dV are zeros (the kernel writes them), not
+    whatever torch.empty held."""
+    q, k, v, cu_q, cu_k = _packed([0, 0], [5, 9], 4, 2, 64, torch.bfloat16, "cuda")
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = attention_varlen(*leaves, cu_q, cu_k, causal=False)
+    assert out.shape == (0, 4, 64)
+    dq, dk, dv = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    assert dq.shape == q.shape and torch.equal(dk, torch.zeros_like(k)) and torch.equal(dv, torch.zeros_like(v))
+
+
+@pytest.mark.cuda
+def test_nan_and_wide_window_cuda():
+    """A NaN score propagates to out and lse (as on the CPU), not an lse of -inf; a window wider
+    than any distance (even >= 2^30) is the same as no window."""
+    q, k, v = _inputs(1, 2, 2, 33, 33, 64, torch.bfloat16)
+    q[0, 1, 5, 3] = float("nan")
+    out, lse = attention_with_lse(q, k, v, causal=True)
+    assert torch.isnan(lse[0, 1, 5]) and torch.isnan(out[0, 1, 5]).all()
+    fine = torch.ones_like(lse, dtype=torch.bool)
+    fine[0, 1, 5] = False
+    assert torch.isfinite(lse[fine]).all()
+    q[0, 1, 5, 3] = 0.5
+    full = attention(q, k, v, causal=True)
+    for w in (40, 1 << 30, 1 << 40):
+        torch.testing.assert_close(attention(q, k, v, causal=True, window=w), full)
+
+
+@pytest.mark.cuda
 def test_varlen_matches_padded_sanitizer():
     """Packing sequences changes nothing: each one equals the padded kernel on it alone."""
     lens = [33, 70, 1]

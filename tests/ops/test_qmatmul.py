@@ -20,7 +20,7 @@ def _close(got, want, K):
 
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("M", [1, 3, 17, 64])
+@pytest.mark.parametrize("M", [1, 2, 3, 6, 17, 64])
 def test_int4_exact(cpu_isa, group, symmetric, M):
     N, K = 97, 256
     w = torch.randn(N, K) * torch.rand(N, 1) * 2

@@ -1,6 +1,9 @@
 """Helpers shared by the ops: how tensors and launch settings reach llmforge._C."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from .. import _C
@@ -23,6 +26,22 @@ def stream(t: torch.Tensor) -> int:
     if t.device.type == "cuda":
         return torch.cuda.current_stream(t.device).cuda_stream
     return 0
+
+
+def on_input_device(fn):
+    """Runs fn with its first tensor argument's GPU as the current device when that tensor is on
+    CUDA: the kernels launch on the current device (and size split-K by its SM count), so a
+    tensor on another GPU than the current one must not reach them from there."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is not None and t.device.type == "cuda":
+            with torch.cuda.device(t.device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    # resolved annotations: torch.library.custom_op infers the op's schema from this signature
+    wrapper.__signature__ = inspect.signature(fn, eval_str=True)
+    return wrapper
 
 
 def require(cond: bool, msg: str) -> None:

@@ -81,12 +81,20 @@ def _pad(t: Tensor | None, d: int) -> Tensor | None:
     return torch.nn.functional.pad(t, (0, d - t.shape[-1])).contiguous()
 
 
+def _cuda_window(q, k, window, cu_q):
+    """A window wider than every query-key distance means no window; the kernels take < 2^30."""
+    axis = 2 if cu_q is None else 0   # the tokens: (B, H, S, D) padded, (T, H, D) packed
+    span = q.shape[axis] + k.shape[axis]
+    return int(window) if window < 0 else min(int(window), span)
+
+
 def _cuda_fwd(q, k, v, causal, scale, window, cu_q=None, cu_k=None, max_q=0, max_k=0):
     """(out, lse) from kernels/flash_attn_fwd.cu; padded (4-D) or packed (3-D with cu_seqlens)."""
     D = q.shape[-1]
     Dp = _padded_dim(D)
     qp, kp, vp = _pad(q, Dp), _pad(k, Dp), _pad(v, Dp)
     out = torch.empty_like(qp)
+    window = _cuda_window(q, k, window, cu_q)
     if cu_q is None:
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         max_q, max_k = q.shape[2], k.shape[2]
@@ -105,6 +113,7 @@ def _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window, cu_q
     qp, kp, vp, op = _pad(q, Dp), _pad(k, Dp), _pad(v, Dp), _pad(out.contiguous(), Dp)
     dop = _pad(grad_out.to(q.dtype).contiguous(), Dp)
     dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
+    window = _cuda_window(q, k, window, cu_q)
     delta = torch.empty_like(lse)
     dlse = None if grad_lse is None else grad_lse.to(torch.float32).contiguous()
     if cu_q is None:

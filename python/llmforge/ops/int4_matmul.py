@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, require, stream, threads
+from ._native import C, on_input_device, require, stream, threads
 
 GROUP_SIZES = (32, 64, 128)
 GEMV_MAX_ROWS = 16
@@ -115,6 +115,7 @@ def _dequant_panels(packed, scales, zeros, G):
 
 
 @torch.library.custom_op("llmforge::int4_linear", mutates_args=())
+@on_input_device
 def int4_linear_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     _check(x, packed, scales, zeros, group_size)
     K, N = x.shape[-1], packed.shape[0]
@@ -144,6 +145,7 @@ def _(x, packed, scales, zeros, group_size):
 
 
 @torch.library.custom_op("llmforge::int4_linear_grad_x", mutates_args=())
+@on_input_device
 def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
     N, K = packed.shape[0], packed.shape[1] * 2
     if grad_y.device.type == "cuda":
@@ -190,7 +192,8 @@ def dequantize_int4_kernel(q: dict) -> Tensor:
     N, K = packed.shape[0], packed.shape[1] * 2
     w = torch.empty(N, K, dtype=torch.float32, device=packed.device)
     if packed.device.type == "cuda":
-        C.int4_dequant_cuda(packed, scales, zeros, w, 0, int(q["group_size"]), stream(packed))
+        with torch.cuda.device(packed.device):
+            C.int4_dequant_cuda(packed, scales, zeros, w, 0, int(q["group_size"]), stream(packed))
     else:
         C.int4_dequant(packed, scales, zeros, w, 0, int(q["group_size"]), threads())
     return w

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, require, stream, threads
+from ._native import C, on_input_device, require, stream, threads
 
 GEMV_MAX_ROWS = 16
 
@@ -63,6 +63,7 @@ def _check(x, q, scale):
 
 
 @torch.library.custom_op("llmforge::int8_linear", mutates_args=())
+@on_input_device
 def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
     if x.device.type == "cuda":
@@ -104,6 +105,7 @@ int8_linear_op.register_autograd(_backward, setup_context=_setup)
 
 
 @torch.library.custom_op("llmforge::w8a8_linear", mutates_args=())
+@on_input_device
 def w8a8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     _check(x, q, scale)
     xq, xs = quantize_activations_int8(x.detach())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, require, same_device, stream, threads
 
 
 def _check(x: Tensor, weight: Tensor, residual: Tensor | None = None) -> int:
@@ -44,6 +44,7 @@ def _workspace(h2: Tensor) -> Tensor | None:
 
 # ---- forward ops -------------------------------------------------------------------
 @torch.library.custom_op("llmforge::rmsnorm_fwd", mutates_args=())
+@on_input_device
 def rmsnorm_fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Returns (y, rstd); rstd has shape x.shape[:-1]."""
     hidden = _check(x, weight)
@@ -61,6 +62,7 @@ def _(x, weight, eps):
 
 
 @torch.library.custom_op("llmforge::rmsnorm_residual_fwd", mutates_args=())
+@on_input_device
 def rmsnorm_residual_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, h, rstd) with h = x + residual and y = rmsnorm(h)."""
     hidden = _check(x, weight, residual)
@@ -79,6 +81,7 @@ def _(x, residual, weight, eps):
 
 # ---- backward op ---------------------------------------------------------------------
 @torch.library.custom_op("llmforge::rmsnorm_bwd", mutates_args=())
+@on_input_device
 def rmsnorm_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor,
                 grad_h: Tensor | None) -> tuple[Tensor, Tensor]:
     """Returns (grad_x, grad_weight); grad_h (optional) is added to grad_x."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, require, same_device, stream, threads
 from .rmsnorm import rmsnorm_bwd as _rmsnorm_bwd
 
 
@@ -51,6 +51,7 @@ def _rstd_dtype(x: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("llmforge::rmsnorm_linear_fwd", mutates_args=())
+@on_input_device
 def rmsnorm_linear_fwd(x: Tensor, norm_weight: Tensor, weight: Tensor, eps: float, path: int) -> tuple[Tensor, Tensor]:
     """Returns (y, rstd): y (..., N), rstd x.shape[:-1]. path: 0 auto, 1 dot-product, 2 packed GEMM."""
     K, N = _check(x, norm_weight, weight)
@@ -68,6 +69,7 @@ def _(x, norm_weight, weight, eps, path):
 
 
 @torch.library.custom_op("llmforge::rmsnorm_linear_bwd_a", mutates_args=())
+@on_input_device
 def rmsnorm_linear_bwd_a(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor, rstd: Tensor) -> Tensor:
     """grad_a = grad_y @ weight: the gradient at the norm's output, (..., K)."""
     K, N = _check(x, norm_weight, weight)
@@ -87,6 +89,7 @@ def _(grad_y, x, norm_weight, weight, rstd):
 
 
 @torch.library.custom_op("llmforge::rmsnorm_linear_bwd_weight", mutates_args=())
+@on_input_device
 def rmsnorm_linear_bwd_weight(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor,
                               rstd: Tensor) -> Tensor:
     """grad_weight = grad_y.T @ (x * rstd * norm_weight), (N, K); the normalised x only in packed panels."""

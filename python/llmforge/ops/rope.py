@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, require, same_device, stream, threads
 
 STYLES = ("neox", "norm")
 
@@ -135,6 +135,7 @@ def _check(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, style:
 
 
 @torch.library.custom_op("llmforge::rope", mutates_args=())
+@on_input_device
 def rope_op(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, style: str, inverse: bool) -> Tensor:
     """Rotate x (batch, seq, heads, head_dim) by the table rows; inverse rotates backwards."""
     _check(x, cos, sin, positions, style)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, require, same_device, stream, threads
 
 
 def _check(gate: Tensor, up: Tensor) -> None:
@@ -41,6 +41,7 @@ def _check_packed(x: Tensor) -> int:
 
 # ---- separate gate and up ------------------------------------------------------------------
 @torch.library.custom_op("llmforge::swiglu_fwd", mutates_args=())
+@on_input_device
 def swiglu_fwd(gate: Tensor, up: Tensor) -> Tensor:
     _check(gate, up)
     y = torch.empty_like(gate)
@@ -55,6 +56,7 @@ def _(gate, up):
 
 
 @torch.library.custom_op("llmforge::swiglu_bwd", mutates_args=())
+@on_input_device
 def swiglu_bwd(grad_y: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
     """Returns (grad_gate, grad_up)."""
     _check(gate, up)
@@ -83,6 +85,7 @@ swiglu_fwd.register_autograd(_backward, setup_context=_setup)
 
 # ---- packed [gate | up] ----------------------------------------------------------------------
 @torch.library.custom_op("llmforge::swiglu_packed_fwd", mutates_args=())
+@on_input_device
 def swiglu_packed_fwd(x: Tensor) -> Tensor:
     ffn = _check_packed(x)
     y = x.new_empty(*x.shape[:-1], ffn)
@@ -97,6 +100,7 @@ def _(x):
 
 
 @torch.library.custom_op("llmforge::swiglu_packed_bwd", mutates_args=())
+@on_input_device
 def swiglu_packed_bwd(grad_y: Tensor, x: Tensor) -> Tensor:
     _check_packed(x)
     dx = torch.empty_like(x)
