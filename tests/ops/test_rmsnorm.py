@@ -245,7 +245,8 @@ def test_native_boundary_rejects_bad_arguments():
 
 
 # ---- CUDA ---------------------------------------------------------------------------------
-CUDA_SHAPES = [(1, 1), (3, 7), (97, 1000), (5, 3, 1001), (64, 4096), (17, 8192), (3, 13000), (2, 40000)]
+# (5, 12288): at the 48 KiB limit of the backward's shared dW accumulator (plus its static buffer)
+CUDA_SHAPES = [(1, 1), (3, 7), (97, 1000), (5, 3, 1001), (64, 4096), (17, 8192), (5, 12288), (3, 13000), (2, 40000)]
 
 
 @pytest.mark.cuda
