@@ -57,9 +57,13 @@ void gemv_rows(const Int4GemvArgs& a, int64_t m0, int64_t n) {
       total[r] = vfma(d, s, total[r]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float corr = 0.f;
-    for (int64_t g = 0; g < ng; ++g) corr += sc[g] * zs[g] * a.xsum[(m0 + r) * ng + g];
+  for (int r = 0; r < R; ++r) {  // the zero points' share, in vectors (a scalar chain would
+    const float* xs = a.xsum + (m0 + r) * ng;  // cost 4 cycles a group)
+    V c = vzero();
+    int64_t g = 0;
+    for (; g + N <= ng; g += N) c = vfma(vmul(vload(sc + g), vload(zs + g)), vload(xs + g), c);
+    float corr = vsum(c);
+    for (; g < ng; ++g) corr += sc[g] * zs[g] * xs[g];
     a.y[(m0 + r) * a.N + n] = vsum(total[r]) - corr;
   }
 }
