@@ -72,6 +72,21 @@ def test_grad_x_through_frozen_quantized_weights():
     torch.testing.assert_close(gx, torch.ones(20, 40) @ dequantize_int4(q4), atol=1e-4, rtol=1e-4)
 
 
+def test_panel_path_on_the_gemm(cpu_isa):
+    """More rows than the GEMV takes: 256-row panels of W dequantised and multiplied on
+    llmforge's GEMM (>= 64 rows; two panels, the second partial), forward and dX."""
+    N, K, M = 300, 192, 70
+    w = torch.randn(N, K)
+    q4, q8 = quantize_int4(w, 64, symmetric=False), quantize_int8(w)
+    x = torch.randn(M, K, requires_grad=True)
+    dy = torch.randn(M, N)
+    for fn, deq in ((lambda t: int4_linear(t, q4), dequantize_int4(q4)), (lambda t: int8_linear(t, q8), dequantize_int8(q8))):
+        y = fn(x)
+        torch.testing.assert_close(y.double(), x.detach().double() @ deq.double().t(), atol=1e-3, rtol=1e-4)
+    (gx,) = torch.autograd.grad(int4_linear(x, q4), x, dy)
+    torch.testing.assert_close(gx.double(), dy.double() @ dequantize_int4(q4).double(), atol=1e-3, rtol=1e-4)
+
+
 def test_opcheck():
     w = torch.randn(16, 64)
     q4, q8 = quantize_int4(w, 32), quantize_int8(w)

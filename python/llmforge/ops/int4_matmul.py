@@ -12,7 +12,7 @@ scale = absmax / 7; asymmetric: scale = (max - min) / 15, zero = round(-min / sc
 
 Kernels: batches of up to 8 rows at a time stream the packed weights once per block of rows
 and unpack nibbles in registers (int4_gemv); larger batches dequantise 256-row panels of W
-(int4_dequant, in registers) and multiply them with torch's GEMM. The backward gives x its
+(int4_dequant, in registers) and multiply them with llmforge's GEMM (ops.gemm.mm). The backward gives x its
 gradient (dX = dY @ dequant(W), panel by panel) so QLoRA can train adapters over a frozen
 int4 base; the quantised weights get none.
 
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._native import C, on_input_device, require, stream, threads
+from .gemm import mm
 
 GROUP_SIZES = (32, 64, 128)
 GEMV_MAX_ROWS = 16
@@ -134,7 +135,7 @@ def int4_linear_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, gro
         C.int4_matmul(x2, packed.contiguous(), scales.contiguous(), zeros.contiguous(), y, group_size, threads())
     else:
         for r0, rows, buf in _dequant_panels(packed.contiguous(), scales.contiguous(), zeros.contiguous(), group_size):
-            torch.matmul(x2, buf.t(), out=y[:, r0:r0 + rows])
+            mm(x2, buf.t(), out=y[:, r0:r0 + rows])
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 
@@ -157,7 +158,7 @@ def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Te
     g2 = grad_y.detach().reshape(-1, N).float()
     dx = torch.zeros(g2.shape[0], K, dtype=torch.float32)
     for r0, rows, buf in _dequant_panels(packed.contiguous(), scales.contiguous(), zeros.contiguous(), group_size):
-        dx.addmm_(g2[:, r0:r0 + rows], buf)
+        mm(g2[:, r0:r0 + rows], buf, out=dx, accumulate=True)
     return dx.to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._native import C, on_input_device, require, stream, threads
+from .gemm import mm
 
 GEMV_MAX_ROWS = 16
 
@@ -78,10 +79,10 @@ def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     y = torch.empty(x2.shape[0], q.shape[0], dtype=torch.float32)
     if x2.shape[0] <= GEMV_MAX_ROWS:
         C.int8_matmul(x2, q.contiguous(), scale.contiguous(), y, threads())
-    else:  # compute-bound: widen 256-row panels and use torch's GEMM
+    else:  # compute-bound: widen 256-row panels and use llmforge's GEMM
         for r0 in range(0, q.shape[0], 256):
             w = q[r0:r0 + 256].float() * scale[r0:r0 + 256, None]
-            torch.matmul(x2, w.t(), out=y[:, r0:r0 + 256])
+            mm(x2, w.t(), out=y[:, r0:r0 + 256])
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
