@@ -49,24 +49,64 @@ void int8_block(const Int8GemvArgs& a, int64_t m0) {
   for (int64_t n = 0; n < a.N; ++n) int8_rows<R>(a, m0, n);
 }
 
-// exact int32 dot product of two int8 rows
-inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t K) {
-  int64_t k = 0;
-  int32_t s = 0;
-#if defined(__AVX2__)
-  __m256i acc = _mm256_setzero_si256();
-  for (; k + 16 <= K; k += 16) {
-    __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + k)));
-    __m256i y = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, y));
-  }
-  __m128i t = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+// W8A8: exact int32 dot products of int8 rows, MR rows of x against NR rows of W at a time, one
+// vector accumulator per pair: per step KB int8 of each row are sign-extended to int16 once and
+// multiplied pairwise into int32 lanes (madd_epi16: exact, no saturation), so each loaded row
+// serves MR or NR products. Reduced across lanes once per pair at the end.
+#if defined(__AVX512F__)
+using VI = __m512i;
+constexpr int KB = 32, MR = 4, NR = 4;  // 16 accumulators of the 32 zmm
+inline VI load_i16(const int8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline VI madd_add(VI a, VI b, VI acc) { return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b)); }
+inline VI izero() { return _mm512_setzero_si512(); }
+inline int32_t isum(VI v) { return _mm512_reduce_add_epi32(v); }
+#elif defined(__AVX2__)
+using VI = __m256i;
+constexpr int KB = 16, MR = 3, NR = 3;  // 9 accumulators + 6 rows of the 16 ymm
+inline VI load_i16(const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline VI madd_add(VI a, VI b, VI acc) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+inline VI izero() { return _mm256_setzero_si256(); }
+inline int32_t isum(VI v) {
+  __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
   t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-  s = _mm_cvtsi128_si32(t);
+  return _mm_cvtsi128_si32(t);
+}
+#else
+using VI = int32_t;
+constexpr int KB = 1, MR = 1, NR = 1;
+inline VI load_i16(const int8_t* p) { return *p; }
+inline VI madd_add(VI a, VI b, VI acc) { return acc + a * b; }
+inline VI izero() { return 0; }
+inline int32_t isum(VI v) { return v; }
 #endif
-  for (; k < K; ++k) s += static_cast<int32_t>(a[k]) * static_cast<int32_t>(b[k]);
-  return s;
+
+// y[m0 + i, n0 + j] for i < R, j < C (R <= MR, C <= NR)
+template <int R, int C>
+void w8a8_tile(const W8A8Args& a, int64_t m0, int64_t n0) {
+  const int64_t K = a.K;
+  const int8_t* x[R];
+  const int8_t* w[C];
+  for (int i = 0; i < R; ++i) x[i] = a.xq + (m0 + i) * K;
+  for (int j = 0; j < C; ++j) w[j] = a.q + (n0 + j) * K;
+  VI acc[R][C];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < C; ++j) acc[i][j] = izero();
+  int64_t k = 0;
+  for (; k + KB <= K; k += KB) {
+    VI xv[R], wv[C];
+    for (int i = 0; i < R; ++i) xv[i] = load_i16(x[i] + k);
+    for (int j = 0; j < C; ++j) wv[j] = load_i16(w[j] + k);
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc[i][j] = madd_add(xv[i], wv[j], acc[i][j]);
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < C; ++j) {
+      int32_t s = isum(acc[i][j]);
+      for (int64_t kk = k; kk < K; ++kk) s += static_cast<int32_t>(x[i][kk]) * static_cast<int32_t>(w[j][kk]);
+      a.y[(m0 + i) * a.N + n0 + j] = static_cast<float>(s) * a.xscale[m0 + i] * a.scale[n0 + j];
+    }
+  }
 }
 
 }  // namespace
@@ -88,14 +128,20 @@ void int8_gemv(const Int8GemvArgs& a) {
 
 void w8a8_gemm(const W8A8Args& a) {
   // blocks of 64 weight rows stay in L1/L2 while every x row passes over them
-  const int64_t NB = 64;
+  const int64_t NBLK = 64;
 #pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
-  for (int64_t n0 = 0; n0 < a.N; n0 += NB) {
-    const int64_t n1 = n0 + NB < a.N ? n0 + NB : a.N;
-    for (int64_t m = 0; m < a.M; ++m) {
-      const int8_t* xr = a.xq + m * a.K;
-      for (int64_t n = n0; n < n1; ++n)
-        a.y[m * a.N + n] = static_cast<float>(dot_i8(xr, a.q + n * a.K, a.K)) * a.xscale[m] * a.scale[n];
+  for (int64_t n0 = 0; n0 < a.N; n0 += NBLK) {
+    const int64_t n1 = n0 + NBLK < a.N ? n0 + NBLK : a.N;
+    for (int64_t m = 0; m < a.M; m += MR) {
+      const bool full_m = m + MR <= a.M;
+      for (int64_t n = n0; n < n1; n += NR) {
+        if (full_m && n + NR <= n1) {
+          w8a8_tile<MR, NR>(a, m, n);
+          continue;
+        }
+        for (int64_t i = m; i < m + MR && i < a.M; ++i)  // edge tiles: one pair at a time
+          for (int64_t j = n; j < n + NR && j < n1; ++j) w8a8_tile<1, 1>(a, i, j);
+      }
     }
   }
 }

@@ -45,9 +45,10 @@ def test_int4_pack_roundtrip_and_bf16():
     torch.testing.assert_close(y.double(), int4_linear_reference(x.float(), q).reshape(2, 5, 33), atol=0.05, rtol=2**-7)
 
 
+@pytest.mark.parametrize("NK", [(61, 200), (131, 97)])   # K tails of the 16/32-wide steps; several 64-row blocks
 @pytest.mark.parametrize("M", [1, 2, 9, 40])
-def test_int8_and_w8a8_exact(cpu_isa, M):
-    N, K = 61, 200
+def test_int8_and_w8a8_exact(cpu_isa, M, NK):
+    N, K = NK
     w = torch.randn(N, K)
     q = quantize_int8(w)
     x = torch.randn(M, K)
