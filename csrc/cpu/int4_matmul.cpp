@@ -4,13 +4,12 @@
 
 #include <omp.h>
 
+#include "cpu/gemv_rows.h"
 #include "cpu/int4_unpack.h"
 #include "cpu/vec.h"
 
 namespace lf::cpu::LF_ISA {
 namespace {
-
-constexpr int kMaxRows = 8;
 
 // y[m0 + r, n0 + b] = x[m0 + r] . dequant(W[n0 + b]) for R rows of x and NB rows of W, in this
 // build's vectors: y = sum_g s_g * dot_g - sum_g s_g z_g xsum_g. Each x vector loaded serves the
@@ -78,37 +77,14 @@ void gemv_rows(const Int4GemvArgs& a, int64_t m0, int64_t n0) {
   }
 }
 
-template <int R>
-void gemv_block(const Int4GemvArgs& a, int64_t m0) {
-  // weight rows per x load: 2 for 2-4 rows of x (1.6-1.9x faster on Zen 5); one x row streams
-  // a single weight row (two interleaved streams measured slower from DRAM), 5-8 run out of registers
-  constexpr int NB = R >= 2 && R <= 4 ? 2 : 1;
-  const int64_t pairs = a.N / NB;
-#pragma omp parallel num_threads(a.threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < pairs; ++p) gemv_rows<R, NB>(a, m0, p * NB);
-#pragma omp for schedule(static)
-    for (int64_t n = pairs * NB; n < a.N; ++n) gemv_rows<R, 1>(a, m0, n);
-  }
-}
+struct Int4Rows {
+  template <int R, int NB>
+  static void run(const Int4GemvArgs& a, int64_t m0, int64_t n0) { gemv_rows<R, NB>(a, m0, n0); }
+};
 
 }  // namespace
 
-void int4_gemv(const Int4GemvArgs& a) {
-  for (int64_t m0 = 0; m0 < a.M; m0 += kMaxRows) {
-    switch (a.M - m0 >= kMaxRows ? kMaxRows : a.M - m0) {
-      case 1: gemv_block<1>(a, m0); break;
-      case 2: gemv_block<2>(a, m0); break;
-      case 3: gemv_block<3>(a, m0); break;
-      case 4: gemv_block<4>(a, m0); break;
-      case 5: gemv_block<5>(a, m0); break;
-      case 6: gemv_block<6>(a, m0); break;
-      case 7: gemv_block<7>(a, m0); break;
-      default: gemv_block<8>(a, m0); break;
-    }
-  }
-}
+void int4_gemv(const Int4GemvArgs& a) { gemv_all_rows<Int4Rows>(a); }
 
 void int4_dequant(const Int4DequantArgs& a) {
   const int64_t K = a.K, G = a.G, ng = K / G;

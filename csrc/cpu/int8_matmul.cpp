@@ -3,50 +3,58 @@
 
 #include <omp.h>
 
+#include "cpu/gemv_rows.h"
 #include "cpu/vec.h"
 
 namespace lf::cpu::LF_ISA {
 namespace {
 
-constexpr int kMaxRows = 8;
 
-
-// 8 weights at a time widened to float (both AVX2 and AVX-512 builds use 8-lane registers here).
-template <int R>
-void int8_rows(const Int8GemvArgs& a, int64_t m0, int64_t n) {
-  const int64_t K = a.K;
-  const int8_t* w = a.q + n * K;
-  float tail[R] = {};
-  int64_t k = 0;
-#if defined(__AVX2__)
-  constexpr int A = R <= 2 ? 4 : 1;  // independent chains hide the FMA latency for few rows
-  __m256 acc[R][A];
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < A; ++i) acc[r][i] = _mm256_setzero_ps();
-  for (; k + 32 <= K; k += 32) {
-    for (int j = 0; j < 4; ++j) {
-      __m256 wf = _mm256_cvtepi32_ps(
-          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k + 8 * j))));
-      for (int r = 0; r < R; ++r)
-        acc[r][j % A] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(a.x + (m0 + r) * K + k + 8 * j), acc[r][j % A]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    __m256 t = acc[r][0];
-    for (int i = 1; i < A; ++i) t = _mm256_add_ps(t, acc[r][i]);
-    acc[r][0] = t;
-  }
-  for (int r = 0; r < R; ++r) tail[r] = hsum256(acc[r][0]);
+// N int8 weights widened to one float vector of this ISA build
+inline V load_i8_as_float(const int8_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__)
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  return static_cast<float>(*p);
 #endif
-  for (; k < K; ++k)
-    for (int r = 0; r < R; ++r) tail[r] += static_cast<float>(w[k]) * a.x[(m0 + r) * K + k];
-  for (int r = 0; r < R; ++r) a.y[(m0 + r) * a.N + n] = tail[r] * a.scale[n];
 }
 
-template <int R>
-void int8_block(const Int8GemvArgs& a, int64_t m0) {
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t n = 0; n < a.N; ++n) int8_rows<R>(a, m0, n);
+// y[m0 + r, n0 + b] = scale[n0 + b] * (x[m0 + r] . q[n0 + b]) for R rows of x and NB rows of W:
+// each x vector loaded serves the NB weight rows; A independent accumulators per pair hide the
+// FMA latency when R * NB is small. 32 weights a step, the rest of K one at a time.
+template <int R, int NB>
+void int8_rows(const Int8GemvArgs& a, int64_t m0, int64_t n0) {
+  constexpr int NW = 32 / N, RB = R * NB, A = RB <= 2 ? 4 : RB <= 4 ? 2 : 1;
+  const int64_t K = a.K;
+  const int8_t* w[NB];
+  for (int b = 0; b < NB; ++b) w[b] = a.q + (n0 + b) * K;
+  V acc[NB][R][A];
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < A; ++i) acc[b][r][i] = vzero();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    V wf[NB][NW];
+    for (int b = 0; b < NB; ++b)
+      for (int j = 0; j < NW; ++j) wf[b][j] = load_i8_as_float(w[b] + k + N * j);
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < NW; ++j) {
+        const V xv = vload(a.x + (m0 + r) * K + k + N * j);
+        for (int b = 0; b < NB; ++b) acc[b][r][j % A] = vfma(wf[b][j], xv, acc[b][r][j % A]);
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    for (int r = 0; r < R; ++r) {
+      V t = acc[b][r][0];
+      for (int i = 1; i < A; ++i) t = vadd(t, acc[b][r][i]);
+      float s = vsum(t);
+      for (int64_t kk = k; kk < K; ++kk) s += static_cast<float>(w[b][kk]) * a.x[(m0 + r) * K + kk];
+      a.y[(m0 + r) * a.N + n0 + b] = s * a.scale[n0 + b];
+    }
+  }
 }
 
 // W8A8: exact int32 dot products of int8 rows, MR rows of x against NR rows of W at a time, one
@@ -109,22 +117,14 @@ void w8a8_tile(const W8A8Args& a, int64_t m0, int64_t n0) {
   }
 }
 
+struct Int8Rows {
+  template <int R, int NB>
+  static void run(const Int8GemvArgs& a, int64_t m0, int64_t n0) { int8_rows<R, NB>(a, m0, n0); }
+};
+
 }  // namespace
 
-void int8_gemv(const Int8GemvArgs& a) {
-  for (int64_t m0 = 0; m0 < a.M; m0 += kMaxRows) {
-    switch (a.M - m0 >= kMaxRows ? kMaxRows : a.M - m0) {
-      case 1: int8_block<1>(a, m0); break;
-      case 2: int8_block<2>(a, m0); break;
-      case 3: int8_block<3>(a, m0); break;
-      case 4: int8_block<4>(a, m0); break;
-      case 5: int8_block<5>(a, m0); break;
-      case 6: int8_block<6>(a, m0); break;
-      case 7: int8_block<7>(a, m0); break;
-      default: int8_block<8>(a, m0); break;
-    }
-  }
-}
+void int8_gemv(const Int8GemvArgs& a) { gemv_all_rows<Int8Rows>(a); }
 
 void w8a8_gemm(const W8A8Args& a) {
   // blocks of 64 weight rows stay in L1/L2 while every x row passes over them
