@@ -3,8 +3,16 @@ of the same model and weights, forward + backward + AdamW step. llmforge's model
 optimizer `llmforge pretrain` uses (make_optimizer: torch.optim.AdamW, fused=True), the
 reference with torch.optim.AdamW's defaults, same hyperparameters; a third row gives
 the reference the fused optimizer too, so the model's own share of the speedup is visible.
+The last two rows run both under CPU bf16 autocast (fp32 weights, bf16 matmuls through torch):
+on CPUs with native bf16 dot products (AVX512-BF16, AMX) that is the fastest way to train on
+either side; elsewhere it is slower than float32. Speedups are against the fp32 reference.
 
-    python -m bench train [--record]
+On CUDA (--device cuda) the case is a ~125M model (GPT-2-small sizes, Llama-style) at batch
+16 x 1024 under bf16 autocast, both sides with fused AdamW, and the table adds MFU: model
+FLOPs (6 x parameters x tokens, the tied output head included, plus causal attention) over
+the GPU's dense bf16 peak (GPU_BF16_PEAK_TFLOPS; unknown GPUs leave % peak empty).
+
+    python -m bench train [--record] [--device cuda]
 """
 from __future__ import annotations
 
@@ -97,21 +105,28 @@ def run(device: str = "cpu", quick: bool = False):
         flops = 6 * cfg.n_params(embeddings=False) * B * T + 12 * cfg.n_layers * cfg.dim * T * T * B / 2
         ref_fused = ReferenceLlama(cfg).to(device)
         ref_fused.load_state_dict(ours.state_dict(), strict=False)
-        impls = (("llmforge", ours, True), ("torch eager + SDPA", ref, False),
-                 ("torch eager + SDPA, fused AdamW", ref_fused, True))
+        ours_bf16, ref_bf16 = Transformer(cfg).to(device), ReferenceLlama(cfg).to(device)
+        ours_bf16.load_state_dict(ours.state_dict())
+        ref_bf16.load_state_dict(ours.state_dict(), strict=False)
+        impls = (("llmforge", ours, True, False), ("torch eager + SDPA", ref, False, False),
+                 ("torch eager + SDPA, fused AdamW", ref_fused, True, False),
+                 ("llmforge, bf16 autocast", ours_bf16, True, True),
+                 ("torch eager + SDPA, fused AdamW, bf16 autocast", ref_bf16, True, True))
         steps = []
-        for impl, model, fused in impls:
+        for impl, model, fused, bf16 in impls:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
 
-            def step(model=model, opt=opt):
+            def step(model=model, opt=opt, bf16=bf16):
                 opt.zero_grad(set_to_none=True)
-                model.loss(tokens).backward()
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model.loss(tokens)
+                loss.backward()
                 opt.step()
 
             steps.append(step)
         # one step of each in turn: the VM's speed drifts, and both sides must see the same drift
         times = time_fns_interleaved(steps, device, warmup=2, iters=5 if quick else 12)
-        for (impl, _, _), t in zip(impls, times):
+        for (impl, _, _, _), t in zip(impls, times):
             rows.append(row(f"{name}, batch {B}x{T}", impl, t, device, flops=flops,
                             tokens_per_s=f"{B * T / (t[0] * 1e-3):,.0f}", params=f"{cfg.n_params() / 1e6:.1f}M"))
     return finish(rows, baseline="torch eager + SDPA")
