@@ -141,7 +141,8 @@ def pretrain_from_docs(recipe: dict, train_docs: list[str], held_docs: list[str]
     tok.to_hf_json(os.path.join(out, "model", "tokenizer.json"))
     tok.save(os.path.join(out, "model", "llmforge_tokenizer.json"))
     summary = {"params": model.cfg.n_params(), "tokenizer_s": round(t_tok, 1), "train_s": round(t_train, 1),
-               "steps": result["step"], "heldout": ev, "train_tokens": result["step"] * train_cfg.batch_size
+               "steps": result["step"], "precision": result["precision"], "heldout": ev,
+               "train_tokens": result["step"] * train_cfg.batch_size
                * train_cfg.grad_accum * seq_len}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -17,7 +17,8 @@ from llmforge.data.pack import PackedDataset, write_packed
 from llmforge.model import ModelConfig, Transformer
 from llmforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmforge.train.optim import Lion, cosine_lr, make_optimizer
-from llmforge.train.pretrain import PretrainConfig, pretrain
+from llmforge.train import pretrain as pretrain_mod
+from llmforge.train.pretrain import PretrainConfig, pretrain, resolve_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,7 +62,8 @@ def test_lion_matches_formula():
         make_optimizer(torch.nn.Linear(2, 2), "sgdx")
 
 
-@pytest.mark.parametrize("opt_name,dtype", [("adamw", "float32"), ("lion", "float32"), ("adamw", "bfloat16")])
+@pytest.mark.parametrize("opt_name,dtype", [("adamw", "float32"), ("lion", "float32"), ("adamw", "bfloat16"),
+                                            ("adamw", "auto")])
 def test_loss_falls(tmp_path, opt_name, dtype):
     torch.manual_seed(0)
     data = PackedDataset(_data(tmp_path / "d"), seed=0)
@@ -70,11 +72,25 @@ def test_loss_falls(tmp_path, opt_name, dtype):
                          warmup=5, log_every=5, checkpoint_every=30, optimizer=opt_name, dtype=dtype, progress=False,
                          eval_every=30, eval_batches=2)
     res = pretrain(model, data, cfg, eval_data=PackedDataset(tmp_path / "d", seed=99))
+    assert res["precision"] == resolve_dtype(dtype, torch.device("cpu")) and res["precision"] in ("float32", "bfloat16")
     losses = _losses(os.path.join(cfg.out_dir, "metrics.jsonl"))
     assert losses[-1][1] < 0.6 * losses[0][1], losses
     assert res["eval_loss"] < 3.0
     assert os.path.exists(os.path.join(cfg.out_dir, "curves.png"))
     assert latest_checkpoint(os.path.join(cfg.out_dir, "checkpoints")).endswith("step_00000060")
+
+
+def test_dtype_auto_follows_the_hardware(monkeypatch):
+    """"auto" is bf16 autocast only where the CPU multiplies bf16 natively; explicit choices stand."""
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(pretrain_mod, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", cpu) == ("bfloat16" if native else "float32")
+        assert resolve_dtype("float32", cpu) == "float32" and resolve_dtype("bfloat16", cpu) == "bfloat16"
+        with pretrain_mod._autocast(PretrainConfig(dtype="auto", progress=False), cpu):
+            assert torch.is_autocast_enabled("cpu") == native
+    with pytest.raises(ValueError, match="dtype"):
+        PretrainConfig(dtype="float16")
 
 
 def test_checkpoint_roundtrip_restores_rng_and_weights(tmp_path):

@@ -22,6 +22,7 @@ global batch; rank 0 logs and writes checkpoints (full state dicts).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -39,7 +40,9 @@ class PretrainConfig:
     """Run: out_dir, steps, seed.
     Batch: batch_size (sequences per micro-batch), grad_accum.
     Optimiser: optimizer ("adamw" | "lion"), lr, min_lr, warmup, weight_decay, betas, grad_clip.
-    Precision/memory: dtype ("float32" | "bfloat16" autocast), gradient_checkpointing.
+    Precision/memory: dtype ("float32" | "bfloat16" autocast | "auto": bfloat16 autocast where the
+    hardware multiplies bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else
+    float32), gradient_checkpointing.
     Cadence: log_every, eval_every, eval_batches, checkpoint_every, keep_checkpoints.
     Guard: spike_factor (0 disables), spike_patience.
     """
@@ -67,16 +70,41 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16 or auto, got {self.dtype!r}")
         for k in ("steps", "batch_size", "grad_accum"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
         self.betas = tuple(self.betas)
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX-BF16; Linux's CPU flags)? There,
+    bf16 autocast trains ~1.5x faster than float32 (a 2-core Zen 5: 134 s vs 209 s for the
+    Shakespeare recipe, same held-out loss); without it torch emulates bf16 and is slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """PretrainConfig.dtype with "auto" decided for this device: "bfloat16" or "float32"."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
+
+
 def _autocast(cfg, device):
-    if cfg.dtype == "bfloat16":
+    if resolve_dtype(cfg.dtype, device) == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -275,4 +303,4 @@ def pretrain(model: torch.nn.Module, train_data, cfg: PretrainConfig, eval_data=
     if log:
         plot_curves(log.path, os.path.join(cfg.out_dir, "curves.png"), keys=("loss", "eval_loss", "lr", "grad_norm"))
     return {"step": step, "loss_ema": loss_ema, "eval_loss": last_eval, "skipped_steps": skipped,
-            "metrics": os.path.join(cfg.out_dir, "metrics.jsonl")}
+            "precision": resolve_dtype(cfg.dtype, device), "metrics": os.path.join(cfg.out_dir, "metrics.jsonl")}
