@@ -128,12 +128,16 @@ def finish(rows: list[Row], baseline: str) -> list[Row]:
 
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """The checkout's commit (+ "-dirty"); LLMFORGE_COMMIT where the tree has no .git (a lent GPU
+    machine gets a copy of the working tree: bench/gpu_session.sh's caller passes it)."""
+    if os.environ.get("LLMFORGE_COMMIT"):
+        return os.environ["LLMFORGE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.stdout.strip() else "unknown"
     except Exception:
         return "unknown"
 
