@@ -6,7 +6,7 @@
 #   BUDGET_S=540 PHASES="build tests bench sanitizer" BENCH_OPS="attention paged_kv" bash bench/gpu_session.sh
 #   LLMFORGE_COMMIT=<sha> ...   # the commit the tables record, where the copy has no .git
 #
-# From a session with the device tool: run(command="LLMFORGE_COMMIT=$(sha) bash bench/gpu_session.sh",
+# From a session with the device tool: run(command="LLMFORGE_COMMIT=<sha> bash bench/gpu_session.sh",
 # timeout_s=600), then copy $OUT's gpu.md / gpu.csv over bench/results/ and commit them.
 #
 # The machine has python3 with torch, pybind11, scikit-build-core, cmake and ninja,
