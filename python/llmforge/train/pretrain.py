@@ -232,6 +232,8 @@ def pretrain(model: torch.nn.Module, train_data, cfg: PretrainConfig, eval_data=
         restore(resumed)
     tokens_per_step = cfg.batch_size * world * cfg.grad_accum * train_data.seq_len
     bar = Progress(cfg.steps, start=step) if cfg.progress and rank == 0 else None
+    if bar is not None and cfg.dtype == "auto":
+        bar.stream.write(f"precision: {resolve_dtype(cfg.dtype, device)} (dtype auto)\n")
     t_last, last_eval = time.perf_counter(), None
 
     def checkpoint():
