@@ -197,6 +197,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", []() { return std::string(lf::isa_name(lf::current_isa())); },
         "The CPU vector path kernels use now: scalar, avx2 or avx512.");
   m.def("cpu_best_isa", []() { return std::string(lf::isa_name(lf::cpu_best_isa())); });
+  m.def("cpu_vnni", []() { return lf::use_vnni(); }, "AVX512-VNNI int8 dot products in use (AVX-512 path only)");
+  m.def("set_cpu_vnni", [](bool on) { lf::set_vnni(on); }, py::arg("on"),
+        "turn the AVX512-VNNI kernels off (or back on where the CPU has them)");
   m.def("set_cpu_isa", [](const std::string& name) { lf::set_isa(name.c_str()); }, py::arg("name"),
         "Use a lower CPU vector path (for tests and benchmarks); raises if the CPU lacks it.");
 

@@ -58,4 +58,22 @@ void set_isa(const char* name) {
   g_isa = want;
 }
 
+bool cpu_has_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return cpu_best_isa() == Isa::avx512 && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+static bool g_vnni = cpu_has_vnni() && !(std::getenv("LLMFORGE_NO_VNNI") && *std::getenv("LLMFORGE_NO_VNNI"));
+
+bool use_vnni() { return g_vnni && g_isa == Isa::avx512; }
+
+void set_vnni(bool on) {
+  LF_CHECK(!on || cpu_has_vnni(), "this CPU has no AVX512-VNNI");
+  g_vnni = on;
+}
+
 }  // namespace lf

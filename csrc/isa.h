@@ -13,6 +13,12 @@ Isa current_isa();             // what kernels use now
 void set_isa(const char* name);  // "scalar" | "avx2" | "avx512"; raises if unsupported
 const char* isa_name(Isa isa);
 
+// AVX512-VNNI (int8 dot products, vpdpbusd): an extra the AVX-512 kernels use where the CPU has
+// it (Cascade Lake, Ice Lake, Zen 4 on) unless LLMFORGE_NO_VNNI is set or set_vnni(false).
+bool cpu_has_vnni();
+bool use_vnni();
+void set_vnni(bool on);  // raises when turning it on for a CPU without it
+
 }  // namespace lf
 
 #define LF_CPU_DISPATCH(fn, ...)                                          \

@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include <type_traits>
+
 #include "cpu/gemv_rows.h"
 #include "cpu/vec.h"
 
@@ -117,6 +119,72 @@ void w8a8_tile(const W8A8Args& a, int64_t m0, int64_t n0) {
   }
 }
 
+#if defined(__AVX512F__)
+// The same tiles with AVX512-VNNI (a run-time extra, isa.h): vpdpbusd multiplies 64 unsigned by
+// 64 signed bytes into 16 int32 lanes in one instruction. x's int8 codes become unsigned by
+// adding 128 (x ^ 0x80), and 128 * sum(w) is taken off again (wsum: each weight row's sum over
+// the 64-wide part of K). Exact while K * 255 * 128 < 2^31 (K < 65536; the caller checks).
+constexpr int64_t kVnniMaxK = 65536;
+
+__attribute__((target("avx512vnni"))) void vnni_row_sums(const int8_t* w, int64_t rows, int64_t K, int32_t* wsum) {
+  const int64_t kv = K - K % 64;
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t k = 0; k < kv; k += 64) acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(w + r * K + k));
+    wsum[r] = _mm512_reduce_add_epi32(acc);
+  }
+}
+
+template <int R, int C>
+__attribute__((target("avx512vnni"))) void w8a8_tile_vnni(const W8A8Args& a, int64_t m0, int64_t n0,
+                                                          const int32_t* wsum) {
+  const int64_t K = a.K, kv = K - K % 64;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int8_t* x[R];
+  const int8_t* w[C];
+  for (int i = 0; i < R; ++i) x[i] = a.xq + (m0 + i) * K;
+  for (int j = 0; j < C; ++j) w[j] = a.q + (n0 + j) * K;
+  __m512i acc[R][C];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kv; k += 64) {
+    __m512i xv[R], wv[C];
+    for (int i = 0; i < R; ++i) xv[i] = _mm512_xor_si512(_mm512_loadu_si512(x[i] + k), flip);
+    for (int j = 0; j < C; ++j) wv[j] = _mm512_loadu_si512(w[j] + k);
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[i], wv[j]);
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < C; ++j) {
+      int32_t s = _mm512_reduce_add_epi32(acc[i][j]) - 128 * wsum[j];
+      for (int64_t kk = kv; kk < K; ++kk) s += static_cast<int32_t>(x[i][kk]) * static_cast<int32_t>(w[j][kk]);
+      a.y[(m0 + i) * a.N + n0 + j] = static_cast<float>(s) * a.xscale[m0 + i] * a.scale[n0 + j];
+    }
+  }
+}
+#endif
+
+// Weight rows [n0, n1) against every x row: full MR x NR tiles, edge tiles one pair at a time.
+// tile(std::integral_constant R, C, m, n) computes y[m.., n..].
+template <class Tile>
+void w8a8_block(const W8A8Args& a, int64_t n0, int64_t n1, Tile tile) {
+  using full_r = std::integral_constant<int, MR>;
+  using full_c = std::integral_constant<int, NR>;
+  using one = std::integral_constant<int, 1>;
+  for (int64_t m = 0; m < a.M; m += MR) {
+    const bool full_m = m + MR <= a.M;
+    for (int64_t n = n0; n < n1; n += NR) {
+      if (full_m && n + NR <= n1) {
+        tile(full_r{}, full_c{}, m, n);
+        continue;
+      }
+      for (int64_t i = m; i < m + MR && i < a.M; ++i)
+        for (int64_t j = n; j < n + NR && j < n1; ++j) tile(one{}, one{}, i, j);
+    }
+  }
+}
+
 struct Int8Rows {
   template <int R, int NB>
   static void run(const Int8GemvArgs& a, int64_t m0, int64_t n0) { int8_rows<R, NB>(a, m0, n0); }
@@ -129,20 +197,25 @@ void int8_gemv(const Int8GemvArgs& a) { gemv_all_rows<Int8Rows>(a); }
 void w8a8_gemm(const W8A8Args& a) {
   // blocks of 64 weight rows stay in L1/L2 while every x row passes over them
   const int64_t NBLK = 64;
+#if defined(__AVX512F__)
+  const bool vnni = use_vnni() && a.K < kVnniMaxK;
+#endif
 #pragma omp parallel for num_threads(a.threads) schedule(dynamic, 1)
   for (int64_t n0 = 0; n0 < a.N; n0 += NBLK) {
     const int64_t n1 = n0 + NBLK < a.N ? n0 + NBLK : a.N;
-    for (int64_t m = 0; m < a.M; m += MR) {
-      const bool full_m = m + MR <= a.M;
-      for (int64_t n = n0; n < n1; n += NR) {
-        if (full_m && n + NR <= n1) {
-          w8a8_tile<MR, NR>(a, m, n);
-          continue;
-        }
-        for (int64_t i = m; i < m + MR && i < a.M; ++i)  // edge tiles: one pair at a time
-          for (int64_t j = n; j < n + NR && j < n1; ++j) w8a8_tile<1, 1>(a, i, j);
-      }
+#if defined(__AVX512F__)
+    if (vnni) {
+      int32_t wsum[NBLK];
+      vnni_row_sums(a.q + n0 * a.K, n1 - n0, a.K, wsum);
+      w8a8_block(a, n0, n1, [&](auto r, auto c, int64_t m, int64_t n) {
+        w8a8_tile_vnni<decltype(r)::value, decltype(c)::value>(a, m, n, wsum + (n - n0));
+      });
+      continue;
     }
+#endif
+    w8a8_block(a, n0, n1, [&](auto r, auto c, int64_t m, int64_t n) {
+      w8a8_tile<decltype(r)::value, decltype(c)::value>(a, m, n);
+    });
   }
 }
 

@@ -45,9 +45,28 @@ def test_int4_pack_roundtrip_and_bf16():
     torch.testing.assert_close(y.double(), int4_linear_reference(x.float(), q).reshape(2, 5, 33), atol=0.05, rtol=2**-7)
 
 
-@pytest.mark.parametrize("NK", [(61, 200), (131, 97)])   # K tails of the 16/32-wide steps; several 64-row blocks
+@pytest.fixture(params=[False, True], ids=["madd", "vnni"])
+def vnni(request, cpu_isa):
+    """W8A8 with and without the AVX512-VNNI tiles (the latter only where the CPU has them)."""
+    before = _C.cpu_vnni()
+    if request.param and (cpu_isa != "avx512" or not _try_vnni()):
+        pytest.skip("no AVX512-VNNI on this CPU / ISA")
+    _C.set_cpu_vnni(request.param)
+    yield request.param
+    _C.set_cpu_vnni(before)
+
+
+def _try_vnni() -> bool:
+    try:
+        _C.set_cpu_vnni(True)
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("NK", [(61, 200), (131, 97)])   # K tails of the 16/32/64-wide steps; several 64-row blocks
 @pytest.mark.parametrize("M", [1, 2, 9, 40])
-def test_int8_and_w8a8_exact(cpu_isa, M, NK):
+def test_int8_and_w8a8_exact(vnni, M, NK):
     N, K = NK
     w = torch.randn(N, K)
     q = quantize_int8(w)
@@ -58,6 +77,23 @@ def test_int8_and_w8a8_exact(cpu_isa, M, NK):
     assert ((dequantize_int8(q) - w).abs() <= q["scale"][:, None] / 2 + 1e-6).all()
     xq, xs = quantize_activations_int8(x)
     assert xq.dtype == torch.int8 and (xq.abs() <= 127).all() and xs.shape == (M,)
+
+
+@pytest.mark.parametrize("K", [4096 + 37, 65536 + 64])   # the VNNI tiles' limit: K < 65536 (exact int32)
+def test_w8a8_extreme_codes_exact(vnni, K):
+    """Codes at the int8 extremes, summed over long rows: the int32 result is exact (against
+    int64), including past the VNNI path's K limit, where the madd tiles take over."""
+    g = torch.Generator().manual_seed(K)
+    xq = torch.randint(-128, 128, (5, K), dtype=torch.int8, generator=g)
+    xq[0] = -128
+    xq[1] = 127
+    wq = torch.randint(-127, 128, (6, K), dtype=torch.int8, generator=g)
+    wq[0] = -127
+    wq[1] = 127
+    y = torch.empty(5, 6)
+    _C.w8a8_matmul(xq, torch.ones(5), wq, torch.ones(6), y, 2)
+    exact = xq.long() @ wq.long().t()
+    assert torch.equal(y.double(), exact.double().float().double())
 
 
 def test_grad_x_through_frozen_quantized_weights():
