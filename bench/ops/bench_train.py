@@ -16,6 +16,9 @@ the GPU's dense bf16 peak (GPU_BF16_PEAK_TFLOPS; unknown GPUs leave % peak empty
 """
 from __future__ import annotations
 
+import sys
+import traceback
+
 import torch
 
 from bench.harness import finish, row, time_fns_interleaved
@@ -61,11 +64,21 @@ def run_cuda(quick: bool = False):
         ref = ReferenceLlama(cfg).cuda()
         ref.load_state_dict(ours.state_dict(), strict=False)
         tokens = torch.randint(0, cfg.vocab_size, (B, T), device="cuda")
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            a, b = ours.loss(tokens).item(), ref.loss(tokens).item()
-        assert abs(a - b) < 2e-2 * abs(a), f"models differ under bf16 autocast: {a} vs {b}"
+        # a GPU session is short and its kernels' first run: a failure or a loss that disagrees
+        # with the reference is reported in the table, and the reference is still timed
+        impls = [("llmforge", ours), ("torch eager + SDPA, fused AdamW", ref)]
+        losses = {}
+        for impl, model in list(impls):
+            try:
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                    losses[impl] = model.loss(tokens).item()
+            except Exception as e:  # noqa: BLE001 - reported, the other side still measured
+                traceback.print_exc()
+                print(f"bench train (cuda): {impl} failed: {e!r}", file=sys.stderr)
+                impls.remove((impl, model))
+        agree = (len(losses) == 2 and abs(losses["llmforge"] - losses["torch eager + SDPA, fused AdamW"])
+                 < 2e-2 * abs(losses["torch eager + SDPA, fused AdamW"]))
         steps = []
-        impls = (("llmforge", ours), ("torch eager + SDPA, fused AdamW", ref))
         for impl, model in impls:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
@@ -77,13 +90,25 @@ def run_cuda(quick: bool = False):
                 opt.step()
 
             steps.append(step)
+        timed = []
+        for (impl, model), step in zip(impls, steps):  # one full step each first (the backward too)
+            try:
+                step()
+                torch.cuda.synchronize()
+                timed.append(((impl, model), step))
+            except Exception as e:  # noqa: BLE001 - reported, the other side still measured
+                traceback.print_exc()
+                print(f"bench train (cuda): {impl} step failed: {e!r}", file=sys.stderr)
+                agree = False
+        impls, steps = [t[0] for t in timed], [t[1] for t in timed]
         times = time_fns_interleaved(steps, "cuda", warmup=3, iters=5 if quick else 20)
         flops = model_flops(cfg, B, T)
         for (impl, _), t in zip(impls, times):
             tf = flops / (t[0] * 1e-3) / 1e12
             rows.append(row(f"{name}, batch {B}x{T}, bf16 autocast", impl, t, "cuda", flops=flops, peak_tflops=peak,
                             tokens_per_s=f"{B * T / (t[0] * 1e-3):,.0f}", params=f"{cfg.n_params() / 1e6:.1f}M",
-                            mfu=f"{100 * tf / peak:.1f}%" if peak else "peak unknown"))
+                            mfu=f"{100 * tf / peak:.1f}%" if peak else "peak unknown",
+                            loss=f"{losses[impl]:.4f}" + ("" if agree else " (MODELS DISAGREE or one failed)")))
     return finish(rows, baseline="torch eager + SDPA, fused AdamW")
 
 
