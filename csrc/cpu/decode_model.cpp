@@ -109,6 +109,25 @@ inline __m256 sload8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 sload8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 #endif
 
+// Sums of 4 products of unsigned and signed bytes into int32 lanes (the Q8 path's inner step):
+// vpdpbusd where the CPU has AVX512-VNNI (chosen at run time; inline assembly, so this build
+// needs no VNNI compiler flag), else maddubs + madd. Both exact: |sums| <= 4 * 15 * 128.
+#if defined(__AVX2__)
+template <bool VNNI>
+inline __m256i q8_dot2(__m256i lo, __m256i x0, __m256i hi, __m256i x1) {
+#if defined(__AVX512F__)
+  if constexpr (VNNI) {
+    __m256i acc = _mm256_setzero_si256();
+    asm("%{evex%} vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(lo), "v"(x0));
+    asm("%{evex%} vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(hi), "v"(x1));
+    return acc;
+  }
+#endif
+  const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+#endif
+
 // acc[r] = sum_b s_b * sum_k q_w,k x_k over the float activations of token row m0 + r.
 template <int R, class S>
 void int4_float_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const Act& a, int64_t m0, float* acc1) {
@@ -129,24 +148,12 @@ void int4_float_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const A
   for (int r = 0; r < R; ++r) acc1[r] = vsum(acc[r]);
 }
 
-// y[r] = row n of an int4 weight . token row m0 + r, for R token rows; S: the scales' type.
-// Per 32-block b: s_b * d_x,b * (sum q_w q_x) - s_b * z_b * (d_x,b * sum q_x), the second term
-// (the zero point's share) summed separately as `corr`.
-template <int R, class S, bool Q8>
-void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out) {
-  const int64_t K = L.K, nb = K / 32, ng = K / L.G;
-  const int gs = L.gshift;  // block b has scale b >> gs (G = 32 << gs)
-  const uint8_t* row = L.packed + n * (K / 2);
-  const S* sc = static_cast<const S*>(L.scales) + n * ng;
-  const float* zs = L.zeros ? L.zeros + n * ng : nullptr;
-  float acc1[R];
-  if constexpr (!Q8) {
-    int4_float_dot<R>(row, sc, gs, nb, a, m0, acc1);
-  } else {
 #if defined(__AVX2__)
+// acc1[r] = sum_b s_b * d_x,b * (q_w,b . q_x,b) over the int8 codes of token row m0 + r (Q8).
+template <int R, class S, bool VNNI>
+void int4_q8_dot(const uint8_t* row, const S* sc, int gs, int64_t nb, const Act& a, int64_t m0, float* acc1) {
   const __m128i m4 = _mm_set1_epi8(0x0f);
   const __m256i m4x2 = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   int64_t b = 0;
@@ -157,11 +164,10 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
     for (int r = 0; r < R; ++r) {
       const int8_t* xq = a.q + (m0 + r) * a.ldq + 32 * b;
       const float* dx = a.dx + (m0 + r) * a.ldb + b;
-      const __m256i p16 = _mm256_add_epi16(
-          _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq))),
-          _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32))));
+      const __m256i p = q8_dot2<VNNI>(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)), hi,
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32)));
       const __m256 scale = _mm256_set_m128(_mm_set1_ps(s1 * dx[1]), _mm_set1_ps(s0 * dx[0]));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), scale, acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
     }
   }
   if (b < nb) {  // a trailing odd block, stored unpaired
@@ -170,11 +176,33 @@ void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float
     const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4), _mm_and_si128(bytes, m4));
     for (int r = 0; r < R; ++r) {
       const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + (m0 + r) * a.ldq + 32 * b));
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+      const __m256i p = q8_dot2<VNNI>(w, xq, _mm256_setzero_si256(), _mm256_setzero_si256());
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s * a.dx[(m0 + r) * a.ldb + b]), acc[r]);
     }
   }
   for (int r = 0; r < R; ++r) acc1[r] = hsum256(acc[r]);
+}
+#endif
+
+// y[r] = row n of an int4 weight . token row m0 + r, for R token rows; S: the scales' type.
+// Per 32-block b: s_b * d_x,b * (sum q_w q_x) - s_b * z_b * (d_x,b * sum q_x), the second term
+// (the zero point's share) summed separately as `corr`.
+template <int R, class S, bool Q8>
+void int4_rows(const DecodeLinear& L, int64_t n, const Act& a, int64_t m0, float* out, bool vnni) {
+  const int64_t K = L.K, nb = K / 32, ng = K / L.G;
+  const int gs = L.gshift;  // block b has scale b >> gs (G = 32 << gs)
+  const uint8_t* row = L.packed + n * (K / 2);
+  const S* sc = static_cast<const S*>(L.scales) + n * ng;
+  const float* zs = L.zeros ? L.zeros + n * ng : nullptr;
+  float acc1[R];
+  if constexpr (!Q8) {
+    int4_float_dot<R>(row, sc, gs, nb, a, m0, acc1);
+  } else {
+#if defined(__AVX2__)
+    if (vnni)
+      int4_q8_dot<R, S, true>(row, sc, gs, nb, a, m0, acc1);
+    else
+      int4_q8_dot<R, S, false>(row, sc, gs, nb, a, m0, acc1);
 #else
   for (int r = 0; r < R; ++r) {
     const int8_t* xq = a.q + (m0 + r) * a.ldq;
@@ -237,13 +265,13 @@ void linear_row(const DecodeLinear& L, int64_t n, const Act& a, int64_t M, float
   for (int64_t m0 = 0; m0 < M; m0 += kRows) {
     const int64_t R = std::min<int64_t>(kRows, M - m0);
     if (L.int4) {
-      const bool h = L.scales_f16, q = a.q8;
+      const bool h = L.scales_f16, q = a.q8, vn = q && use_vnni();
       switch (R * 4 + (h ? 2 : 0) + (q ? 1 : 0)) {
 #define LF_INT4_CASE(r)                                                    \
-        case r * 4 + 0: int4_rows<r, float, false>(L, n, a, m0, out); break;    \
-        case r * 4 + 1: int4_rows<r, float, true>(L, n, a, m0, out); break;     \
-        case r * 4 + 2: int4_rows<r, uint16_t, false>(L, n, a, m0, out); break; \
-        case r * 4 + 3: int4_rows<r, uint16_t, true>(L, n, a, m0, out); break;
+        case r * 4 + 0: int4_rows<r, float, false>(L, n, a, m0, out, vn); break;    \
+        case r * 4 + 1: int4_rows<r, float, true>(L, n, a, m0, out, vn); break;     \
+        case r * 4 + 2: int4_rows<r, uint16_t, false>(L, n, a, m0, out, vn); break; \
+        case r * 4 + 3: int4_rows<r, uint16_t, true>(L, n, a, m0, out, vn); break;
         LF_INT4_CASE(1)
         LF_INT4_CASE(2)
         LF_INT4_CASE(3)

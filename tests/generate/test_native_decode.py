@@ -122,6 +122,17 @@ def test_int4_q8_model_matches_q8_reference(group_size, symmetric, dim):
     got = _run(NativeDecoder(m, max_len=32), ids.tolist(), 7)
     _agree(got, ref, plain)
     _agree(python, ref, plain)
+    # the int8 dot products are exact with or without AVX512-VNNI: bit-identical logits
+    before = _C.cpu_vnni()
+    try:
+        _C.set_cpu_vnni(not before)
+    except ValueError:   # no VNNI on this CPU: only the maddubs path exists
+        return
+    try:
+        other = _run(NativeDecoder(m, max_len=32), ids.tolist(), 7)
+    finally:
+        _C.set_cpu_vnni(before)
+    assert torch.equal(got, other)
 
 
 def test_long_prompts_go_through_in_token_tiles():
