@@ -11,6 +11,7 @@
 #include "cpu/int4_unpack.h"
 #include "cpu/swiglu_simd.h"
 #include "cpu/vec.h"
+#include "cpu/vnni.h"
 
 namespace lf::cpu::LF_ISA {
 namespace {
@@ -110,18 +111,13 @@ inline __m256 sload8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128
 #endif
 
 // Sums of 4 products of unsigned and signed bytes into int32 lanes (the Q8 path's inner step):
-// vpdpbusd where the CPU has AVX512-VNNI (chosen at run time; inline assembly, so this build
-// needs no VNNI compiler flag), else maddubs + madd. Both exact: |sums| <= 4 * 15 * 128.
+// vpdpbusd where the CPU has AVX512-VNNI (vnni.h, chosen at run time), else maddubs + madd.
+// Both exact: |sums| <= 4 * 15 * 128.
 #if defined(__AVX2__)
 template <bool VNNI>
 inline __m256i q8_dot2(__m256i lo, __m256i x0, __m256i hi, __m256i x1) {
 #if defined(__AVX512F__)
-  if constexpr (VNNI) {
-    __m256i acc = _mm256_setzero_si256();
-    asm("%{evex%} vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(lo), "v"(x0));
-    asm("%{evex%} vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(hi), "v"(x1));
-    return acc;
-  }
+  if constexpr (VNNI) return dpbusd(dpbusd(_mm256_setzero_si256(), lo, x0), hi, x1);
 #endif
   const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x0), _mm256_maddubs_epi16(hi, x1));
   return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
