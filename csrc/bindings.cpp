@@ -198,6 +198,7 @@ PYBIND11_MODULE(_C, m) {
         "The CPU vector path kernels use now: scalar, avx2 or avx512.");
   m.def("cpu_best_isa", []() { return std::string(lf::isa_name(lf::cpu_best_isa())); });
   m.def("cpu_vnni", []() { return lf::use_vnni(); }, "AVX512-VNNI int8 dot products in use (AVX-512 path only)");
+  m.def("cpu_bf16_dot", []() { return lf::cpu_has_bf16_dot(); }, "the CPU multiplies bf16 natively (AVX512-BF16, AMX)");
   m.def("set_cpu_vnni", [](bool on) { lf::set_vnni(on); }, py::arg("on"),
         "turn the AVX512-VNNI kernels off (or back on where the CPU has them)");
   m.def("set_cpu_isa", [](const std::string& name) { lf::set_isa(name.c_str()); }, py::arg("name"),

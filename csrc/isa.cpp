@@ -67,6 +67,15 @@ bool cpu_has_vnni() {
 #endif
 }
 
+bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
 static bool g_vnni = cpu_has_vnni() && !(std::getenv("LLMFORGE_NO_VNNI") && *std::getenv("LLMFORGE_NO_VNNI"));
 
 bool use_vnni() { return g_vnni && g_isa == Isa::avx512; }

@@ -19,6 +19,10 @@ bool cpu_has_vnni();
 bool use_vnni();
 void set_vnni(bool on);  // raises when turning it on for a CPU without it
 
+// Does the CPU multiply bf16 natively (AVX512-BF16 or AMX-BF16)? torch's bf16 matmuls then run at
+// twice the float32 rate; training's dtype "auto" picks bf16 autocast on such CPUs.
+bool cpu_has_bf16_dot();
+
 }  // namespace lf
 
 #define LF_CPU_DISPATCH(fn, ...)                                          \

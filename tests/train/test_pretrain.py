@@ -82,6 +82,9 @@ def test_loss_falls(tmp_path, opt_name, dtype):
 
 def test_dtype_auto_follows_the_hardware(monkeypatch):
     """"auto" is bf16 autocast only where the CPU multiplies bf16 natively; explicit choices stand."""
+    if os.path.exists("/proc/cpuinfo"):   # the native check against Linux's own list of CPU flags
+        flags = next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+        assert pretrain_mod.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(pretrain_mod, "cpu_has_native_bf16", lambda native=native: native)
