@@ -12,9 +12,9 @@ scale = absmax / 7; asymmetric: scale = (max - min) / 15, zero = round(-min / sc
 
 Kernels: batches of up to 8 rows at a time stream the packed weights once per block of rows
 and unpack nibbles in registers (int4_gemv); larger batches dequantise 256-row panels of W
-(int4_dequant, in registers) and multiply them with llmforge's GEMM (ops.gemm.mm). The backward gives x its
-gradient (dX = dY @ dequant(W), panel by panel) so QLoRA can train adapters over a frozen
-int4 base; the quantised weights get none.
+(int4_dequant, in registers) and multiply them with llmforge's GEMM (ops.gemm.mm). The
+backward gives x its gradient (dX = dY @ dequant(W), panel by panel) so QLoRA can train
+adapters over a frozen int4 base; the quantised weights get none.
 
 CUDA (kernels/int4_matmul.cu; same packed layout, no repacking): up to 16 rows run a split-K
 tensor-core GEMV that streams the weights once with cp.async and dequantises in registers;
