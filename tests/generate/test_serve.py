@@ -211,7 +211,11 @@ def test_full_queue_gets_429_and_disconnect_frees(model, tok):
     srv.worker.start()
     t.join(timeout=60)
     assert first["r"].choices[0].finish_reason in ("stop", "length")
-    # a client that leaves mid-stream: its request is aborted and its blocks freed
+    # a client that leaves mid-stream: its request is aborted and its blocks freed. Each engine
+    # step is slowed (5 ms) so that 200 tokens outlast the server's noticing the closed socket: on a
+    # fast CPU the tiny model finished them first ("length") in about 1 run of 6
+    step = srv.engine.step
+    srv.engine.step = lambda: (time.sleep(0.005), step())[1]
     stream = c.completions.create(model="tiny", prompt="The fox", max_tokens=200, temperature=0,
                                   stop=None, stream=True, extra_body={"min_p": 0.0})
     next(iter(stream))
