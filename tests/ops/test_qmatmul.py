@@ -152,7 +152,7 @@ def test_bad_input():
         int4_linear(torch.randn(2, 64), {**q, "packed": q["packed"].to(torch.int16)})
     with pytest.raises(ValueError, match="scales"):
         int4_linear(torch.randn(2, 64), {**q, "scales": q["scales"][:, :1].contiguous()})
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
         int4_linear(torch.randn(2, 64, dtype=torch.float64), q)
     q8 = quantize_int8(w)
     with pytest.raises(TypeError, match="int8"):

@@ -28,12 +28,36 @@ def stream(t: torch.Tensor) -> int:
     return 0
 
 
+def _one_device_check(op: str, fn):
+    """A function raising ValueError, naming op and each tensor's device, unless fn's tensor
+    arguments all lie on one device. A mix must not reach the kernels, nor the fake (meta)
+    implementations: with one meta tensor among CPU ones the dispatcher picks the fake, whose
+    torch.empty_like(cpu_tensor) would come back as uninitialised memory."""
+    sig = inspect.signature(fn)
+
+    def check(args, kwargs):
+        first = None
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                if first is None:
+                    first = a.device
+                elif a.device != first:
+                    bound = sig.bind(*args, **kwargs).arguments
+                    where = ", ".join(f"{k} on {v.device}" for k, v in bound.items() if isinstance(v, torch.Tensor))
+                    raise ValueError(f"{op}: tensors are on different devices ({where}); move them to one device")
+    return check
+
+
 def on_input_device(fn):
-    """Runs fn with its first tensor argument's GPU as the current device when that tensor is on
-    CUDA: the kernels launch on the current device (and size split-K by its SM count), so a
-    tensor on another GPU than the current one must not reach them from there."""
+    """Checks that fn's tensor arguments share one device (ValueError otherwise), then runs fn with
+    that device current when it is a GPU: the kernels launch on the current device (and size
+    split-K by its SM count), so a tensor on another GPU than the current one must not reach
+    them from there."""
+    check = _one_device_check(fn.__name__.strip("_").removesuffix("_op"), fn)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        check(args, kwargs)
         t = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if t is not None and t.device.type == "cuda":
             with torch.cuda.device(t.device):
@@ -42,6 +66,20 @@ def on_input_device(fn):
     # resolved annotations: torch.library.custom_op infers the op's schema from this signature
     wrapper.__signature__ = inspect.signature(fn, eval_str=True)
     return wrapper
+
+
+def register_fake(op):
+    """op.register_fake with the same one-device check as on_input_device."""
+    def deco(fn):
+        check = _one_device_check(op._name, fn)
+
+        @functools.wraps(fn)
+        def fake(*args, **kwargs):
+            check(args, kwargs)
+            return fn(*args, **kwargs)
+        op.register_fake(fake)
+        return fn
+    return deco
 
 
 def require(cond: bool, msg: str) -> None:

@@ -40,7 +40,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16)
 _CUDA_HEAD_DIMS = (64, 128)
@@ -133,6 +133,12 @@ def _token_major_like(q: Tensor) -> Tensor:
     return q.new_empty(B, S, H, D).transpose(1, 2)
 
 
+def _floating_grads(op: str, **grads: Tensor | None) -> None:
+    for name, t in grads.items():
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}; gradients are floating point")
+
+
 def _lse_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
@@ -145,6 +151,7 @@ def _scale(q: Tensor, scale: float | None) -> float:
 
 # ---- ops ------------------------------------------------------------------------------
 @torch.library.custom_op("llmforge::attention_fwd", mutates_args=())
+@on_input_device
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, window: int) -> tuple[Tensor, Tensor]:
     """Returns (out, lse): out like q, lse (B, H, Sq) in float32 (float64 for float64 q)."""
     _check(q, k, v, window)
@@ -156,7 +163,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, w
     return out, lse
 
 
-@attention_fwd.register_fake
+@register_fake(attention_fwd)
 def _(q, k, v, causal, scale, window):
     _check(q, k, v, window)
     out = torch.empty_like(q) if q.device.type == "cuda" else _token_major_like(q)
@@ -164,10 +171,14 @@ def _(q, k, v, causal, scale, window):
 
 
 @torch.library.custom_op("llmforge::attention_bwd", mutates_args=())
+@on_input_device
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                   grad_lse: Tensor | None, causal: bool, scale: float, window: int) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (grad_q, grad_k, grad_v); grad_lse (optional) is the gradient arriving at lse."""
     _check(q, k, v, window)
+    require(isinstance(grad_out, Tensor) and grad_out.dim() == 4,
+            f"attention_backward: grad_out must be (batch, heads, seq_q, head_dim) like q, got {tuple(grad_out.shape)}")
+    _floating_grads("attention_backward", grad_out=grad_out, grad_lse=grad_lse)
     if q.device.type == "cuda":
         return _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -179,7 +190,7 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     return dq, dk, dv
 
 
-@attention_bwd.register_fake
+@register_fake(attention_bwd)
 def _(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window):
     _check(q, k, v, window)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -286,6 +297,7 @@ def _seq_lengths(cu: Tensor, total: int, name: str) -> Tensor:
 
 
 @torch.library.custom_op("llmforge::attention_varlen_fwd", mutates_args=())
+@on_input_device
 def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
                          causal: bool, scale: float, window: int) -> tuple[Tensor, Tensor]:
     """CUDA only: (out (Tq, H, D), lse (H, Tq) float32). The public attention_varlen checks the offsets."""
@@ -294,22 +306,24 @@ def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Te
     return _cuda_fwd(q, k, v, causal, scale, window, cu_q, cu_k, max_q, max_k)
 
 
-@attention_varlen_fwd.register_fake
+@register_fake(attention_varlen_fwd)
 def _(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window):
     _check_varlen(q, k, v, cu_q, cu_k, window)
     return torch.empty_like(q), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
 
 
 @torch.library.custom_op("llmforge::attention_varlen_bwd", mutates_args=())
+@on_input_device
 def attention_varlen_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                          grad_lse: Tensor | None, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int, causal: bool,
                          scale: float, window: int) -> tuple[Tensor, Tensor, Tensor]:
     _check_varlen(q, k, v, cu_q, cu_k, window)
     require(q.device.type == "cuda", "attention_varlen_bwd: the fused varlen kernel runs on CUDA tensors")
+    _floating_grads("attention_varlen_bwd", grad_out=grad_out, grad_lse=grad_lse)
     return _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window, cu_q, cu_k, max_q, max_k)
 
 
-@attention_varlen_bwd.register_fake
+@register_fake(attention_varlen_bwd)
 def _(grad_out, q, k, v, out, lse, grad_lse, cu_q, cu_k, max_q, max_k, causal, scale, window):
     _check_varlen(q, k, v, cu_q, cu_k, window)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

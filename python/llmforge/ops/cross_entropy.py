@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, require, same_device, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, threads
 from .gemm import mm
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -49,6 +49,7 @@ def _check(logits: Tensor, targets: Tensor) -> None:
 
 
 @torch.library.custom_op("llmforge::cross_entropy_fwd", mutates_args=())
+@on_input_device
 def cross_entropy_fwd(logits: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """Returns (loss (N,), lse (N,)), float32 (float64 for float64 logits)."""
     _check(logits, targets)
@@ -58,7 +59,7 @@ def cross_entropy_fwd(logits: Tensor, targets: Tensor, ignore_index: int) -> tup
     return loss, lse
 
 
-@cross_entropy_fwd.register_fake
+@register_fake(cross_entropy_fwd)
 def _(logits, targets, ignore_index):
     _check(logits, targets)
     st = logits.new_empty(logits.shape[0], dtype=_stat_dtype(logits))
@@ -66,16 +67,19 @@ def _(logits, targets, ignore_index):
 
 
 @torch.library.custom_op("llmforge::cross_entropy_bwd", mutates_args=())
+@on_input_device
 def cross_entropy_bwd(grad_loss: Tensor, logits: Tensor, targets: Tensor, lse: Tensor, ignore_index: int) -> Tensor:
     """The gradient at logits (like logits) for grad_loss (N,) arriving at the per-row loss."""
     _check(logits, targets)
+    if not grad_loss.is_floating_point():
+        raise TypeError(f"cross_entropy_backward: grad_loss has dtype {grad_loss.dtype}; gradients are floating point")
     grad = torch.empty_like(logits)
     C.cross_entropy_bwd(arg(logits), targets, arg(lse), grad_loss.to(lse.dtype).contiguous(), grad,
                         int(ignore_index), threads())
     return grad
 
 
-@cross_entropy_bwd.register_fake
+@register_fake(cross_entropy_bwd)
 def _(grad_loss, logits, targets, lse, ignore_index):
     _check(logits, targets)
     return torch.empty_like(logits)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, on_input_device, require, stream, threads
+from ._native import C, on_input_device, register_fake, require, stream, threads
 from .gemm import mm
 
 GROUP_SIZES = (32, 64, 128)
@@ -81,15 +81,20 @@ def dequantize_int4(q: dict) -> Tensor:
     return w.reshape(N, K)
 
 
-def _check(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> None:
-    require(isinstance(x, Tensor) and x.dim() >= 1, "int4_linear: x must be a tensor with at least 1 dimension")
-    require(x.dtype in (torch.float32, torch.bfloat16), f"int4_linear: x must be float32 or bfloat16, got {x.dtype}")
+def _check(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int, grad: bool = False) -> None:
+    """x (..., in_features), or with grad=True the gradient grad_y (..., out_features) of the
+    activation's backward; packed, scales and zeros as quantize_int4 makes them."""
+    xn = "grad_y" if grad else "x"
+    require(isinstance(x, Tensor) and x.dim() >= 1, f"int4_linear: {xn} must be a tensor with at least 1 dimension")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"int4_linear: {xn} must be float32 or bfloat16, got {x.dtype}")
     if packed.dtype != torch.uint8:
         raise TypeError(f"int4_linear: packed must be uint8, got {packed.dtype}")
     require(packed.dim() == 2, "int4_linear: packed must be (out_features, in_features / 2)")
     require(group_size in GROUP_SIZES, f"int4_linear: group_size must be one of {GROUP_SIZES}")
     K = packed.shape[1] * 2
-    require(x.shape[-1] == K, f"int4_linear: x has {x.shape[-1]} features, the weight {K}")
+    want = packed.shape[0] if grad else K
+    require(x.shape[-1] == want, f"int4_linear: {xn} has {x.shape[-1]} features, the weight {want}")
     require(K % group_size == 0, f"int4_linear: in_features {K} is not a multiple of group_size {group_size}")
     for name, t in (("scales", scales), ("zeros", zeros)):
         if t.dtype != torch.float32:
@@ -97,7 +102,7 @@ def _check(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size:
         require(tuple(t.shape) == (packed.shape[0], K // group_size),
                 f"int4_linear: {name} has shape {tuple(t.shape)}, expected {(packed.shape[0], K // group_size)}")
     for name, t in (("packed", packed), ("scales", scales), ("zeros", zeros)):
-        require(t.device == x.device, f"int4_linear: {name} is on {t.device} but x is on {x.device}")
+        require(t.device == x.device, f"int4_linear: {name} is on {t.device} but {xn} is on {x.device}")
     require(x.device.type in ("cpu", "cuda", "meta"), f"int4_linear: CPU or CUDA tensors only, got {x.device}")
 
 
@@ -139,7 +144,7 @@ def int4_linear_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, gro
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 
-@int4_linear_op.register_fake
+@register_fake(int4_linear_op)
 def _(x, packed, scales, zeros, group_size):
     _check(x, packed, scales, zeros, group_size)
     return x.new_empty(*x.shape[:-1], packed.shape[0])
@@ -148,6 +153,7 @@ def _(x, packed, scales, zeros, group_size):
 @torch.library.custom_op("llmforge::int4_linear_grad_x", mutates_args=())
 @on_input_device
 def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
+    _check(grad_y, packed, scales, zeros, group_size, grad=True)
     N, K = packed.shape[0], packed.shape[1] * 2
     if grad_y.device.type == "cuda":
         g2 = _aligned16(grad_y.detach().reshape(-1, N).to(torch.bfloat16).contiguous())
@@ -162,8 +168,9 @@ def int4_linear_grad_x(grad_y: Tensor, packed: Tensor, scales: Tensor, zeros: Te
     return dx.to(grad_y.dtype).reshape(*grad_y.shape[:-1], K)
 
 
-@int4_linear_grad_x.register_fake
+@register_fake(int4_linear_grad_x)
 def _(grad_y, packed, scales, zeros, group_size):
+    _check(grad_y, packed, scales, zeros, group_size, grad=True)
     return grad_y.new_empty(*grad_y.shape[:-1], packed.shape[1] * 2)
 
 

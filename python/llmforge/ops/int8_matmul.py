@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, on_input_device, require, stream, threads
+from ._native import C, on_input_device, register_fake, require, stream, threads
 from .gemm import mm
 
 GEMV_MAX_ROWS = 16
@@ -86,7 +86,7 @@ def int8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
-@int8_linear_op.register_fake
+@register_fake(int8_linear_op)
 def _(x, q, scale):
     _check(x, q, scale)
     return x.new_empty(*x.shape[:-1], q.shape[0])
@@ -118,7 +118,7 @@ def w8a8_linear_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
 
-@w8a8_linear_op.register_fake
+@register_fake(w8a8_linear_op)
 def _(x, q, scale):
     _check(x, q, scale)
     return x.new_empty(*x.shape[:-1], q.shape[0])

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, require, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, stream, threads
 
 _CACHE_DTYPES = (torch.float32, torch.bfloat16)
 _CUDA_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -130,6 +130,7 @@ def _check_append(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts):
 
 
 @torch.library.custom_op("llmforge::paged_kv_append", mutates_args=("k_pool", "v_pool"))
+@on_input_device
 def paged_kv_append(k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_lens: Tensor, k_new: Tensor,
                     v_new: Tensor, counts: Tensor | None = None) -> None:
     """Write k_new/v_new (batch, n_new, n_kv_heads, head_dim) into the pools at positions
@@ -147,13 +148,14 @@ def paged_kv_append(k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_len
     C.paged_kv_append(k_pool, v_pool, block_table, seq_lens, arg(k_new), arg(v_new), counts, threads())
 
 
-@paged_kv_append.register_fake
+@register_fake(paged_kv_append)
 def _(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts=None):
     _check_append(k_pool, v_pool, block_table, seq_lens, k_new, v_new, counts)
 
 
 # ---- gather ------------------------------------------------------------------------------
 @torch.library.custom_op("llmforge::paged_kv_gather", mutates_args=())
+@on_input_device
 def _paged_kv_gather(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_len: int) -> Tensor:
     _check_cache("paged_kv_gather", pool, pool, block_table, seq_lens)
     require(max_len >= 0, f"paged_kv_gather: max_len must be >= 0, got {max_len}")
@@ -165,7 +167,7 @@ def _paged_kv_gather(pool: Tensor, block_table: Tensor, seq_lens: Tensor, max_le
     return out
 
 
-@_paged_kv_gather.register_fake
+@register_fake(_paged_kv_gather)
 def _(pool, block_table, seq_lens, max_len):
     _check_cache("paged_kv_gather", pool, pool, block_table, seq_lens)
     return pool.new_empty(block_table.shape[0], max_len, pool.shape[2], pool.shape[3])
@@ -205,6 +207,7 @@ def _check_decode(q, k_pool, v_pool, block_table, seq_lens):
 
 
 @torch.library.custom_op("llmforge::paged_decode_attention", mutates_args=())
+@on_input_device
 def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, seq_lens: Tensor,
                            scale: float | None = None) -> Tensor:
     """softmax(scale * q K^T) V for one query token per sequence over its seq_lens[b] cached
@@ -220,7 +223,7 @@ def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tabl
     return out
 
 
-@paged_decode_attention.register_fake
+@register_fake(paged_decode_attention)
 def _(q, k_pool, v_pool, block_table, seq_lens, scale=None):
     _check_decode(q, k_pool, v_pool, block_table, seq_lens)
     return torch.empty_like(q)
@@ -244,6 +247,7 @@ def _check_contiguous_cache(q, k, v, seq_lens):
 
 
 @torch.library.custom_op("llmforge::contiguous_decode_attention", mutates_args=())
+@on_input_device
 def contiguous_decode_attention(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tensor, scale: float | None = None) -> Tensor:
     """paged_decode_attention's kernel over a contiguous cache k, v (batch, n_kv_heads, max_len,
     head_dim); sequence b attends to its first seq_lens[b] positions."""
@@ -253,7 +257,7 @@ def contiguous_decode_attention(q: Tensor, k: Tensor, v: Tensor, seq_lens: Tenso
     return out
 
 
-@contiguous_decode_attention.register_fake
+@register_fake(contiguous_decode_attention)
 def _(q, k, v, seq_lens, scale=None):
     _check_contiguous_cache(q, k, v, seq_lens)
     return torch.empty_like(q)

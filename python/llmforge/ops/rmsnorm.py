@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, arg, on_input_device, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
 
 
 def _check(x: Tensor, weight: Tensor, residual: Tensor | None = None) -> int:
@@ -29,6 +29,18 @@ def _check(x: Tensor, weight: Tensor, residual: Tensor | None = None) -> int:
         require(residual.shape == x.shape,
                 f"rmsnorm: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
     return x.shape[-1]
+
+
+def _check_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor, grad_h: Tensor | None) -> None:
+    """The backward's arguments must be what the forward saw and made: shapes and devices match."""
+    _check(h, weight)
+    for name, t in (("grad_y", grad_y), ("grad_h", grad_h)):
+        require(t is None or (isinstance(t, Tensor) and t.shape == h.shape),
+                f"rmsnorm_bwd: {name} has shape {tuple(getattr(t, 'shape', ()))} but h has {tuple(h.shape)}")
+    require(isinstance(rstd, Tensor) and rstd.shape == h.shape[:-1],
+            f"rmsnorm_bwd: rstd has shape {tuple(getattr(rstd, 'shape', ()))}, expected {tuple(h.shape[:-1])}")
+    require(weight.shape == h.shape[-1:], f"rmsnorm_bwd: weight has shape {tuple(weight.shape)}, expected ({h.shape[-1]},)")
+    same_device(h, grad_y=grad_y, rstd=rstd, grad_h=grad_h)
 
 
 def _rstd_dtype(x: Tensor) -> torch.dtype:
@@ -55,7 +67,7 @@ def rmsnorm_fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return y.view(x.shape), rstd.view(x.shape[:-1])
 
 
-@rmsnorm_fwd.register_fake
+@register_fake(rmsnorm_fwd)
 def _(x, weight, eps):
     _check(x, weight)
     return torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
@@ -73,7 +85,7 @@ def rmsnorm_residual_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float
     return y.view(x.shape), h.view(x.shape), rstd.view(x.shape[:-1])
 
 
-@rmsnorm_residual_fwd.register_fake
+@register_fake(rmsnorm_residual_fwd)
 def _(x, residual, weight, eps):
     _check(x, weight, residual)
     return torch.empty_like(x), torch.empty_like(x), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
@@ -85,6 +97,7 @@ def _(x, residual, weight, eps):
 def rmsnorm_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor,
                 grad_h: Tensor | None) -> tuple[Tensor, Tensor]:
     """Returns (grad_x, grad_weight); grad_h (optional) is added to grad_x."""
+    _check_bwd(grad_y, h, weight, rstd, grad_h)
     hidden = h.shape[-1]
     h2 = h.view(-1, hidden)
     dy2 = grad_y.contiguous().view(-1, hidden)
@@ -95,8 +108,9 @@ def rmsnorm_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor,
     return dx.view(h.shape), dw
 
 
-@rmsnorm_bwd.register_fake
+@register_fake(rmsnorm_bwd)
 def _(grad_y, h, weight, rstd, grad_h):
+    _check_bwd(grad_y, h, weight, rstd, grad_h)
     return torch.empty_like(h), torch.empty_like(weight)
 
 

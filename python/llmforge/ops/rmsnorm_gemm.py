@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._native import C, arg, on_input_device, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
 from .rmsnorm import rmsnorm_bwd as _rmsnorm_bwd
 
 
@@ -46,6 +46,18 @@ def _check(x: Tensor, norm_weight: Tensor, weight: Tensor) -> tuple[int, int]:
     return K, weight.shape[0]
 
 
+def _check_bwd(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor, rstd: Tensor) -> tuple[int, int]:
+    """The backward's arguments must be what the forward saw and made: shapes and devices match."""
+    K, N = _check(x, norm_weight, weight)
+    want = (*x.shape[:-1], N)
+    require(isinstance(grad_y, Tensor) and tuple(grad_y.shape) == want,
+            f"rmsnorm_linear: grad_y has shape {tuple(getattr(grad_y, 'shape', ()))}, expected {want}")
+    require(isinstance(rstd, Tensor) and rstd.shape == x.shape[:-1],
+            f"rmsnorm_linear: rstd has shape {tuple(getattr(rstd, 'shape', ()))}, expected {tuple(x.shape[:-1])}")
+    same_device(x, grad_y=grad_y, rstd=rstd)
+    return K, N
+
+
 def _rstd_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -62,7 +74,7 @@ def rmsnorm_linear_fwd(x: Tensor, norm_weight: Tensor, weight: Tensor, eps: floa
     return y.view(*x.shape[:-1], N), rstd.view(x.shape[:-1])
 
 
-@rmsnorm_linear_fwd.register_fake
+@register_fake(rmsnorm_linear_fwd)
 def _(x, norm_weight, weight, eps, path):
     _, N = _check(x, norm_weight, weight)
     return x.new_empty(*x.shape[:-1], N), x.new_empty(x.shape[:-1], dtype=_rstd_dtype(x))
@@ -72,7 +84,7 @@ def _(x, norm_weight, weight, eps, path):
 @on_input_device
 def rmsnorm_linear_bwd_a(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor, rstd: Tensor) -> Tensor:
     """grad_a = grad_y @ weight: the gradient at the norm's output, (..., K)."""
-    K, N = _check(x, norm_weight, weight)
+    K, N = _check_bwd(grad_y, x, norm_weight, weight, rstd)
     x2 = x.view(-1, K)
     da = torch.empty_like(x2)
     if x2.shape[0] == 0:
@@ -82,9 +94,9 @@ def rmsnorm_linear_bwd_a(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight:
     return da.view(x.shape)
 
 
-@rmsnorm_linear_bwd_a.register_fake
+@register_fake(rmsnorm_linear_bwd_a)
 def _(grad_y, x, norm_weight, weight, rstd):
-    _check(x, norm_weight, weight)
+    _check_bwd(grad_y, x, norm_weight, weight, rstd)
     return torch.empty_like(x)
 
 
@@ -93,7 +105,7 @@ def _(grad_y, x, norm_weight, weight, rstd):
 def rmsnorm_linear_bwd_weight(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor,
                               rstd: Tensor) -> Tensor:
     """grad_weight = grad_y.T @ (x * rstd * norm_weight), (N, K); the normalised x only in packed panels."""
-    K, N = _check(x, norm_weight, weight)
+    K, N = _check_bwd(grad_y, x, norm_weight, weight, rstd)
     if x.numel() == 0:
         return torch.zeros_like(weight)
     dw = torch.empty_like(weight)
@@ -102,9 +114,9 @@ def rmsnorm_linear_bwd_weight(grad_y: Tensor, x: Tensor, norm_weight: Tensor, we
     return dw
 
 
-@rmsnorm_linear_bwd_weight.register_fake
+@register_fake(rmsnorm_linear_bwd_weight)
 def _(grad_y, x, norm_weight, weight, rstd):
-    _check(x, norm_weight, weight)
+    _check_bwd(grad_y, x, norm_weight, weight, rstd)
     return torch.empty_like(weight)
 
 

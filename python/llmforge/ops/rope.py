@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._native import C, arg, on_input_device, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
 
 STYLES = ("neox", "norm")
 
@@ -147,7 +147,7 @@ def rope_op(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor | None, style
     return y
 
 
-@rope_op.register_fake
+@register_fake(rope_op)
 def _(x, cos, sin, positions, style, inverse):
     _check(x, cos, sin, positions, style)
     return torch.empty_like(x)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, on_input_device, require, same_device, stream, threads
+from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
 
 
 def _check(gate: Tensor, up: Tensor) -> None:
@@ -49,7 +49,7 @@ def swiglu_fwd(gate: Tensor, up: Tensor) -> Tensor:
     return y
 
 
-@swiglu_fwd.register_fake
+@register_fake(swiglu_fwd)
 def _(gate, up):
     _check(gate, up)
     return torch.empty_like(gate)
@@ -65,7 +65,7 @@ def swiglu_bwd(grad_y: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor
     return dg, du
 
 
-@swiglu_bwd.register_fake
+@register_fake(swiglu_bwd)
 def _(grad_y, gate, up):
     _check(gate, up)
     return torch.empty_like(gate), torch.empty_like(up)
@@ -93,7 +93,7 @@ def swiglu_packed_fwd(x: Tensor) -> Tensor:
     return y
 
 
-@swiglu_packed_fwd.register_fake
+@register_fake(swiglu_packed_fwd)
 def _(x):
     ffn = _check_packed(x)
     return x.new_empty(*x.shape[:-1], ffn)
@@ -108,7 +108,7 @@ def swiglu_packed_bwd(grad_y: Tensor, x: Tensor) -> Tensor:
     return dx
 
 
-@swiglu_packed_bwd.register_fake
+@register_fake(swiglu_packed_bwd)
 def _(grad_y, x):
     _check_packed(x)
     return torch.empty_like(x)
