@@ -101,3 +101,33 @@ def test_corrupt_and_missing_files(tmp_path):
         write_packed(tmp_path / "x", [[1, 2]], seq_len=16)
     with pytest.raises(ValueError, match="vocab_size"):
         write_packed(tmp_path / "y", [[1, 2000] * 20], seq_len=16, vocab_size=1000)
+
+
+def test_damaged_shards_raise_valueerror_or_read_within_bounds(tmp_path):
+    """Random damage to the index, the segment tables or the tokens: opening or reading raises
+    ValueError naming the dataset, or every sequence read has in-vocabulary tokens and segment
+    starts that rise from 0 below seq_len (what the document masks are built from)."""
+    import shutil
+
+    from ..damage import spoilt
+
+    src = tmp_path / "src"
+    write_packed(src, _docs(80, 3), seq_len=24, eos_id=0, vocab_size=1000, shard_sequences=40)
+    names = sorted(os.listdir(src))
+    rng, raised = np.random.default_rng(4), 0
+    for _ in range(120):
+        work = tmp_path / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(src, work)
+        f = work / names[rng.integers(len(names))]
+        f.write_bytes(spoilt(f.read_bytes(), rng, head=400))
+        try:
+            ds = PackedDataset(work, shuffle=False)
+            for i in range(len(ds)):
+                s = ds.get(i)
+                assert 0 <= s.tokens.min() and s.tokens.max() < 1000
+                assert s.starts[0] == 0 and all(a < b for a, b in zip(s.starts, s.starts[1:])) and s.starts[-1] < 24
+        except ValueError as e:
+            assert str(work) in str(e), e
+            raised += 1
+    assert raised >= 50

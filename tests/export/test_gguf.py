@@ -13,6 +13,8 @@ from llmforge.export.ggml_quants import dequantize_q4_0, dequantize_q8_0, quanti
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
 from llmforge.tokenizer import Tokenizer  # noqa: E402
 
+from ..damage import spoilt  # noqa: E402
+
 
 @pytest.mark.parametrize("name,ours,deq", [("Q8_0", quantize_q8_0, dequantize_q8_0),
                                            ("Q4_0", quantize_q4_0, dequantize_q4_0)])
@@ -87,6 +89,45 @@ def test_corrupt_gguf_raises(tmp_path, model_and_tok):
         import_gguf(str(tmp_path / "junk.gguf"))
     with pytest.raises(ValueError, match="qtype"):
         export_gguf(model, tok, str(tmp_path / "x.gguf"), "q3_k")
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_damaged_gguf_raises_valueerror_or_loads(tmp_path, model_and_tok, qtype):
+    """A damaged file raises ValueError naming it (never KeyError/TypeError/a crash/a huge
+    allocation) or, where only weight or token bytes changed, loads."""
+    from llmforge.export.gguf_int4 import load_gguf_int4
+
+    model, tok = model_and_tok
+    good = tmp_path / "good.gguf"
+    export_gguf(model, tok, str(good), qtype)
+    data, rng, bad = good.read_bytes(), np.random.default_rng(11), tmp_path / "bad.gguf"
+    load = load_gguf_int4 if qtype == "q4_0" else import_gguf
+    raised = 0
+    for _ in range(60):
+        bad.write_bytes(spoilt(data, rng))
+        try:
+            load(str(bad))
+        except ValueError as e:
+            assert str(bad) in str(e)
+            raised += 1
+    assert raised >= 20  # every cut-short file, and most header damage
+
+
+def test_gguf_missing_or_zero_metadata_raises(tmp_path, model_and_tok):
+    model, tok = model_and_tok
+    good = tmp_path / "good.gguf"
+    export_gguf(model, tok, str(good), "f32")
+    data = good.read_bytes()
+    key = b"llama.block_count"
+    (tmp_path / "nokey.gguf").write_bytes(data.replace(key, b"llama.block_coun!", 1))
+    with pytest.raises(ValueError, match="llama.block_count is missing"):
+        import_gguf(str(tmp_path / "nokey.gguf"))
+    # the head count's value (uint32 after the key, its length and type) set to 0
+    at = data.index(b"llama.attention.head_count") + len(b"llama.attention.head_count") + 4
+    zero = data[:at] + b"\0\0\0\0" + data[at + 4:]
+    (tmp_path / "zero.gguf").write_bytes(zero)
+    with pytest.raises(ValueError, match="n_heads must be a positive int"):
+        import_gguf(str(tmp_path / "zero.gguf"))
 
 
 # ---- k-quants and the *_K_M mixes ------------------------------------------------------

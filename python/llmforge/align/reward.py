@@ -52,9 +52,15 @@ class RewardModel(nn.Module):
         if not os.path.exists(head):
             raise FileNotFoundError(f"{path} is not a reward model checkpoint (no reward_head.pt)")
         rm = cls(load_hf(path))
-        sd = torch.load(head, map_location="cpu", weights_only=True)
-        if set(sd) != {"weight", "bias"} or tuple(sd["weight"].shape) != (1, rm.cfg.dim):
-            raise ValueError(f"{head}: expected a (1, {rm.cfg.dim}) head, got {({k: tuple(v.shape) for k, v in sd.items()})}")
+        try:
+            sd = torch.load(head, map_location="cpu", weights_only=True)
+        except Exception as e:  # damaged pickle/zip: RuntimeError, UnpicklingError, KeyError, ...
+            raise ValueError(f"{head}: cannot read: {type(e).__name__}: {str(e)[:200]}") from None
+        if not (isinstance(sd, dict) and set(sd) == {"weight", "bias"}
+                and all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in sd.values())
+                and tuple(sd["weight"].shape) == (1, rm.cfg.dim) and tuple(sd["bias"].shape) == (1,)):
+            got = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()} if isinstance(sd, dict) else type(sd).__name__
+            raise ValueError(f"{head}: expected a (1, {rm.cfg.dim}) weight and a (1,) bias, got {got}")
         with torch.no_grad():
             rm.head.weight.copy_(sd["weight"])
             rm.head.bias.copy_(sd["bias"])

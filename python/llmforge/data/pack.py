@@ -153,16 +153,25 @@ class PackedDataset:
             raise FileNotFoundError(f"{ipath}: no packed dataset here (index.json missing)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{ipath}: corrupt index: {e}") from None
-        if self.index.get("version") != INDEX_VERSION:
-            raise ValueError(f"{ipath}: unsupported index version {self.index.get('version')}")
-        self.seq_len = int(self.index["seq_len"])
-        dtype = np.dtype(self.index["dtype"])
+        if not isinstance(self.index, dict) or self.index.get("version") != INDEX_VERSION:
+            raise ValueError(f"{ipath}: unsupported index version {getattr(self.index, 'get', dict().get)('version')}")
+        try:
+            self.seq_len = int(self.index["seq_len"])
+            dtype = np.dtype(self.index["dtype"])
+            vocab = self.index.get("vocab_size")
+            self.vocab_size = None if vocab is None else int(vocab)
+            shards = [(str(sh["name"]), int(sh["n"]), int(sh["n_segments"])) for sh in self.index["shards"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{ipath}: corrupt index ({type(e).__name__}: {e})") from None
+        if self.seq_len <= 0 or dtype not in (np.uint16, np.uint32) or not shards or \
+                any(n < 0 or ns < 0 or os.path.basename(name) != name for name, n, ns in shards):
+            raise ValueError(f"{ipath}: corrupt index (seq_len, dtype or shard entries out of range)")
         self._tokens, self._segs, self._masks, self._offsets = [], [], [], [0]
-        for sh in self.index["shards"]:
-            base = os.path.join(self.path, sh["name"])
-            n = int(sh["n"])
+        for name, n, n_segments in shards:
+            base = os.path.join(self.path, name)
             t = self._map(base + ".tokens.bin", dtype, (n, self.seq_len))
-            s = self._map(base + ".segs.bin", np.int32, (int(sh["n_segments"]), 2))
+            s = self._map(base + ".segs.bin", np.int32, (n_segments, 2))
+            self._check_segments(base + ".segs.bin", s, n)
             self._tokens.append(t)
             self._segs.append(s)
             self._masks.append(self._map(base + ".mask.bin", np.uint8, (n, self.seq_len))
@@ -172,6 +181,21 @@ class PackedDataset:
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.pos = 0, 0
         self._order = None
+
+    def _check_segments(self, path, segs, n):
+        """Rows ascending in [0, n), each row's starts rising from 0 and below seq_len: the
+        lookups in get() and the document masks built from them rely on it."""
+        rows, starts = segs[:, 0].astype(np.int64), segs[:, 1].astype(np.int64)
+        first = np.ones(len(rows), dtype=bool)
+        first[1:] = rows[1:] != rows[:-1]
+        ok = (len(rows) == 0 and n == 0) or (
+            rows[0] == 0 and rows[-1] == n - 1 and bool((np.diff(rows) >= 0).all())
+            and bool((np.diff(rows) <= 1).all()) and bool((starts[first] == 0).all())
+            and bool((starts >= 0).all()) and bool((starts < self.seq_len).all())
+            and bool((np.diff(starts)[~first[1:]] > 0).all()))
+        if not ok:
+            raise ValueError(f"{path}: corrupt segment table (rows must ascend through all {n} sequences, "
+                             f"each row's starts rise from 0 below seq_len {self.seq_len})")
 
     @staticmethod
     def _map(path, dtype, shape):
@@ -198,7 +222,11 @@ class PackedDataset:
         lo, hi = np.searchsorted(segs[:, 0], [j, j + 1])
         starts = segs[lo:hi, 1].tolist()
         mask = None if self._masks[sh] is None else np.asarray(self._masks[sh][j])
-        return PackedSequence(np.asarray(self._tokens[sh][j], dtype=np.int64), starts, mask)
+        tokens = np.asarray(self._tokens[sh][j], dtype=np.int64)
+        if self.vocab_size is not None and tokens.max() >= self.vocab_size:
+            raise ValueError(f"{self.path}: sequence {i} holds token id {int(tokens.max())} >= vocab_size "
+                             f"{self.vocab_size} (corrupt shard?)")
+        return PackedSequence(tokens, starts, mask)
 
     def order(self) -> np.ndarray:
         if self._order is None or self._order[0] != self.epoch:

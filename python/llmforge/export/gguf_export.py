@@ -184,7 +184,17 @@ def _field(reader, key, default=None):
     f = reader.fields.get(key)
     if f is None:
         return default
-    return f.contents()
+    try:
+        return f.contents()
+    except UnicodeDecodeError:
+        raise ValueError(f"metadata {key} holds a string that is not UTF-8 (corrupt file?)") from None
+
+
+def _number(reader, key, default=None):
+    v = _field(reader, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"metadata {key} is {'missing' if v is None else repr(v)[:40]}, expected a number")
+    return v
 
 
 def import_gguf(path: str):
@@ -199,15 +209,22 @@ def import_gguf(path: str):
         r = gguf.GGUFReader(path)
     except Exception as e:  # truncated or corrupt files raise inside the reader
         raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
+    try:
+        return _import(path, r, dequantize_gguf, ModelConfig, Transformer, Tokenizer)
+    except ValueError as e:
+        raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def _import(path, r, dequantize_gguf, ModelConfig, Transformer, Tokenizer):
     arch = _field(r, "general.architecture")
     if arch != "llama":
-        raise ValueError(f"{path}: unsupported architecture {arch!r} (llama only)")
-    get = lambda k, d=None: _field(r, f"llama.{k}", d)
+        raise ValueError(f"unsupported architecture {arch!r} (llama only)")
+    get = lambda k, d=None: _number(r, f"llama.{k}", d)  # noqa: E731
     tensors = {t.name: t for t in r.tensors}
     cfg = ModelConfig(vocab_size=int(get("vocab_size", len(_field(r, "tokenizer.ggml.tokens", [])))),
                       dim=int(get("embedding_length")), n_layers=int(get("block_count")),
                       n_heads=int(get("attention.head_count")), n_kv_heads=int(get("attention.head_count_kv")),
-                      head_dim=int(get("attention.key_length", get("embedding_length") // get("attention.head_count"))),
+                      head_dim=int(get("attention.key_length", get("embedding_length") // max(1, get("attention.head_count")))),
                       ffn_dim=int(get("feed_forward_length")), max_seq_len=int(get("context_length")),
                       rope_theta=float(get("rope.freq_base", 10000.0)),
                       norm_eps=float(get("attention.layer_norm_rms_epsilon")),
@@ -215,18 +232,20 @@ def import_gguf(path: str):
     state = {}
     for hf, gg in _names(cfg):
         if gg not in tensors:
-            raise ValueError(f"{path}: tensor {gg} is missing")
+            raise ValueError(f"tensor {gg} is missing")
         arr = _tensor_array(path, tensors[gg], dequantize_gguf)
         if gg.endswith("attn_q.weight"):
             arr = unpermute_rope(arr, cfg.n_heads)
         elif gg.endswith("attn_k.weight"):
             arr = unpermute_rope(arr, cfg.n_kv_heads)
         state[hf] = torch.from_numpy(np.ascontiguousarray(arr))
+    with torch.device("meta"):  # the shapes the metadata implies, before allocating anything
+        want = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
+    bad = [f"{k} {tuple(v.shape)} (expected {want.get(k)})" for k, v in state.items() if tuple(v.shape) != want.get(k)]
+    if bad:
+        raise ValueError(f"tensor shapes do not fit the model its metadata describes: {'; '.join(bad[:3])}")
     model = Transformer(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: tensor shapes do not fit the model its metadata describes: {e}") from None
+    model.load_state_dict(state)
     toks = _field(r, "tokenizer.ggml.tokens")
     merges = _field(r, "tokenizer.ggml.merges")
     ttypes = _field(r, "tokenizer.ggml.token_type")
@@ -273,15 +292,19 @@ def _tokenizer_from_gguf(Tokenizer, toks, merges, ttypes, bos, eos, pad):
                 raw.append(bytes(inv[c] for c in t))
             except KeyError:
                 raise ValueError(f"token {i} ({t!r}) is not byte-level BPE") from None
-    index = {}
+    index, added_ids = {}, {a["id"] for a in added}
     for i, b in enumerate(raw):
-        if i not in {a["id"] for a in added}:
+        if i not in added_ids:
             index.setdefault(b, i)
     mids = []
-    for m in merges:
-        a, b = m.split(" ")
-        ba, bb = bytes(inv[c] for c in a), bytes(inv[c] for c in b)
-        mids.append((index[ba], index[bb], index[ba + bb]))
+    for j, m in enumerate(merges):
+        try:
+            a, b = m.split(" ")
+            ba, bb = bytes(inv[c] for c in a), bytes(inv[c] for c in b)
+            mids.append((index[ba], index[bb], index[ba + bb]))
+        except (ValueError, KeyError):
+            raise ValueError(f"merge {j} ({m!r}) is not two byte-level BPE tokens of the vocabulary whose "
+                             f"concatenation is one too") from None
     name = lambda i: toks[i] if i is not None and 0 <= i < len(toks) and ttypes[i] in (3, 4) else None
     return Tokenizer(raw, mids, added, bos_token=name(bos), eos_token=name(eos), pad_token=name(pad))
 

@@ -1,6 +1,7 @@
 """The model's configuration, and its mapping to Hugging Face's config.json."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 
 
@@ -40,15 +41,16 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "max_seq_len"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0):
+                raise ValueError(f"{k} must be a positive int, got {v!r}")
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; give head_dim")
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads {self.n_kv_heads} must divide n_heads {self.n_heads}")
-        for k in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be positive")
         if self.head_dim % 2:
             raise ValueError("head_dim must be even (RoPE rotates pairs)")
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:

@@ -20,8 +20,8 @@ def _read_config(path: str) -> dict:
     try:
         with open(cpath, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cpath}: invalid JSON: {e}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{cpath}: not a UTF-8 JSON file: {e}") from None
 
 
 def _weight_files(path: str) -> list[str]:
@@ -30,8 +30,13 @@ def _weight_files(path: str) -> list[str]:
         return [single]
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+        if not all(isinstance(x, str) and x and os.path.basename(x) == x for x in files):
+            raise ValueError(f"{index}: weight_map must name files in {path}")
         return [os.path.join(path, x) for x in files]
     if any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(path)):
         raise ValueError(f"{path}: only safetensors checkpoints are loaded (pickle files can execute code)")
@@ -44,7 +49,11 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
     from safetensors.torch import load_file
 
     path = os.fspath(path)
-    cfg = ModelConfig.from_hf(_read_config(path))
+    try:
+        cfg = ModelConfig.from_hf(_read_config(path))
+    except (KeyError, TypeError, ValueError) as e:
+        msg = str(e) if str(e).startswith(path) else f"{path}: config.json: {type(e).__name__}: {e}"
+        raise ValueError(msg) from None
     with torch.device("meta"):
         model = Transformer(cfg)
     state = {}

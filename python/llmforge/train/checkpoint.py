@@ -108,14 +108,35 @@ def load_checkpoint(path: str, model: torch.nn.Module | None, optimizer: torch.o
         state = load_file(os.path.join(path, "model.safetensors"))
     except Exception as e:  # corrupt or missing file: say which
         raise ValueError(f"{path}: cannot read model.safetensors: {e}") from None
-    osd = torch.load(os.path.join(path, "optim.pt"), weights_only=True) if os.path.exists(os.path.join(path, "optim.pt")) else None
-    with open(os.path.join(path, "state.json")) as f:
-        meta = json.load(f)
+    opath = os.path.join(path, "optim.pt")
+    osd = None
+    if os.path.exists(opath):
+        try:  # weights_only: tensors and plain containers, never code
+            osd = torch.load(opath, weights_only=True)
+        except Exception as e:  # damaged pickle/zip: RuntimeError, UnpicklingError, KeyError, ...
+            raise ValueError(f"{path}: cannot read optim.pt: {type(e).__name__}: {str(e)[:200]}") from None
+        if not (isinstance(osd, dict) and isinstance(osd.get("state"), dict) and isinstance(osd.get("param_groups"), list)):
+            raise ValueError(f"{path}: optim.pt holds {type(osd).__name__}, not an optimizer state dict")
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        rng = meta["rng"]
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: state.json is not a checkpoint's state ({type(e).__name__}: {e})") from None
+    if optimizer is not None and osd is None:
+        raise ValueError(f"{path}: an optimizer was given but the checkpoint has no optim.pt")
     if model is None:
         meta["model_state"], meta["optim_state"] = state, osd
     else:
-        model.load_state_dict(state)
-        if optimizer is not None:
-            optimizer.load_state_dict(osd)
-    set_rng_state(meta["rng"])
+        try:
+            model.load_state_dict(state)
+            if optimizer is not None:
+                optimizer.load_state_dict(osd)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: the checkpoint does not fit the model/optimizer: {type(e).__name__}: "
+                             f"{str(e)[:300]}") from None
+    try:
+        set_rng_state(rng)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: state.json's RNG states are damaged: {type(e).__name__}: {e}") from None
     return meta

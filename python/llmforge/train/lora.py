@@ -137,22 +137,37 @@ def save_adapters(model: nn.Module, path: str) -> None:
 
 
 def load_adapters(model: nn.Module, path: str) -> list[str]:
-    """Apply LoRA as described by adapter_config.json and load the saved A/B matrices."""
+    """Apply LoRA as described by adapter_config.json and load the saved A/B matrices. Every
+    adapter of the model must be in the file with its shape; a damaged or mismatched file
+    raises ValueError before anything is copied."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        cfg = json.load(f)
+    cpath, wpath = os.path.join(path, "adapter_config.json"), os.path.join(path, "adapter_model.safetensors")
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            cfg = json.load(f)
+        r, alpha, targets = cfg["r"], cfg["lora_alpha"], tuple(cfg["target_modules"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{cpath}: not a LoRA adapter config ({type(e).__name__}: {e})") from None
     if not lora_modules(model):
-        apply_lora(model, cfg["r"], cfg["lora_alpha"], 0.0, tuple(cfg["target_modules"]))
-    state = load_file(os.path.join(path, "adapter_model.safetensors"))
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)) \
+                or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"{cpath}: r must be a positive int, lora_alpha a number and target_modules names")
+        apply_lora(model, r, alpha, 0.0, targets)
+    try:
+        state = load_file(wpath)
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ValueError(f"{wpath}: cannot read safetensors file: {e}") from None
     mods = dict(lora_modules(model))
-    for key, val in state.items():
-        name, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
-        if name not in mods:
-            raise ValueError(f"{path}: adapter {key} has no matching module")
-        target = getattr(mods[name], which)
-        if target.shape != val.shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(val.shape)}, expected {tuple(target.shape)}")
-        with torch.no_grad():
-            target.copy_(val)
+    want = {f"{n}.{w}.weight": getattr(m, w) for n, m in mods.items() for w in ("lora_A", "lora_B")}
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise ValueError(f"{path}: the adapters do not match the model's LoRA modules: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    for key, target in want.items():
+        if target.shape != state[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+    with torch.no_grad():
+        for key, target in want.items():
+            target.copy_(state[key])
     return list(mods)
