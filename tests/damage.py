@@ -26,3 +26,20 @@ def spoilt(data: bytes, rng: np.random.Generator, head: int = 20000) -> bytes:
         off = int(rng.integers(0, head - 8))
         b[off:off + 8] = HUGE[rng.integers(len(HUGE))]
     return bytes(b)
+
+
+def damaged_copies(src, work, rng: np.random.Generator, n: int, head: int = 2000):
+    """n times: a fresh copy of the directory src at work with one of its files spoilt; yields work."""
+    import os
+    import shutil
+
+    names = sorted(os.listdir(src))
+    for _ in range(n):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(src, work)
+        f = os.path.join(work, names[rng.integers(len(names))])
+        with open(f, "rb") as fh:
+            data = fh.read()
+        with open(f, "wb") as fh:
+            fh.write(spoilt(data, rng, head))
+        yield work

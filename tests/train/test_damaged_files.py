@@ -4,7 +4,6 @@ weight bytes changed they load. A file that does not match leaves the model unto
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from llmforge.model.hf import load_hf, save_hf
 from llmforge.train.checkpoint import load_checkpoint, save_checkpoint
 from llmforge.train.lora import apply_lora, load_adapters, lora_modules, save_adapters
 
-from ..damage import spoilt
+from ..damage import damaged_copies
 
 CFG = ModelConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=64)
 
@@ -27,18 +26,12 @@ def _model(seed=0):
 
 def _fuzz(tmp_path, src: str, load, n: int, seed: int) -> int:
     """Damage one file of the directory src at a time (n times); returns how many raised."""
-    rng, raised = np.random.default_rng(seed), 0
-    names = sorted(os.listdir(src))
-    for _ in range(n):
-        work = tmp_path / "work"
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(src, work)
-        f = work / names[rng.integers(len(names))]
-        f.write_bytes(spoilt(f.read_bytes(), rng, head=2000))
+    raised = 0
+    for work in damaged_copies(src, str(tmp_path / "work"), np.random.default_rng(seed), n):
         try:
-            load(str(work))
+            load(work)
         except ValueError as e:
-            assert str(work) in str(e), e
+            assert work in str(e), e
             raised += 1
     return raised
 
