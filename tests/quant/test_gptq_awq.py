@@ -41,6 +41,12 @@ def test_gptq_beats_rtn_on_correlated_inputs():
         torch.testing.assert_close(dequantize_groups(codes, s, z, 32), w_gptq, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="Hessian"):
         gptq_quantize(w, H[:10, :10], 4, 32)
+    bad = H.clone()
+    bad[5, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        gptq_quantize(w, bad, 4, 32)
+    with pytest.raises(ValueError, match="positive definite"):
+        gptq_quantize(w, -H, 4, 32)
 
 
 def test_sqnr():

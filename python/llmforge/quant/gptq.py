@@ -25,6 +25,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     out, n = w.shape
     if H.shape != (n, n):
         raise ValueError(f"Hessian has shape {tuple(H.shape)}, expected ({n}, {n})")
+    if not torch.isfinite(H).all():
+        raise ValueError("Hessian contains NaN or infinity (non-finite calibration activations?)")
     W = w.double().clone()
     H = H.double().clone()
     dead = torch.diag(H) == 0
@@ -41,8 +43,12 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     else:
         perm = inv_perm = None
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    try:
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError("the damped Hessian is not positive definite: H must be X^T X of calibration "
+                         "activations (symmetric, non-negative diagonal); raise percdamp if it is") from None
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W)
     scales = torch.zeros(out, n // group_size, dtype=torch.float64)
