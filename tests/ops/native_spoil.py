@@ -1,0 +1,202 @@
+"""Replays every llmforge._C call the public API makes with one argument spoiled; run by
+test_native_bad_input.py in a subprocess, so a crash fails that test instead of killing pytest.
+
+    python tests/ops/native_spoil.py
+
+Prints one line per spoiled call ('<function> arg<i> <how>: raise <Type> | ok') and a last line
+'DONE <calls>'; exits 1 at the first exception that is not TypeError/ValueError (what the
+native boundary raises for bad input), RuntimeError (torch's own errors on the way), IndexError
+or KeyError (a missing entry of DecodeModel's dicts), and when a strided copy of an argument is
+accepted but changes what the call writes.
+"""
+from __future__ import annotations
+
+import copy
+import faulthandler
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+import llmforge._C as C  # noqa: E402
+
+CLEAN = (TypeError, ValueError, RuntimeError, IndexError, KeyError)  # KeyError: a missing dict entry
+# not reached from the CPU API, or plain queries/setters without buffers
+NOT_RECORDED = {"DecodeModel", "TypeError", "ValueError", "cpu_best_isa", "cpu_bf16_dot", "cpu_isa", "cpu_vnni",
+                "set_cpu_isa", "set_cpu_vnni", "rmsnorm_bwd_workspace_rows", "flash_attn_fwd", "flash_attn_bwd",
+                "built_with_cuda", "cuda_device_count", "tok_pretokenize"}
+
+
+def record() -> dict[str, tuple]:
+    """The first call of each _C function while the public API runs on random, odd-sized input."""
+    calls, real = {}, {}
+
+    def keep(x):
+        return x.detach().clone() if isinstance(x, torch.Tensor) else x.copy() if isinstance(x, np.ndarray) else x
+
+    for name in dir(C):
+        f = getattr(C, name)
+        if name.startswith("_") or not callable(f) or "cuda" in name or isinstance(f, type):
+            continue
+        real[name] = f
+
+        def spy(*a, _name=name, _f=f):
+            calls.setdefault(_name, tuple(keep(x) for x in a))
+            return _f(*a)
+        setattr(C, name, spy)
+    try:
+        from tests.ops.test_op_bad_input import _record
+
+        import llmforge.ops as o
+        from llmforge.export import ggml_quants as gq
+        from llmforge.tokenizer import Tokenizer
+
+        _record()
+        g = torch.Generator().manual_seed(3)
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        o.gemm(r(13, 29), r(29, 17))
+        o.linear(r(2, 5, 32).requires_grad_(), r(24, 32).requires_grad_()).sum().backward()
+        h, w = r(9, 32).requires_grad_(), r(50, 32).requires_grad_()
+        o.linear_cross_entropy(h, w, torch.randint(0, 50, (9,), generator=g)).sum().backward()
+        o.int4_linear(r(40, 128), o.quantize_int4(r(24, 128), 64))  # the dequantised-panel path
+        wq = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+        for fmt in sorted(gq.FORMATS):
+            gq.dequantize(gq.quantize(wq, fmt), fmt, 512)
+        tok = Tokenizer.train(["To be, or not to be, that is the question. " * 20], vocab_size=280)
+        tok.decode(tok.encode("whether 'tis nobler"))
+    finally:
+        for name, f in real.items():
+            setattr(C, name, f)
+    return calls, set(real)
+
+
+def spoils(a):
+    """(how, value) pairs: a with one thing wrong."""
+    if isinstance(a, np.ndarray):
+        return [(how, v.numpy()) for how, v in spoils(torch.from_numpy(a.copy()))
+                if v is not None and v.dtype != torch.bfloat16]
+    if isinstance(a, torch.Tensor):
+        out = ([("int32", a.to(torch.int32)), ("float64", a.double()), ("float16", a.half())] if a.is_floating_point()
+               else [("float32", a.float()), ("int64", a.long()), ("uint8", a.to(torch.uint8))])
+        for d in range(a.dim()):
+            if a.shape[d] > 1:
+                out.append((f"dim {d} shorter", a.narrow(d, 0, a.shape[d] - 1).contiguous()))
+            out.append((f"dim {d} longer", torch.cat([a, a.narrow(d, 0, 1)], d) if a.shape[d] else a))
+            out.append((f"dim {d} empty", a.narrow(d, 0, 0).contiguous()))
+        if a.dim() >= 1 and a.shape[-1] > 1:
+            s = torch.empty(*a.shape[:-1], 2 * a.shape[-1], dtype=a.dtype)[..., ::2]
+            s.copy_(a)
+            out.append(("strided", s))
+        if a.dim() >= 2:
+            out += [("transposed", a.transpose(0, 1)), ("first dims merged", a.reshape(-1, *a.shape[2:]))]
+        out += [("extra dim", a.unsqueeze(0)), ("none", None)]
+        if a.dim() >= 1:
+            out.append(("scalar", a.reshape(-1)[0].clone()))
+        if not a.is_floating_point() and a.numel():
+            info = torch.iinfo(a.dtype)
+            for v in (-1, 1000, 2**31 - 1):
+                b = a.clone().contiguous()
+                b.view(-1)[-1] = max(min(v, info.max), info.min)
+                out.append((f"an entry {v}", b))
+        return out
+    if isinstance(a, bool):
+        return [("flipped", not a)]
+    if isinstance(a, int):
+        return [("-3", -3), ("0", 0), ("2**40", 2**40), ("+7", a + 7)]
+    if isinstance(a, float):
+        return [("nan", float("nan")), ("-1.0", -1.0)]
+    if a is None:
+        return [("a tensor", torch.randn(3))]
+    return []
+
+
+def decode_model_spoils():
+    """DecodeModel's constructor arguments (config dict, weights, nested layer dicts), one leaf
+    changed or removed at a time, for a float32 and an int4 tiny model."""
+    from llmforge.generate import native
+    from llmforge.generate.load import quantize_for_inference
+    from llmforge.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=32)
+    for quant in (None, "int4"):
+        torch.manual_seed(0)
+        m = Transformer(cfg).eval()
+        if quant:
+            quantize_for_inference(m, quant)
+        seen, real = [], C.DecodeModel
+        native._C.DecodeModel = lambda *a: seen.append(a) or real(*a)
+        try:
+            native.NativeDecoder(m, 16)
+        finally:
+            native._C.DecodeModel = real
+        args = list(seen[0])
+
+        def leaves(obj, path=()):
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
+            if items is None:
+                yield path, obj
+                return
+            for k, v in items:
+                yield from leaves(v, path + (k,))
+
+        for path, leaf in leaves(args):
+            for how, value in spoils(leaf) + ([("removed", KeyError)] if isinstance(path[-1], str) else []):
+                spoilt = copy.deepcopy(args)
+                parent = spoilt
+                for p in path[:-1]:
+                    parent = parent[p]
+                if value is KeyError:
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = value
+                yield f"DecodeModel[{quant or 'f32'}] {path}", how, real, spoilt
+
+
+def _fresh(x):
+    return x.clone() if isinstance(x, torch.Tensor) else x.copy() if isinstance(x, np.ndarray) else x
+
+
+def _same_writes(fn, good, spoilt) -> bool:
+    """The buffers of a call with contiguous arguments hold what those of the strided call do."""
+    good = [_fresh(x) for x in good]
+    fn(*good)
+    as_t = lambda x: torch.as_tensor(np.asarray(x)).contiguous().nan_to_num(1.5)  # noqa: E731
+    return all(torch.equal(as_t(a), as_t(b)) for a, b in zip(good, spoilt) if isinstance(a, (torch.Tensor, np.ndarray)))
+
+
+def main() -> int:
+    faulthandler.enable()
+    calls, have = record()
+    missing = have - set(calls) - NOT_RECORDED
+    if missing:
+        print(f"not recorded: {sorted(missing)}")
+        return 1
+    n = 0
+    cases = ((f"{name} arg{i}", how, getattr(C, name), [*args[:i], v, *args[i + 1:]], args)
+             for name, args in sorted(calls.items()) for i, a in enumerate(args) for how, v in spoils(a))
+    for what, how, fn, args, good in (*cases, *((*c, None) for c in decode_model_spoils())):
+        args = [_fresh(x) for x in args]
+        print(f"{what} {how}: ", end="", flush=True)
+        try:
+            out = fn(*args)
+            if isinstance(out, C.DecodeModel):  # built: one step must work too
+                out.forward([1, 5, 60], torch.empty(3, 61), True)
+            if how == "strided" and not _same_writes(fn, good, args):
+                print("a strided argument changed the result")
+                return 1
+            print("ok", flush=True)
+        except CLEAN as e:
+            print(f"raise {type(e).__name__}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"UNCLEAN {type(e).__name__}: {e}", flush=True)
+            return 1
+        n += 1
+    print(f"DONE {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
