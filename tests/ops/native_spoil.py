@@ -102,6 +102,9 @@ def spoils(a):
                 b.view(-1)[-1] = max(min(v, info.max), info.min)
                 out.append((f"an entry {v}", b))
         return out
+    if isinstance(a, list) and a and all(isinstance(x, int) for x in a):
+        return [("an entry -1", a[:-1] + [-1]), ("an entry 2**31", a[:-1] + [2**31]), ("empty list", []),
+                ("one entry more", a + a[-1:]), ("one entry fewer", a[:-1]), ("floats", [float(x) for x in a])]
     if isinstance(a, bool):
         return [("flipped", not a)]
     if isinstance(a, int):
@@ -156,7 +159,13 @@ def decode_model_spoils():
 
 
 def _fresh(x):
-    return x.clone() if isinstance(x, torch.Tensor) else x.copy() if isinstance(x, np.ndarray) else x
+    """A copy with x's strides (clone() would make a strided tensor contiguous)."""
+    if isinstance(x, torch.Tensor):
+        y = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype)
+        return y.copy_(x)
+    if isinstance(x, np.ndarray):
+        return _fresh(torch.from_numpy(x)).numpy()
+    return x
 
 
 def _same_writes(fn, good, spoilt) -> bool:
@@ -165,6 +174,28 @@ def _same_writes(fn, good, spoilt) -> bool:
     fn(*good)
     as_t = lambda x: torch.as_tensor(np.asarray(x)).contiguous().nan_to_num(1.5)  # noqa: E731
     return all(torch.equal(as_t(a), as_t(b)) for a, b in zip(good, spoilt) if isinstance(a, (torch.Tensor, np.ndarray)))
+
+
+def decode_step_spoils():
+    """A built DecodeModel's steps: forward (a contiguous cache), forward_paged (pools and a block
+    table) and truncate, one argument spoiled at a time; each case on a fresh decoder."""
+    from llmforge.generate.native import NativeDecoder
+    from llmforge.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=32)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    pools = [torch.zeros(cfg.n_layers, 6, 4, cfg.n_kv_heads, cfg.head_dim) for _ in range(2)]
+    table = torch.tensor([[0, 1, 2], [3, 4, -1]], dtype=torch.int32)
+    steps = {"forward": [[3, 7, 11], torch.empty(3, 61), True],
+             "forward_paged": [[5, 9, 2], [0, 1, 0], [0, 0, 1], table, *pools, torch.empty(3, 61), [0, 1, 2]],
+             "truncate": [0]}
+    for method, args in steps.items():
+        for i, a in enumerate(args):
+            for how, v in spoils(a):
+                dec = NativeDecoder(model, 16)
+                dec._m.forward([1, 2], torch.empty(1, 61), False)  # two cached tokens
+                yield f"DecodeModel.{method} arg{i}", how, getattr(dec._m, method), [*args[:i], v, *args[i + 1:]]
 
 
 def main() -> int:
@@ -177,14 +208,15 @@ def main() -> int:
     n = 0
     cases = ((f"{name} arg{i}", how, getattr(C, name), [*args[:i], v, *args[i + 1:]], args)
              for name, args in sorted(calls.items()) for i, a in enumerate(args) for how, v in spoils(a))
-    for what, how, fn, args, good in (*cases, *((*c, None) for c in decode_model_spoils())):
+    more = (*decode_model_spoils(), *decode_step_spoils())
+    for what, how, fn, args, good in (*cases, *((*c, None) for c in more)):
         args = [_fresh(x) for x in args]
         print(f"{what} {how}: ", end="", flush=True)
         try:
             out = fn(*args)
             if isinstance(out, C.DecodeModel):  # built: one step must work too
                 out.forward([1, 5, 60], torch.empty(3, 61), True)
-            if how == "strided" and not _same_writes(fn, good, args):
+            if how == "strided" and good is not None and not _same_writes(fn, good, args):
                 print("a strided argument changed the result")
                 return 1
             print("ok", flush=True)

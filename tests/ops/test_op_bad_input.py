@@ -81,8 +81,15 @@ CALLS = _record()
 OPS = sorted(CALLS)
 
 
+def _copy(a):
+    """A copy with a's strides (clone() would make a strided tensor contiguous)."""
+    if not isinstance(a, torch.Tensor) or a.device.type == "meta":
+        return a
+    return torch.empty_strided(a.size(), a.stride(), dtype=a.dtype).copy_(a)
+
+
 def _run(name, args, kwargs) -> tuple:
-    args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    args = [_copy(a) for a in args]
     out = getattr(ns, name)(*args, **kwargs)
     if out is None:  # in-place ops: what they wrote
         out = tuple(a for a in args if isinstance(a, torch.Tensor))
