@@ -41,6 +41,14 @@ def test_oversubscribed_machine_falls_back_to_one_thread_and_comes_back():
     assert calm[-500:].count(2) > 490                                 # back on both threads
 
 
+def test_single_slow_calls_do_not_move_an_idle_machine_to_one_thread():
+    """A hiccup (one call 10x slower every 40) is not a load: all threads stay, like on an idle machine."""
+    ch = ThreadChooser(2)
+    calls = iter(range(10**6))
+    used = _drive(ch, 1, 3000, lambda n: (10e-3 if next(calls) % 40 == 0 else 1e-3) if n == 2 else 1.7e-3)
+    assert used.count(1) <= 3000 // 60   # the retries: one every 48 * 1.7 calls
+
+
 def test_call_sizes_are_judged_separately_and_one_thread_is_one():
     ch = ThreadChooser(2)
     _drive(ch, 16, 50, lambda n: 4e-3 if n == 2 else 8e-3)

@@ -13,6 +13,13 @@ third call of a size (at once when all threads run 2x slower than their best). T
 tries is bounded: the slower choice is retried after `base * (its time / the faster's)` calls, so
 the retries cost about 1/base of the run whatever the ratio.
 
+Timing noise on a shared machine is one-sided: a descheduled call is slower, never faster. So
+one call over twice its choice's mean is ignored until a second one in a row confirms a load
+(on the 2-core Zen 5 VM a single 3 ms hiccup among 0.77 ms steps had moved decode to one thread,
+1.3 ms, for ~100 calls at a time: 1.8x slower idle), while a call under half its choice's mean (a
+slow first call) or a retry of the slower choice that beats the faster one's mean is believed at
+once.
+
     chooser = ThreadChooser(4)
     n = chooser.pick(rows)            # threads for this call
     ... time the call ...
@@ -29,6 +36,7 @@ class ThreadChooser:
         self._mean: dict[tuple[int, int], float] = {}     # (bucket, threads) -> running mean seconds
         self._since: dict[int, int] = {}                  # bucket -> calls since the slower arm ran
         self._best: dict[int, float] = {}                 # bucket -> fastest all-thread call seen
+        self._outlier: set[tuple[int, int]] = set()       # (bucket, threads) whose last call was an outlier
 
     @staticmethod
     def _bucket(rows: int) -> int:
@@ -64,6 +72,16 @@ class ThreadChooser:
         b = self._bucket(rows)
         key = (b, int(threads))
         old = self._mean.get(key)
-        self._mean[key] = seconds if old is None else old + self.alpha * (seconds - old)
+        other = self._mean.get((b, 1 if threads == self.threads else self.threads))
+        if old is None:
+            self._mean[key] = seconds
+        elif seconds > 2.0 * old and key not in self._outlier:
+            self._outlier.add(key)                        # one slow call: wait for a second
+        else:
+            self._outlier.discard(key)
+            if seconds < 0.5 * old or (other is not None and seconds < other < old):
+                self._mean[key] = seconds                 # good news is not noise: believe it at once
+            else:
+                self._mean[key] = old + self.alpha * (seconds - old)
         if threads == self.threads:
             self._best[b] = min(self._best.get(b, seconds), seconds)
