@@ -41,8 +41,9 @@ class RewardModel(nn.Module):
         from ..model import save_hf
 
         save_hf(self.backbone, path)
-        torch.save({"weight": self.head.weight.detach().cpu(), "bias": self.head.bias.detach().cpu()},
-                   os.path.join(path, "reward_head.pt"))
+        head = os.path.join(path, "reward_head.pt")
+        torch.save({"weight": self.head.weight.detach().cpu(), "bias": self.head.bias.detach().cpu()}, head + ".tmp")
+        os.replace(head + ".tmp", head)  # a killed save keeps the previous head
 
     @classmethod
     def load(cls, path: str) -> "RewardModel":

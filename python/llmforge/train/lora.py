@@ -127,13 +127,18 @@ def save_adapters(model: nn.Module, path: str) -> None:
     if not mods:
         raise ValueError("the model has no LoRA adapters")
     os.makedirs(path, exist_ok=True)
-    save_file(adapter_state_dict(model), os.path.join(path, "adapter_model.safetensors"))
+    # each file written under a temporary name and renamed: a killed save keeps the previous one
+    weights = os.path.join(path, "adapter_model.safetensors")
+    save_file(adapter_state_dict(model), weights + ".tmp")
+    os.replace(weights + ".tmp", weights)
     m0 = mods[0][1]
     cfg = {"peft_type": "LORA", "r": m0.r, "lora_alpha": m0.alpha,
            "target_modules": sorted({n.rsplit(".", 1)[-1] for n, _ in mods}), "bias": "none",
            "task_type": "CAUSAL_LM"}
-    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+    config = os.path.join(path, "adapter_config.json")
+    with open(config + ".tmp", "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
+    os.replace(config + ".tmp", config)
 
 
 def load_adapters(model: nn.Module, path: str) -> list[str]:
