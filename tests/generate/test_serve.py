@@ -226,3 +226,49 @@ def test_full_queue_gets_429_and_disconnect_frees(model, tok):
     assert srv.worker.in_flight == 0 and srv.engine.cache.num_free_blocks == srv.engine.cache.num_blocks
     assert [r.finish_reason for r in srv.engine.done.values()][-1] == "abort"
     srv.close()
+
+
+def _mutated(body, rng):
+    """body (a dict of JSON values) with one field changed to another JSON type or an extreme value,
+    removed, or one unknown field added."""
+    import copy
+
+    b = copy.deepcopy(body)
+    values = [None, True, -1, 0, 2**63, -1e308, 1e308, float("nan"), "", "x" * 5000, [], [1, "a"], {},
+              {"role": "user"}, [[1]], [{"role": "tool", "content": 3}], [-5, 10**9]]
+    key = list(b)[rng.integers(len(b))]
+    kind = rng.integers(4)
+    if kind == 0:
+        b[key] = values[rng.integers(len(values))]
+    elif kind == 1:
+        del b[key]
+    elif kind == 2:
+        b["extra_" + str(rng.integers(100))] = values[rng.integers(len(values))]
+    elif isinstance(b.get("messages"), list):
+        m = b["messages"][0]
+        m[list(m)[rng.integers(len(m))]] = values[rng.integers(len(values))]
+    return b
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                              "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "seed": 3, "stream": False}),
+    ("/v1/completions", {"model": "tiny", "prompt": "Once upon", "max_tokens": 4, "temperature": 0,
+                         "presence_penalty": 0.5, "stream": False, "echo": False}),
+])
+def test_malformed_bodies_get_4xx_and_the_server_lives(server, path, body):
+    """Random type swaps, extreme numbers, missing and unknown fields: every reply is 200 or a 4xx
+    with an OpenAI-shaped error (never a 500, a hang or a dead server)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    statuses = []
+    for _ in range(120):
+        data = json.dumps(_mutated(body, rng)).encode()  # NaN becomes the non-JSON token NaN: also bad input
+        status, reply = _raw(server, "POST", path, data)
+        statuses.append(status)
+        assert status == 200 or 400 <= status < 500, (status, reply, data[:300])
+        if status != 200:
+            assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["message"]
+    assert statuses.count(400) >= 40
+    assert _raw(server, "POST", path, body)[0] == 200
