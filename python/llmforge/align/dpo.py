@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..config_check import check_config
 from ..train.lora import adapters_disabled, lora_modules
 from .data import collate, tokenize_pairs
 from .logprobs import sequence_logprobs
@@ -48,6 +49,11 @@ class DPOConfig:
     chunk_tokens: int = 1024
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self,
+                     positive=("beta", "steps", "batch_size", "lr", "max_len", "chunk_tokens", "log_every"),
+                     fractions=("label_smoothing",))
 
 
 def _pad_id(tokenizer) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_check import check_config
 from ..generate.engine import generate
 from ..generate.sampling import SamplingParams
 from ..train.lora import adapters_disabled, lora_modules
@@ -46,6 +47,10 @@ class GRPOConfig:
     max_seconds: float = 0.0      # wall-clock budget: stop after the step that passes it (0: none)
     log_every: int = 1
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self,
+                     positive=("steps", "prompts_per_step", "group_size", "max_new_tokens", "lr", "inner_epochs", "log_every"))
 
 
 def stop_ids(tokenizer) -> set[int]:

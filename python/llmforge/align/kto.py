@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_check import check_config
 from ..data.chat import tokenize_chat
 from .data import _conv
 from .dpo import _pad_id
@@ -41,6 +42,9 @@ class KTOConfig:
     chunk_tokens: int = 1024
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self, positive=("beta", "steps", "batch_size", "lr", "max_len", "chunk_tokens", "log_every"))
 
 
 def kto_records_from_pairs(pairs) -> list[dict]:

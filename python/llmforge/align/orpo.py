@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_check import check_config
 from .data import collate, tokenize_pairs
 from .dpo import _pad_id
 from .logprobs import sequence_logprobs
@@ -36,6 +37,9 @@ class ORPOConfig:
     chunk_tokens: int = 1024
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self, positive=("steps", "batch_size", "lr", "max_len", "chunk_tokens", "log_every"))
 
 
 def _avg_logps(model, pairs, pad, chunk_tokens):

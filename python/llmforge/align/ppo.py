@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config_check import check_config
 from ..generate.engine import generate
 from ..generate.sampling import SamplingParams
 from ..train.lora import adapters_disabled, lora_modules
@@ -48,6 +49,11 @@ class PPOConfig:
     seed: int = 0
     max_seconds: float = 0.0      # wall-clock budget: stop after the step that passes it (0: none)
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self,
+                     positive=("steps", "batch_prompts", "max_new_tokens", "lr", "epochs"),
+                     fractions=("gamma", "lam"))
 
 
 class ValueHead(nn.Module):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config_check import check_config
 from ..generate.engine import generate
 from ..generate.sampling import SamplingParams
 from .grpo import stop_ids
@@ -25,6 +26,9 @@ class RejectionConfig:
     top_p: float = 0.95
     seed: int = 0
     batch_prompts: int = 4
+
+    def __post_init__(self):
+        check_config(self, positive=("n", "max_new_tokens", "batch_prompts"), fractions=("top_p",))
 
 
 def rejection_sample(model, tokenizer, prompts, score_fn, cfg: RejectionConfig) -> list[dict]:

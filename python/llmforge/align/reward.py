@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config_check import check_config
 from .data import collate, tokenize_pairs
 from .loop import optimize
 from .losses import bt_loss
@@ -83,6 +84,9 @@ class RewardConfig:
     max_len: int = 256
     log_every: int = 10
     progress: bool = True
+
+    def __post_init__(self):
+        check_config(self, positive=("steps", "batch_size", "lr", "max_len", "log_every"))
 
 
 def _batch(pairs, pad):

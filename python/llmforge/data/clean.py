@@ -16,6 +16,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..config_check import check_config
+
 # Reason codes (stable strings: they go into reports).
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
@@ -41,6 +43,10 @@ class QualityConfig:
     max_top_ngram_fraction: float = 0.2  # characters covered by the most frequent word 3-gram
     max_bullet_fraction: float = 0.9
     max_ellipsis_fraction: float = 0.3
+
+    def __post_init__(self):
+        check_config(self, fractions=("min_alpha_ratio", "max_dup_line_fraction", "max_top_ngram_fraction",
+                                      "max_bullet_fraction", "max_ellipsis_fraction"))
 
 
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b\ufeff]")

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from ..config_check import check_config
 
 TASKS = ("perplexity", "mmlu", "champ", "humaneval", "judge", "contamination")
 
@@ -62,6 +63,9 @@ class EvalConfig:
     contamination_max_chars: int | None = 1_000_000
 
     def __post_init__(self):
+        check_config(self,
+                     positive=("batch_size", "champ_max_new_tokens", "humaneval_n", "humaneval_max_new_tokens", "timeout_s", "memory_mb", "ngram"),
+                     fractions=("heldout",))
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown eval tasks {unknown}; known: {list(TASKS)}")

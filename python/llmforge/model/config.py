@@ -4,6 +4,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, field
 
+from ..config_check import check_config
+
 
 @dataclass
 class ModelConfig:
@@ -45,6 +47,7 @@ class ModelConfig:
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0):
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
+        check_config(self, positive=("rope_theta", "norm_eps"), signed=("bos_id", "eos_id", "pad_id"))
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; give head_dim")

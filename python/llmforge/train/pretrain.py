@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..config_check import check_config
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Progress, plot_curves
 from .optim import cosine_lr, make_optimizer
@@ -38,7 +39,7 @@ from .optim import cosine_lr, make_optimizer
 class PretrainConfig:
     """Run: out_dir, steps, seed.
     Batch: batch_size (sequences per micro-batch), grad_accum.
-    Optimiser: optimizer ("adamw" | "lion"), lr, min_lr, warmup, weight_decay, betas, grad_clip.
+    Optimiser: optimizer ("adamw" | "lion" | "adamw8bit"), lr, min_lr, warmup, weight_decay, betas, grad_clip.
     Precision/memory: dtype ("float32" | "bfloat16" autocast | "auto": bfloat16 autocast where the
     hardware multiplies bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else
     float32), gradient_checkpointing.
@@ -69,11 +70,17 @@ class PretrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_config(self,
+                     positive=("steps", "batch_size", "grad_accum", "lr", "log_every", "checkpoint_every", "eval_batches"))
         if self.dtype not in ("float32", "bfloat16", "auto"):
             raise ValueError(f"dtype must be float32, bfloat16 or auto, got {self.dtype!r}")
-        for k in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.optimizer not in ("adamw", "lion", "adamw8bit"):
+            raise ValueError(f"optimizer must be adamw, lion or adamw8bit, got {self.optimizer!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                           for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(self.betas)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config_check import check_config
 from ..data.chat import IGNORE, check_chat_template, tokenize_chat
 from ..data.pack import PackedDataset, write_packed
 from .lora import DEFAULT_TARGETS, apply_lora, lora_modules, save_adapters
@@ -37,6 +38,9 @@ class SFTConfig:
     quantize_base: bool = False
     train: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=200, lr=1e-3, warmup=10,
                                                                          weight_decay=0.0, checkpoint_every=100))
+
+    def __post_init__(self):
+        check_config(self, positive=("seq_len", "lora_r", "lora_alpha"), fractions=("lora_dropout",))
 
 
 def build_chat_dataset(path: str, tokenizer, conversations, template: str, seq_len: int, seed: int = 0,
