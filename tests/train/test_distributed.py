@@ -25,11 +25,14 @@ def _port():
 def _run(mode, out, data, steps):
     if mode == "single":
         cmd = [sys.executable, SCRIPT, mode, str(out), str(data), str(steps)]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_port()), SCRIPT, mode, str(out), str(data), str(steps)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    for _ in range(3):  # the free port found here can be taken before torchrun binds it: try another
+        if mode != "single":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                   "127.0.0.1", "--master_port", str(_port()), SCRIPT, mode, str(out), str(data), str(steps)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        if r.returncode == 0 or "address already in use" not in r.stderr.lower():
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     return _losses(os.path.join(out, "metrics.jsonl"))
 
