@@ -5,7 +5,8 @@
 
 Per step: the trainer's step_fn samples its batch and returns the loss; the loop sets the
 cosine learning rate (cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps), back-propagates, clips
-the gradient norm of the trainable parameters (cfg.grad_clip) and steps AdamW (betas
+the gradient norm of the trainable parameters (cfg.grad_clip; a non-finite loss or norm raises
+FloatingPointError before the update) and steps AdamW (betas
 0.9/0.95, cfg.weight_decay when the config has it, else 0). Every cfg.log_every steps and at
 the last one, a record {step, loss, lr, metrics} goes to out_dir/metrics.jsonl (NaN metrics,
 e.g. a KTO batch without undesirable examples, are left out); curves are drawn at the end.
@@ -39,7 +40,10 @@ def optimize(model: torch.nn.Module, cfg, step_fn: Callable[[int], tuple], curve
             grp["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if not (math.isfinite(loss.item()) and math.isfinite(norm)):  # stop before NaN reaches the weights
+            raise FloatingPointError(f"step {step + 1}: loss {loss.item()}, gradient norm {norm}: not finite; the "
+                                     f"weights were not updated (lower lr, or check the data)")
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             clean = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}

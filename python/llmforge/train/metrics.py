@@ -22,11 +22,13 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(kv) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records beyond `step` (after resuming from an earlier checkpoint)."""
+    def truncate_after(self, step: int, keep_events: bool = False) -> None:
+        """Drop records beyond `step` (resuming from an earlier checkpoint: those steps run again);
+        keep_events keeps the event records (a rollback's skipped steps and the rollback itself)."""
         if not os.path.exists(self.path):
             return
-        keep = [l for l in open(self.path, encoding="utf-8") if l.strip() and json.loads(l).get("step", -1) <= step]
+        recs = [(line, json.loads(line)) for line in open(self.path, encoding="utf-8") if line.strip()]
+        keep = [line for line, r in recs if r.get("step", -1) <= step or (keep_events and "event" in r)]
         with open(self.path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(self.path + ".tmp", self.path)

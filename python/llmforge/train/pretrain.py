@@ -11,8 +11,10 @@ losses continue bit-identically on CPU.
 
 Per step: grad_accum micro-batches (losses averaged), optional bf16 autocast, gradient
 clipping, warmup + cosine LR. Loss-spike guard: a step whose loss exceeds spike_factor
-times the running mean is skipped (no update); spike_patience skips in a row roll back
-to the last checkpoint. Writes metrics.jsonl, curves.png and checkpoints/ in out_dir.
+times the running mean, or whose gradient norm is not finite, is skipped (no update); a
+non-finite loss raises FloatingPointError; spike_patience skips in a row roll back
+model and optimizer to the last checkpoint and go on with the data after the batches that
+spiked. Writes metrics.jsonl, curves.png and checkpoints/ in out_dir.
 
 Distributed (torchrun, torch.distributed initialised by the caller, model wrapped in
 DDP or fully_shard'ed): every rank reads the same global batch (batch_size * world
@@ -217,14 +219,17 @@ def pretrain(model: torch.nn.Module, train_data, cfg: PretrainConfig, eval_data=
     log = MetricsLog(cfg.out_dir) if rank == 0 else None
     step, loss_ema, spikes, skipped = 0, None, 0, 0
 
-    def restore(path):
+    def restore(path, rollback=False):
+        """Resume from a checkpoint; a rollback keeps the data where it is, so that the batches
+        that spiked are not fed again (they would spike again, and roll back forever)."""
         nonlocal step, loss_ema
         meta = load_checkpoint(path, None, None)
         _load_full_state(model, opt, meta.pop("model_state"), meta.pop("optim_state"))
         step, loss_ema = meta["step"], meta.get("loss_ema")
-        train_data.load_state_dict(meta["data"])
+        if not rollback:
+            train_data.load_state_dict(meta["data"])
         if log:
-            log.truncate_after(step)
+            log.truncate_after(step, keep_events=rollback)
         return meta
 
     resumed = latest_checkpoint(ckpt_dir)
@@ -269,19 +274,22 @@ def pretrain(model: torch.nn.Module, train_data, cfg: PretrainConfig, eval_data=
         grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                         cfg.grad_clip))
         spike = cfg.spike_factor > 0 and loss_ema is not None and step > cfg.warmup and total > cfg.spike_factor * loss_ema
-        if spike:
+        bad_grad = not math.isfinite(grad_norm)  # finite loss, inf/NaN gradient (overflow): never applied
+        if spike or bad_grad:
             opt.zero_grad(set_to_none=True)
             spikes += 1
             skipped += 1
             if log:
-                log.write(step=step, event="loss_spike_skipped", loss=total, loss_ema=loss_ema)
+                log.write(step=step, event="nonfinite_grad_skipped" if bad_grad else "loss_spike_skipped", loss=total,
+                          loss_ema=loss_ema)
             if spikes >= cfg.spike_patience:
                 path = latest_checkpoint(ckpt_dir)
                 if path is None:
-                    raise RuntimeError(f"step {step}: {spikes} loss spikes in a row and no checkpoint to roll back to")
+                    raise RuntimeError(f"step {step}: {spikes} skipped steps (loss spikes or non-finite gradients) "
+                                       f"in a row and no checkpoint to roll back to")
                 if log:
                     log.write(step=step, event="rollback", to=path)
-                restore(path)
+                restore(path, rollback=True)
                 spikes = 0
             continue
         spikes = 0
