@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 import llmforge
 from llmforge import _C
@@ -35,6 +36,13 @@ def test_build_info_is_honest():
     assert isinstance(info["cuda_kernels"], bool)
     # Without a GPU (or driver) the CUDA runtime errors are read as "no device".
     assert llmforge.cuda_available() == (info["cuda_kernels"] and info["cuda_devices"] > 0)
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()[2:]}
+        # VNNI is used on the AVX-512 path only (and LLMFORGE_NO_VNNI turns it off)
+        assert info["cpu_vnni"] <= ("avx512_vnni" in flags)
+        assert info["cpu_bf16_dot"] == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
 
 
 def test_set_isa_rejects_unknown_and_unsupported():

@@ -21,13 +21,21 @@ def cuda_available() -> bool:
 
 
 def build_info() -> dict:
-    """What the native module was built with and which CPU path it runs."""
+    """What the native module was built with, which CPU paths it runs (vector ISA, AVX512-VNNI
+    int8 dot products, native bf16 dot products: what `dtype = "auto"` trains in) and how many
+    threads the CPU kernels use."""
+    import torch
+
     return {
         "version": __version__,
+        "torch": torch.__version__,
         "cuda_kernels": bool(_C.built_with_cuda()),
         "cuda_devices": int(_C.cuda_device_count()),
         "cpu_isa": _C.cpu_isa(),
         "cpu_best_isa": _C.cpu_best_isa(),
+        "cpu_vnni": bool(_C.cpu_vnni()),
+        "cpu_bf16_dot": bool(_C.cpu_bf16_dot()),
+        "threads": torch.get_num_threads(),
     }
 
 
