@@ -107,13 +107,12 @@ class Engine:
         return r.rid
 
     # ---- model pieces ------------------------------------------------------------------
-    def _qkv(self, attn, x, pos):
+    def _qkv(self, attn, x, cos, sin):
         c = self.cfg
         B, T, _ = x.shape
         q = attn.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        cos, sin = rope_cos_sin(c, pos, x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _native_step(self, step, seqs_tokens: list[list[int]]) -> torch.Tensor:
@@ -144,10 +143,10 @@ class Engine:
         T = len(req.prompt)
         step = self.cache.prepare([req.rid], T)
         x = m.model.embed_tokens(torch.tensor([req.prompt]))
-        pos = torch.arange(T)[None]
+        cos, sin = rope_cos_sin(c, torch.arange(T)[None], x.dtype)   # once for all layers
         for i, layer in enumerate(m.model.layers):
             h = layer.input_layernorm(x)
-            q, k, v = self._qkv(layer.self_attn, h, pos)
+            q, k, v = self._qkv(layer.self_attn, h, cos, sin)
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_kv_heads != c.n_heads)
             x = x + layer.self_attn.o_proj(y.transpose(1, 2).reshape(1, T, -1))
@@ -165,10 +164,10 @@ class Engine:
             self.cache.commit(step)
             return logits
         x = m.model.embed_tokens(torch.tensor([[r.out[-1]] for r in reqs]))
-        pos = step.seq_lens.long()[:, None]
+        cos, sin = rope_cos_sin(self.cfg, step.seq_lens.long()[:, None], x.dtype)   # once for all layers
         for i, layer in enumerate(m.model.layers):
             h = layer.input_layernorm(x)
-            q, k, v = self._qkv(layer.self_attn, h, pos)
+            q, k, v = self._qkv(layer.self_attn, h, cos, sin)
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
             y = self.cache.attention(i, step, q[:, :, 0].contiguous())          # (B, n_heads, hd)
             x = x + layer.self_attn.o_proj(y.reshape(len(reqs), 1, -1))

@@ -25,6 +25,7 @@ from torch.nn.modules import module as _module
 from .. import cuda_available, ops
 from ..ops import rmsnorm
 from ..ops.attention import attention_varlen_fwd
+from ..ops.gemm import GEMM_MIN_ROWS
 from .config import ModelConfig
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
@@ -51,9 +52,12 @@ def _plain_linears(*mods: nn.Module) -> bool:
 
 
 def _fused_cpu(x: torch.Tensor, *mods: nn.Linear) -> bool:
-    """Use the fused CPU projections (ops.qkv_rope)?"""
-    return (use_kernels(x) and not torch.is_autocast_enabled("cpu") and _plain_linears(*mods)
-            and all(m.weight.dtype == x.dtype for m in mods))
+    """Use the fused CPU projections (ops.qkv_rope, [gate | up])? They multiply by the modules'
+    weights concatenated, a copy per call: worth it for the rows of training and prefill (one
+    GEMM instead of two or three), not for a few decode rows, where the copy would move as many
+    bytes as the matmuls themselves."""
+    return (use_kernels(x) and x.numel() >= GEMM_MIN_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu")
+            and _plain_linears(*mods) and all(m.weight.dtype == x.dtype for m in mods))
 
 
 def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
