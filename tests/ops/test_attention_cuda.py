@@ -372,3 +372,21 @@ def test_varlen_rejects_bad_offsets():
     with pytest.raises(ValueError, match="divide"):
         attention_varlen(q, k[:, :1].expand(-1, 3, -1).contiguous(), v[:, :1].expand(-1, 3, -1).contiguous(),
                          cu_q, cu_k)
+
+
+def test_internal_varlen_ops_guard_their_offsets():
+    """The internal ops (torch.ops.llmforge.attention_varlen_fwd/bwd, which the public API feeds
+    checked offsets) assert them on the device before a kernel runs; on CPU tensors the same
+    assertion raises at once, which is how it is tested without a GPU."""
+    from llmforge.ops.attention import _assert_offsets
+
+    cu = torch.tensor([0, 5, 5, 11], dtype=torch.int32)
+    _assert_offsets(cu, 11, 6, "cu")                                      # valid: passes
+    for bad, total, max_len in ((torch.tensor([1, 5, 11], dtype=torch.int32), 11, 6),   # not from 0
+                                (torch.tensor([0, 5, 10], dtype=torch.int32), 11, 6),   # not to the total
+                                (torch.tensor([0, 7, 5, 11], dtype=torch.int32), 11, 7),  # falls
+                                (cu, 11, 5)):                                             # longer than max
+        with pytest.raises(RuntimeError, match="must rise from 0"):
+            _assert_offsets(bad, total, max_len, "cu")
+    with pytest.raises(ValueError, match="outside"):
+        _assert_offsets(cu, 11, 12, "cu")

@@ -296,6 +296,20 @@ def _seq_lengths(cu: Tensor, total: int, name: str) -> Tensor:
     return n
 
 
+def _assert_offsets(cu: Tensor, total: int, max_len: int, name: str) -> None:
+    """The internal varlen ops' guard for offsets the public API did not check: cu must rise from
+    0 to total with no sequence longer than max_len (the kernels' grid covers max_len rows per
+    sequence and index memory with the offsets). Checked on cu's device without a host sync
+    (torch._assert_async): a violation stops with a device-side assert before the kernel reads
+    out of bounds; on CPU tensors it raises RuntimeError at once."""
+    require(0 <= max_len <= max(total, 0), f"attention_varlen: max length {max_len} is outside [0, {total}]")
+    c = cu.to(torch.int64)
+    n = c[1:] - c[:-1]
+    ok = (c[0] == 0) & (c[-1] == total) & (n >= 0).all() & (n.max() <= max_len)
+    torch._assert_async(ok, f"attention_varlen: {name} must rise from 0 to the token count {total} with no "
+                            f"sequence longer than {max_len}")
+
+
 @torch.library.custom_op("llmforge::attention_varlen_fwd", mutates_args=())
 @on_input_device
 def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int,
@@ -303,6 +317,8 @@ def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Te
     """CUDA only: (out (Tq, H, D), lse (H, Tq) float32). The public attention_varlen checks the offsets."""
     _check_varlen(q, k, v, cu_q, cu_k, window)
     require(q.device.type == "cuda", "attention_varlen_fwd: the fused varlen kernel runs on CUDA tensors")
+    _assert_offsets(cu_q, q.shape[0], max_q, "cu_seqlens_q")
+    _assert_offsets(cu_k, k.shape[0], max_k, "cu_seqlens_k")
     return _cuda_fwd(q, k, v, causal, scale, window, cu_q, cu_k, max_q, max_k)
 
 
@@ -319,6 +335,8 @@ def attention_varlen_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
                          scale: float, window: int) -> tuple[Tensor, Tensor, Tensor]:
     _check_varlen(q, k, v, cu_q, cu_k, window)
     require(q.device.type == "cuda", "attention_varlen_bwd: the fused varlen kernel runs on CUDA tensors")
+    _assert_offsets(cu_q, q.shape[0], max_q, "cu_seqlens_q")
+    _assert_offsets(cu_k, k.shape[0], max_k, "cu_seqlens_k")
     _floating_grads("attention_varlen_bwd", grad_out=grad_out, grad_lse=grad_lse)
     return _cuda_bwd(grad_out, q, k, v, out, lse, grad_lse, causal, scale, window, cu_q, cu_k, max_q, max_k)
 
