@@ -64,6 +64,10 @@ def test_the_restarted_program_runs_once():
             "from llmforge import cli; cli.main()")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
-    # the error comes from the restarted `python -m llmforge.cli`, which did not restart again
-    assert "recipe /nonexistent/recipe.toml not found" in r.stderr
-    assert r.stderr.count("Traceback") == 1 and 'File "<string>"' not in r.stderr
+    # the error comes from the restarted `python -m llmforge.cli`, which did not restart again,
+    # as one line (a user's mistake, not a crash)
+    assert r.stderr.count("llmforge pretrain: error: FileNotFoundError: recipe /nonexistent/recipe.toml not found") == 1
+    assert "Traceback" not in r.stderr
+    env["LLMFORGE_TRACEBACK"] = "1"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("Traceback") == 1 and 'File "<string>"' not in r.stderr

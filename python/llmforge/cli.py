@@ -159,8 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     gen_commands.add_parsers(sub)
     # ---- end generate / chat / serve ----
     a = p.parse_args(argv)
-    if argv is None:  # run as a program
-        _reexec_with_caching_malloc(sys.argv[1:])
+    if argv is not None:  # called in a process (tests, notebooks): exceptions propagate
+        return _run(a, gen_commands)
+    _reexec_with_caching_malloc(sys.argv[1:])  # run as a program
+    try:
+        return _run(a, gen_commands)
+    except (OSError, ValueError, TypeError) as e:  # a missing file, a bad recipe or model: one line
+        if os.environ.get("LLMFORGE_TRACEBACK"):
+            raise
+        print(f"llmforge {a.cmd}: error: {type(e).__name__}: {e}\n(LLMFORGE_TRACEBACK=1 shows where it was raised)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"llmforge {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(a, gen_commands) -> int:
     if a.cmd in gen_commands.COMMANDS:
         return gen_commands.run(a)
     if a.cmd == "info":
