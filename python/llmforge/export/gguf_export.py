@@ -200,22 +200,24 @@ def _number(reader, key, default=None):
 def import_gguf(path: str):
     """(Transformer, Tokenizer) from an arch-llama GGUF written by export_gguf (or compatible)."""
     import gguf
-    from gguf.quants import dequantize as dequantize_gguf
-
-    from ..model import ModelConfig, Transformer
-    from ..tokenizer import Tokenizer
 
     try:
         r = gguf.GGUFReader(path)
     except Exception as e:  # truncated or corrupt files raise inside the reader
         raise ValueError(f"{path}: not a readable GGUF file: {e}") from None
     try:
-        return _import(path, r, dequantize_gguf, ModelConfig, Transformer, Tokenizer)
+        return _import(path, r)
     except ValueError as e:
         raise ValueError(e if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 
-def _import(path, r, dequantize_gguf, ModelConfig, Transformer, Tokenizer):
+def _import(path, r):
+    """import_gguf's work on an open reader; ValueErrors get the path in front."""
+    from gguf.quants import dequantize as dequantize_gguf
+
+    from ..model import ModelConfig, Transformer
+    from ..tokenizer import Tokenizer
+
     arch = _field(r, "general.architecture")
     if arch != "llama":
         raise ValueError(f"unsupported architecture {arch!r} (llama only)")

@@ -32,7 +32,7 @@ def _check(x: Tensor, weight: Tensor, residual: Tensor | None = None) -> int:
 
 
 def _check_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor, grad_h: Tensor | None) -> None:
-    """The backward's arguments must be what the forward saw and made: shapes and devices match."""
+    """The backward's arguments must be what the forward saw and made (devices: on_input_device)."""
     _check(h, weight)
     for name, t in (("grad_y", grad_y), ("grad_h", grad_h)):
         require(t is None or (isinstance(t, Tensor) and t.shape == h.shape),
@@ -40,7 +40,6 @@ def _check_bwd(grad_y: Tensor, h: Tensor, weight: Tensor, rstd: Tensor, grad_h: 
     require(isinstance(rstd, Tensor) and rstd.shape == h.shape[:-1],
             f"rmsnorm_bwd: rstd has shape {tuple(getattr(rstd, 'shape', ()))}, expected {tuple(h.shape[:-1])}")
     require(weight.shape == h.shape[-1:], f"rmsnorm_bwd: weight has shape {tuple(weight.shape)}, expected ({h.shape[-1]},)")
-    same_device(h, grad_y=grad_y, rstd=rstd, grad_h=grad_h)
 
 
 def _rstd_dtype(x: Tensor) -> torch.dtype:

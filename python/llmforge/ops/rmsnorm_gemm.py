@@ -47,14 +47,13 @@ def _check(x: Tensor, norm_weight: Tensor, weight: Tensor) -> tuple[int, int]:
 
 
 def _check_bwd(grad_y: Tensor, x: Tensor, norm_weight: Tensor, weight: Tensor, rstd: Tensor) -> tuple[int, int]:
-    """The backward's arguments must be what the forward saw and made: shapes and devices match."""
+    """The backward's arguments must be what the forward saw and made (devices: on_input_device)."""
     K, N = _check(x, norm_weight, weight)
     want = (*x.shape[:-1], N)
     require(isinstance(grad_y, Tensor) and tuple(grad_y.shape) == want,
             f"rmsnorm_linear: grad_y has shape {tuple(getattr(grad_y, 'shape', ()))}, expected {want}")
     require(isinstance(rstd, Tensor) and rstd.shape == x.shape[:-1],
             f"rmsnorm_linear: rstd has shape {tuple(getattr(rstd, 'shape', ()))}, expected {tuple(x.shape[:-1])}")
-    same_device(x, grad_y=grad_y, rstd=rstd)
     return K, N
 
 
