@@ -3,6 +3,8 @@ of the same model and weights, forward + backward + AdamW step. llmforge's model
 optimizer `llmforge pretrain` uses (make_optimizer: torch.optim.AdamW, fused=True), the
 reference with torch.optim.AdamW's defaults, same hyperparameters; a third row gives
 the reference the fused optimizer too, so the model's own share of the speedup is visible.
+Two rows run each model's loss under torch.compile(fullgraph=True) (inductor): what a user
+who compiles the plain model gets, and that llmforge's kernels compile as custom ops.
 The last two rows run both under CPU bf16 autocast (fp32 weights, bf16 matmuls through torch):
 on CPUs with native bf16 dot products (AVX512-BF16, AMX) that is the fastest way to train on
 either side; elsewhere it is slower than float32. Speedups are against the fp32 reference.
@@ -133,22 +135,32 @@ def run(device: str = "cpu", quick: bool = False):
         ours_bf16, ref_bf16 = Transformer(cfg).to(device), ReferenceLlama(cfg).to(device)
         ours_bf16.load_state_dict(ours.state_dict())
         ref_bf16.load_state_dict(ours.state_dict(), strict=False)
+        ours_c, ref_c = Transformer(cfg).to(device), ReferenceLlama(cfg).to(device)
+        ours_c.load_state_dict(ours.state_dict())
+        ref_c.load_state_dict(ours.state_dict(), strict=False)
         impls = (("llmforge", ours, True, False), ("torch eager + SDPA", ref, False, False),
                  ("torch eager + SDPA, fused AdamW", ref_fused, True, False),
                  ("llmforge, bf16 autocast", ours_bf16, True, True),
-                 ("torch eager + SDPA, fused AdamW, bf16 autocast", ref_bf16, True, True))
+                 ("torch eager + SDPA, fused AdamW, bf16 autocast", ref_bf16, True, True),
+                 ("llmforge, torch.compile(fullgraph=True)", ours_c, True, False),
+                 ("torch.compile + SDPA, fused AdamW", ref_c, True, False))
         steps = []
         for impl, model, fused, bf16 in impls:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
+            loss_fn = model.loss
+            if "compile" in impl:   # the loss (forward and, through AOT autograd, backward) compiled
+                loss_fn = torch.compile(model.loss, fullgraph=True)
 
-            def step(model=model, opt=opt, bf16=bf16):
+            def step(loss_fn=loss_fn, opt=opt, bf16=bf16):
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model.loss(tokens)
+                    loss = loss_fn(tokens)
                 loss.backward()
                 opt.step()
 
             steps.append(step)
+        for step in steps[-2:]:   # compile outside the timed warm-up
+            step()
         # one step of each in turn: the VM's speed drifts, and both sides must see the same drift
         times = time_fns_interleaved(steps, device, warmup=2, iters=5 if quick else 12)
         for (impl, _, _, _), t in zip(impls, times):

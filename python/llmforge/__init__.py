@@ -6,11 +6,14 @@
 """
 from __future__ import annotations
 
+import torch as _torch
+
 from . import _C
 
 __version__ = "0.1.0"
 
 
+@_torch.compiler.assume_constant_result
 def cuda_available() -> bool:
     """True when this build has CUDA kernels and a usable GPU is present.
 

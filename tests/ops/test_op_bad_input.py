@@ -59,6 +59,12 @@ def _record() -> dict[str, tuple]:
         q, k, v = (r(2, h, 13, 32).requires_grad_() for h in (4, 2, 2))
         pull(o.attention(q, k, v, causal=True))
         pull(o.cross_entropy(r(11, 53).requires_grad_(), torch.randint(0, 53, (11,), generator=g)))
+        o.linear_cross_entropy(r(11, 24).requires_grad_(), r(53, 24).requires_grad_(),
+                               torch.randint(0, 53, (11,), generator=g)).backward()
+        cos, sin = o.rope_cos_sin(9, 8)
+        qkv = o.qkv_rope(r(2, 9, 20).requires_grad_(), r((3 + 2) * 8, 20).requires_grad_(), None, cos, sin, None, 3, 1)
+        torch.autograd.backward(qkv, [r(*t.shape) for t in qkv])
+        ns.gemm(r(5, 7), r(7, 3))   # what torch.compile records of ops.gemm
         xn, nw, W = r(5, 40).requires_grad_(), r(40).requires_grad_(), r(24, 40).requires_grad_()
         pull(o.rmsnorm_linear(xn, nw, W))
         pull(o.int4_linear(r(3, 128).requires_grad_(), o.quantize_int4(r(24, 128), group_size=64)))

@@ -118,7 +118,9 @@ class Rope:
         self.kernel = device.type == "cpu" and dtype in KERNEL_DTYPES
         inv = rope_inv_freq(cfg).to(device)
         if self.kernel:
-            rows = T if position_ids is None else int(position_ids.max()) + 1
+            # under torch.compile every possible position (reading the largest would break the graph)
+            rows = (T if position_ids is None else
+                    max(T, cfg.max_seq_len) if torch.compiler.is_compiling() else int(position_ids.max()) + 1)
             ang = torch.arange(rows, device=device, dtype=torch.float64)[:, None] * inv
             tdt = torch.float64 if dtype == torch.float64 else torch.float32
             self.cos, self.sin = ang.cos().to(tdt), ang.sin().to(tdt)
@@ -287,8 +289,10 @@ class PackedDocs:
 
 
 def _packed_on_cuda(x: torch.Tensor, head_dim: int) -> bool:
-    """Will attention run in fp16/bf16 on CUDA (directly, or under autocast)?"""
-    if x.device.type != "cuda" or head_dim > 128 or not cuda_available():
+    """Will attention run in fp16/bf16 on CUDA (directly, or under autocast)? Not under
+    torch.compile: the document offsets' count and longest document depend on the data, which
+    breaks the graph, so the compiled model takes the masked SDPA path."""
+    if x.device.type != "cuda" or head_dim > 128 or torch.compiler.is_compiling() or not cuda_available():
         return False
     half = (torch.float16, torch.bfloat16)
     return x.dtype in half or (torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half)
@@ -302,6 +306,17 @@ def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
     same = doc[:, :, None] == doc[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
     return (same & causal)[:, None]
+
+
+def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
+    """ValueError unless every id is in [0, vocab_size). Under torch.compile, where a branch on
+    tensor data would break the graph, the same test runs as an assertion inside the graph
+    (RuntimeError on CPU, a device-side assert on CUDA), not skipped."""
+    msg = f"token ids must be in [0, {vocab_size})"
+    if torch.compiler.is_compiling():
+        torch._assert_async(((tokens >= 0) & (tokens < vocab_size)).all(), msg)
+    elif tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(msg)
 
 
 class Transformer(nn.Module):
@@ -335,8 +350,7 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        _check_token_ids(tokens, self.cfg.vocab_size)
         x = self.model.embed_tokens(tokens)
         mask = None
         if position_ids is None:

@@ -2,9 +2,12 @@
 
 Each op is a ``torch.library.custom_op`` (namespace ``llmforge``) with a fake
 (meta) implementation for torch.compile, autograd where training needs it, and a
-pure-torch reference (``<op>_reference``) that the tests compare against. The
-GEMM-based training paths (gemm / linear, qkv_rope, linear_cross_entropy) are plain
-functions and ``torch.autograd.Function``s instead, tested against float64 torch.
+pure-torch reference (``<op>_reference``) that the tests compare against. qkv_rope
+and linear_cross_entropy are custom ops too (linear_cross_entropy inside a
+``torch.autograd.Function``, since its forward makes the gradients). gemm / linear call
+the native GEMM directly in eager mode (no dispatcher on the hot path) and the
+``llmforge::gemm`` custom op under torch.compile, so ``torch.compile(model,
+fullgraph=True)`` traces the whole model (tests/model/test_compile.py).
 """
 from .rmsnorm import rmsnorm, rmsnorm_reference, rmsnorm_residual, rmsnorm_residual_reference
 

@@ -119,42 +119,71 @@ CHUNK_ELEMS = 4 << 20
 MIN_CHUNK_ROWS = 256
 
 
+@torch.library.custom_op("llmforge::linear_cross_entropy_fwd", mutates_args=())
+@on_input_device
+def linear_cross_entropy_fwd(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, need_h: bool,
+                             need_w: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(summed loss, dh, dweight) of linear_cross_entropy for an incoming gradient of 1, in row
+    chunks: for each chunk the logits are computed, overwritten with softmax - one_hot while each
+    row is in L1, and multiplied straight into dh (chunk rows) and dweight (accumulated), so only
+    a chunk of logits ever exists (rows x vocab, not all rows) and it is read back while it is
+    still in cache. A gradient not asked for comes back empty (0 elements)."""
+    _check_linear(h, weight, targets)
+    N, V = h.shape[0], weight.shape[0]
+    rows = max(1, min(N, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(V, 1))))
+    loss = torch.empty(N, dtype=_stat_dtype(h), device=h.device)
+    lse = torch.empty_like(loss)
+    dh = torch.empty_like(h) if need_h else h.new_empty(0)
+    dw = torch.empty_like(weight) if need_w else weight.new_empty(0)
+    buf = torch.empty(rows, V, dtype=h.dtype, device=h.device)
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        hc, lg = h[r0:r1], buf[: r1 - r0]
+        mm(hc, weight.t(), out=lg)
+        C.cross_entropy_fwd(lg, targets[r0:r1], loss[r0:r1], lse[r0:r1], lg if need_h or need_w else None,
+                            int(ignore_index), threads())
+        if need_h:
+            mm(lg, weight, out=dh[r0:r1])
+        if need_w:
+            mm(lg.t(), hc, out=dw, accumulate=r0 > 0)
+    return loss.sum(), dh, dw
+
+
+@register_fake(linear_cross_entropy_fwd)
+def _(h, weight, targets, ignore_index, need_h, need_w):
+    _check_linear(h, weight, targets)
+    return (h.new_empty((), dtype=_stat_dtype(h)), torch.empty_like(h) if need_h else h.new_empty(0),
+            torch.empty_like(weight) if need_w else weight.new_empty(0))
+
+
+def _check_linear(h: Tensor, weight: Tensor, targets: Tensor) -> None:
+    require(h.dim() == 2 and weight.dim() == 2 and h.shape[1] == weight.shape[1],
+            f"linear_cross_entropy: h (N, D) and weight (V, D) expected, got {tuple(h.shape)} and {tuple(weight.shape)}")
+    require(h.dtype in KERNEL_DTYPES and weight.dtype == h.dtype,
+            f"linear_cross_entropy: h and weight must share a dtype of {KERNEL_DTYPES}, got {h.dtype} and {weight.dtype}")
+    require(h.is_contiguous() and weight.is_contiguous(), "linear_cross_entropy: h and weight must be contiguous")
+    if targets.dtype != torch.int64:
+        raise TypeError(f"linear_cross_entropy: targets must be int64, got {targets.dtype}")
+    require(targets.shape == h.shape[:1] and targets.is_contiguous(),
+            f"linear_cross_entropy: targets must be contiguous ({h.shape[0]},), got {tuple(targets.shape)}")
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_r CE(h[r] @ weight^T, targets[r]) in row chunks: for each chunk the forward computes the
-    logits, overwrites them with softmax - one_hot while each row is in L1 (the gradient for an
-    incoming 1), and multiplies them straight into dh (chunk rows) and dweight (accumulated), so
-    only a chunk of logits ever exists (rows x vocab, not all rows) and it is read back while it
-    is still in cache. The backward scales dh and dweight by the incoming scalar."""
+    """sum_r CE(h[r] @ weight^T, targets[r]): the forward (linear_cross_entropy_fwd) also makes
+    the gradients for an incoming 1; the backward scales them by the incoming scalar."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index):
-        N, V = h.shape[0], weight.shape[0]
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = max(1, min(N, max(MIN_CHUNK_ROWS, CHUNK_ELEMS // max(V, 1))))
-        loss = torch.empty(N, dtype=_stat_dtype(h), device=h.device)
-        lse = torch.empty_like(loss)
-        dh = torch.empty_like(h) if need_h else None
-        dw = torch.empty_like(weight) if need_w else None
-        buf = torch.empty(rows, V, dtype=h.dtype, device=h.device)
-        for r0 in range(0, N, rows):
-            r1 = min(N, r0 + rows)
-            hc, lg = h[r0:r1], buf[: r1 - r0]
-            mm(hc, weight.t(), out=lg)
-            C.cross_entropy_fwd(lg, targets[r0:r1], loss[r0:r1], lse[r0:r1], lg if need_h or need_w else None,
-                                int(ignore_index), threads())
-            if need_h:
-                mm(lg, weight, out=dh[r0:r1])
-            if need_w:
-                mm(lg.t(), hc, out=dw, accumulate=r0 > 0)
+        total, dh, dw = linear_cross_entropy_fwd(h, weight, targets, ignore_index, ctx.needs_input_grad[0],
+                                                 ctx.needs_input_grad[1])
         ctx.save_for_backward(dh, dw)
-        return loss.sum()
+        return total
 
     @staticmethod
     def backward(ctx, grad_total):
         dh, dw = ctx.saved_tensors
-        s = grad_total.to(dh.dtype if dh is not None else dw.dtype)
-        return (dh * s if ctx.needs_input_grad[0] else None, dw * s if ctx.needs_input_grad[1] else None,
-                None, None)
+        return (dh * grad_total.to(dh.dtype) if ctx.needs_input_grad[0] else None,
+                dw * grad_total.to(dw.dtype) if ctx.needs_input_grad[1] else None, None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
@@ -167,10 +196,6 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_inde
             f"linear_cross_entropy: h (N, D) and weight (V, D) expected, got {tuple(h.shape)} and {tuple(weight.shape)}")
     if h.device.type != "cpu" or h.dtype not in KERNEL_DTYPES or weight.dtype != h.dtype:
         return cross_entropy(F.linear(h, weight), targets, ignore_index).sum()
-    if targets.dtype != torch.int64:
-        raise TypeError(f"linear_cross_entropy: targets must be int64, got {targets.dtype}")
-    require(targets.shape == h.shape[:1] and targets.device == h.device,
-            f"linear_cross_entropy: targets must be ({h.shape[0]},) on {h.device}, got {tuple(targets.shape)}")
     return _LinearCrossEntropy.apply(h.contiguous(), weight.contiguous(), targets.contiguous(), int(ignore_index))
 
 

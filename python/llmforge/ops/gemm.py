@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, require, threads
+from ._native import C, arg, on_input_device, register_fake, require, threads
 
 GEMM_MIN_ROWS = 64  # fewer rows (decode-like): the kernel's packing does not pay; F.linear
 
@@ -34,16 +34,50 @@ def gemm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = Fal
                                            f"{tuple(b.shape)}")
     if out is None:
         require(not accumulate, "gemm: accumulate=True needs out")
+        if torch.compiler.is_compiling():
+            return gemm_op(a, b)
         out = a.new_empty(a.shape[0], b.shape[1])
+    elif torch.compiler.is_compiling():
+        # torch.compile traces the functional op; writing into out is then a graph op of its own
+        return out.add_(gemm_op(a, b)) if accumulate else out.copy_(gemm_op(a, b))
     C.gemm(arg(a), arg(b), arg(out), bool(accumulate), threads())
     return out
+
+
+def _check_op(a: Tensor, b: Tensor) -> None:
+    require(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0],
+            f"gemm: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
+
+
+@torch.library.custom_op("llmforge::gemm", mutates_args=())
+@on_input_device
+def gemm_op(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b into a new tensor: the form torch.compile records of gemm() (a direct native call
+    would break its graph). Eager code calls gemm(), which skips the dispatcher."""
+    _check_op(a, b)
+    out = a.new_empty(a.shape[0], b.shape[1])
+    C.gemm(arg(a), arg(b), out, False, threads())
+    return out
+
+
+@register_fake(gemm_op)
+def _(a, b):
+    _check_op(a, b)
+    return a.new_empty(a.shape[0], b.shape[1])
 
 
 def _applies(rows: int, *tensors: Tensor) -> bool:
     """The llmforge GEMM takes over: CPU float32 operands, at least GEMM_MIN_ROWS rows, a vector
     ISA (the scalar build would be slower than torch)."""
     return (rows >= GEMM_MIN_ROWS and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and C.cpu_isa() != "scalar")
+            and _vector_isa())
+
+
+@torch.compiler.assume_constant_result
+def _vector_isa() -> bool:
+    """The CPU kernels have a vector path (the ISA can be switched at run time, so not cached;
+    torch.compile takes it as a constant of the compiled graph)."""
+    return C.cpu_isa() != "scalar"
 
 
 def mm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
