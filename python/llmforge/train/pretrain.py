@@ -46,8 +46,8 @@ class PretrainConfig:
     hardware multiplies bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else
     float32), gradient_checkpointing, compile (the training forward and backward run under
     torch.compile; llmforge's kernels stay in the graph as custom ops. Worth it on GPU, where
-    inductor fuses the glue between kernels; on CPU the eager model is already fused: 371 vs
-    377 ms per step of bench train's ~10M model on a 2-core Zen 5, bench/results/cpu.md).
+    inductor fuses the glue between kernels; on CPU the eager model is already fused: 366 vs
+    363 ms per step of bench train's ~10M model on a 2-core Zen 5, bench/results/cpu.md).
     Cadence: log_every, eval_every, eval_batches, checkpoint_every, keep_checkpoints.
     Guard: spike_factor (0 disables), spike_patience.
     """
