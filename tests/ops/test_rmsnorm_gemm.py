@@ -2,12 +2,16 @@
 M/N/K, the bf16 f32-accumulation buffer, autograd, gradcheck, opcheck, bad input."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from llmforge import _C
 from llmforge.ops import rmsnorm_linear, rmsnorm_linear_reference
+
+rg = importlib.import_module("llmforge.ops.rmsnorm_gemm")
 
 EPS = 1e-6
 # (M, N, K): 1, 17, 97, 257 and friends; K > 256 crosses the kernel's k blocks
@@ -104,10 +108,34 @@ def test_nan_stays_in_its_row():
         assert torch.isfinite(y[torch.arange(40) != 3]).all()
 
 
+@pytest.fixture(params=["fused", "bf16 unfused"])
+def bf16_route(request, monkeypatch):
+    """rmsnorm_linear's two CPU bfloat16 routes: the fused kernel, and (above BF16_FUSED_MAX_ROWS
+    rows on CPUs with native bf16 dot products) the rmsnorm kernel then torch's matmul. Both
+    are forced here, whatever this CPU has."""
+    monkeypatch.setattr(rg, "_native_bf16_dot", lambda: request.param == "bf16 unfused")
+    return request.param
+
+
+@pytest.mark.parametrize("M", [1, 4, 5, 33])
+def test_bf16_routes_agree(bf16_route, M):
+    x, g, w = _inputs(M, 37, 96, torch.bfloat16)
+    y = rmsnorm_linear(x, g, w, EPS)
+    ref = _ref64(x, g, w)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, 37)
+    assert (y.double() - ref).abs().max() <= 2**-7 * ref.abs().max()
+    fused = torch.ops.llmforge.rmsnorm_linear_fwd(x, g, w, EPS, 0)[0]
+    assert (rg._unfused_bf16(x)) == (bf16_route == "bf16 unfused" and M > rg.BF16_FUSED_MAX_ROWS)
+    if not rg._unfused_bf16(x):
+        assert torch.equal(y, fused)
+
+
 # ---- autograd ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 17, 97), (17, 97, 257), (40, 9, 33), (300, 270, 65)])
-def test_backward(cpu_isa, shape, dtype):
+def test_backward(cpu_isa, bf16_route, shape, dtype):
+    if bf16_route != "fused" and dtype != torch.bfloat16:
+        pytest.skip("one route for float32/float64")
     M, N, K = shape
     x, g, w = _inputs(M, N, K, dtype)
     dy = torch.randn(M, N, dtype=torch.float64).to(dtype)
@@ -183,12 +211,15 @@ def test_zero_rows_is_a_noop():
 
 
 # ---- bad input ----------------------------------------------------------------------------------
-def test_rejects_bad_inputs():
-    x, g, w = _inputs(3, 4, 8, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rejects_bad_inputs(bf16_route, dtype):
+    x, g, w = (t.to(dtype) for t in _inputs(7, 4, 8, torch.float32))
     with pytest.raises(TypeError, match="dtype"):
         rmsnorm_linear(x.half(), g.half(), w.half())
     with pytest.raises(TypeError, match="must match"):
         rmsnorm_linear(x, g, w.double())
+    with pytest.raises(TypeError, match="must match"):
+        rmsnorm_linear(x, g.double(), w)
     with pytest.raises(ValueError, match="norm_weight must have shape"):
         rmsnorm_linear(x, torch.randn(9), w)
     with pytest.raises(ValueError, match="weight must have shape"):

@@ -24,11 +24,14 @@ Tensor-core operands are bf16 (fp16 for float16), accumulation float32.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
-from .rmsnorm import rmsnorm_bwd as _rmsnorm_bwd
+from .rmsnorm import rmsnorm, rmsnorm_bwd as _rmsnorm_bwd
 
 
 def _check(x: Tensor, norm_weight: Tensor, weight: Tensor) -> tuple[int, int]:
@@ -141,8 +144,33 @@ def _backward(ctx, grad_y, _grad_rstd):
 rmsnorm_linear_fwd.register_autograd(_backward, setup_context=_setup)
 
 
+# bfloat16 rows above which a CPU with native bf16 dot products (AVX512-BF16, AMX) runs the
+# unfused form: its bf16 GEMM (torch's oneDNN) doubles the fused kernel's float32 arithmetic,
+# while the fused weight-streaming path still wins on decode-sized M (bench rmsnorm_gemm)
+BF16_FUSED_MAX_ROWS = 4
+
+
+@torch.compiler.assume_constant_result
+def _native_bf16_dot() -> bool:
+    return bool(C.cpu_bf16_dot())
+
+
+def _unfused_bf16(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16
+            and x.numel() > BF16_FUSED_MAX_ROWS * x.shape[-1] and _native_bf16_dot())
+
+
 def rmsnorm_linear(x: Tensor, norm_weight: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
-    """rmsnorm(x, norm_weight, eps) @ weight.T without materialising the normalised x (differentiable)."""
+    """rmsnorm(x, norm_weight, eps) @ weight.T without materialising the normalised x (differentiable).
+    CPU bfloat16 with more than BF16_FUSED_MAX_ROWS rows, on a CPU with native bf16 dot products:
+    the rmsnorm kernel, then torch's bf16 matmul (twice as fast there; see BF16_FUSED_MAX_ROWS)."""
+    if isinstance(x, Tensor) and _unfused_bf16(x):
+        _check(x, norm_weight, weight)
+        if not norm_weight.dtype == weight.dtype == x.dtype:
+            raise TypeError(f"rmsnorm_linear: dtypes must match: x {x.dtype}, norm_weight {norm_weight.dtype}, "
+                            f"weight {weight.dtype}")
+        require(math.isfinite(eps) and eps >= 0, f"rmsnorm_linear: eps must be finite and >= 0, got {eps}")
+        return F.linear(rmsnorm(x, norm_weight, eps), weight)
     return rmsnorm_linear_fwd(x, norm_weight, weight, eps, 0)[0]
 
 
