@@ -9,6 +9,9 @@ so the normalised activations are never written out as an (M, K) tensor. Two pat
 M < 48 rows (decode) stream weight rows straight from memory as dot products; larger M
 runs a BLIS-style packed GEMM (6 x 16 AVX2 FMA micro-kernel). bfloat16 is computed in
 float32 and rounded once.
+On CPUs with native bf16 dot products, bfloat16 inputs of more than BF16_FUSED_MAX_ROWS
+rows take the rmsnorm kernel and torch's bf16 GEMM instead (0.96-1.05x torch's unfused pair
+there, where the fused float32-computed kernel ran at 0.50-0.53x; bench/results/cpu.md).
 
 Backward (what is fused and what is not): the same packed GEMM computes
 grad_weight = grad_y.T @ (x * rstd * norm_weight) with the normalisation applied while
