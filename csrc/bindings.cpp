@@ -696,6 +696,10 @@ PYBIND11_MODULE(_C, m) {
                                       self->linear(d["gate"].cast<py::dict>(), p + "gate"),
                                       self->linear(d["up"].cast<py::dict>(), p + "up"),
                                       self->linear(d["down"].cast<py::dict>(), p + "down")};
+               // Qwen3's per-head query/key norms: absent or None for other models
+               for (const char* key : {"q_norm", "k_norm"})
+                 if (d.contains(key) && !d[key].is_none())
+                   (key[0] == 'q' ? v.q_norm : v.k_norm) = self->hold(d[key], p + key);
                ls.push_back(v);
              }
              self->impl = std::make_unique<lf::DecodeModel>(c, *E, *C, *S, *FN, out, ls, threads);

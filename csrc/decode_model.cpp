@@ -117,12 +117,18 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
     const std::string p = "layers." + std::to_string(i) + ".";
     check_f32(p + "attn_norm", v.attn_norm, {D});
     check_f32(p + "mlp_norm", v.mlp_norm, {D});
+    LF_CHECK((v.q_norm == nullptr) == (v.k_norm == nullptr), kOp, ": ", p, "q_norm and k_norm come together");
+    if (v.q_norm) {
+      check_f32(p + "q_norm", v.q_norm, {c.head_dim});
+      check_f32(p + "k_norm", v.k_norm, {c.head_dim});
+    }
     cpu::DecodeLayer L{v.attn_norm->ptr<float>(), v.mlp_norm->ptr<float>(),
                        make_linear(p + "q", v.q, qd, D), make_linear(p + "k", v.k, kvd, D),
                        make_linear(p + "v", v.v, kvd, D), make_linear(p + "o", v.o, D, qd),
                        make_linear(p + "gate", v.gate, F, D), make_linear(p + "up", v.up, F, D),
                        make_linear(p + "down", v.down, D, F), cache_.data() + 2 * i * per,
-                       cache_.data() + (2 * i + 1) * per};
+                       cache_.data() + (2 * i + 1) * per, v.q_norm ? v.q_norm->ptr<float>() : nullptr,
+                       v.k_norm ? v.k_norm->ptr<float>() : nullptr};
     layers_.push_back(L);
   }
   w_.layers = layers_.data();

@@ -35,6 +35,8 @@ struct DecodeLayerViews {
   const TensorView* attn_norm;
   const TensorView* mlp_norm;
   DecodeLinearViews q, k, v, o, gate, up, down;
+  const TensorView* q_norm = nullptr;  // (head_dim,) f32: Qwen3's RMSNorm of each query head, or null
+  const TensorView* k_norm = nullptr;  // the same for key heads (both or neither)
 };
 
 class DecodeModel {

@@ -535,6 +535,14 @@ KvSeq kv_seq(const DecodeWeights& w, const DecodeStep& st, int64_t li, int64_t s
                block_elems};
 }
 
+// x *= rsqrt(mean(x^2) + eps) * weight over one head (Qwen3's q/k norm; float32 like HF's).
+inline void norm_head(float* x, const float* weight, int64_t hd, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < hd; ++i) ss += x[i] * x[i];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(hd) + eps);
+  for (int64_t i = 0; i < hd; ++i) x[i] = x[i] * r * weight[i];
+}
+
 inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
   for (int64_t i = 0; i < half; ++i) {
     const float a = x[i], b = x[i + half];
@@ -585,6 +593,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         for (int64_t m = 0; m < M; ++m) {
           const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
+          if (j < H + KV && L.q_norm) norm_head(v, j < H ? L.q_norm : L.k_norm, hd, w.eps);
           if (j < H + KV) rope_row(v, w.rope_cos + t * half, w.rope_sin + t * half, half);
           if (j >= H) {
             const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, r0 / hd);

@@ -48,6 +48,8 @@ struct DecodeLayer {
   DecodeLinear q, k, v, o, gate, up, down;
   float* kcache;  // (n_kv_heads, max_len, head_dim)
   float* vcache;
+  const float* q_norm = nullptr;  // (head_dim,): RMSNorm of each query head before RoPE (Qwen3), or null
+  const float* k_norm = nullptr;  // the same for key heads
 };
 
 struct DecodeWeights {

@@ -76,6 +76,38 @@ def test_export_reload_verify(tmp_path, model_and_tok, qtype, max_kl, min_top1):
     assert r.fields["tokenizer.ggml.pre"].contents() == "gpt-2"
 
 
+@pytest.mark.parametrize("kw,arch", [
+    (dict(attention_bias=True, rope_theta=1e6), "qwen2"),
+    (dict(qk_norm=True, head_dim=32, tie_embeddings=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+     "qwen3"),
+])
+def test_qwen_archs_export_and_import(tmp_path, model_and_tok, kw, arch):
+    """Qwen2 (q/k/v biases) and Qwen3 (query/key norms, head_dim != dim / n_heads) export as
+    llama.cpp's qwen2 / qwen3 archs, rows unpermuted (NEOX RoPE), and import back to the same
+    model: config, every tensor, and the logits (verify_gguf)."""
+    _, tok = model_and_tok
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    ffn_dim=128, max_seq_len=128, **kw)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.1)
+    path = str(tmp_path / "m.gguf")
+    export_gguf(model, tok, path, "f32")
+    r = gguf.GGUFReader(path)
+    assert r.fields["general.architecture"].contents() == arch
+    names = {t.name for t in r.tensors}
+    assert ("blk.1.attn_k_norm.weight" in names) == (arch == "qwen3")
+    assert ("blk.1.attn_v.bias" in names) == (arch == "qwen2")
+    again, _ = import_gguf(path)
+    assert again.cfg == model.cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    rep = verify_gguf(model, tok, path, ["Whether 'tis nobler in the mind", "Outrageous slings!"])
+    assert rep["kl_per_token"] <= 1e-9 and rep["top1_agreement"] == 1.0
+
+
 def test_corrupt_gguf_raises(tmp_path, model_and_tok):
     model, tok = model_and_tok
     path = tmp_path / "m.gguf"

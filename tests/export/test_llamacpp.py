@@ -63,6 +63,30 @@ def test_llamacpp_matches(tmp_path, model_and_tok, qtype, tol):
         assert (lc.argmax(-1) == ref.argmax(-1)).mean() > 0.9 and diff < 0.5, diff
 
 
+@pytest.mark.parametrize("kw", [dict(attention_bias=True, rope_theta=1e6),                      # arch qwen2
+                                dict(qk_norm=True, head_dim=32, tie_embeddings=True, rope_theta=1e6)])  # qwen3
+def test_llamacpp_runs_qwen_archs(tmp_path, model_and_tok, kw):
+    """Qwen2 / Qwen3 layouts (q/k/v biases; per-head query/key norms with head_dim != dim /
+    n_heads) exported as llama.cpp's own qwen2 / qwen3 archs: the same logits (F32)."""
+    _, tok = model_and_tok
+    torch.manual_seed(3)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    ffn_dim=128, max_seq_len=128, norm_eps=1e-5, **kw)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.normal_(1.0, 0.2)
+    path = tmp_path / "m.gguf"
+    export_gguf(model, tok, str(path), "f32")
+    llm = _llama(path)
+    ids = tok.encode(HELD[0] + " " + HELD[2])
+    llm.eval(ids)
+    lc = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]))[0].double().numpy()
+    assert np.abs(lc - ref).max() < 1e-3, np.abs(lc - ref).max()
+
+
 # ---- quantised exports: llama.cpp's logits against our dequantised model ----------------
 # For a quantised weight, ggml's CPU matmul first rounds the activations to an 8-bit block
 # format (Q8_0 for Q4_0 / Q5_0 / Q8_0 weights, Q8_1 for Q4_1 / Q5_1, Q8_K for k-quants) and

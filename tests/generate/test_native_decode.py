@@ -80,7 +80,8 @@ def _agree(got, ref, plain=None, loose=0.02):
 
 @pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, attention_bias=True, n_kv_heads=3),
                                 dict(dim=72, n_heads=4, n_kv_heads=1, ffn_dim=100, rope_theta=500.0,
-                                     rope_scaling={"rope_type": "linear", "factor": 2.0})])
+                                     rope_scaling={"rope_type": "linear", "factor": 2.0}),
+                                dict(qk_norm=True, head_dim=32, tie_embeddings=False)])   # Qwen3
 def test_float_model_matches_float64_forward(kw):
     m = _model(**kw)
     ids = torch.randint(0, m.cfg.vocab_size, (23,), generator=torch.Generator().manual_seed(1))

@@ -30,6 +30,27 @@ def test_greedy_matches_single_requests_and_frees_blocks():
     assert eng.cache.num_free_blocks == 20
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_qwen3_qk_norm_decodes_like_generate(native):
+    """Qwen3's per-head query/key norms in the engine's batched step, natively and on the Python
+    path over the paged pools: the tokens of one-at-a-time generation."""
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
+                                    ffn_dim=128, max_seq_len=128, qk_norm=True)).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.3, 3.0)      # the norms matter for the tokens
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 101, (int(n),), generator=g).tolist() for n in (5, 19, 2)]
+    eng = Engine(model, num_blocks=12, block_size=16, max_batch=3, native=native)
+    assert (eng.native is not None) == native
+    rids = [eng.submit(p, 12, SamplingParams(temperature=0)) for p in prompts]
+    res = eng.run()
+    for rid, p in zip(rids, prompts):
+        assert res[rid].tokens == generate(model, [p], 12, SamplingParams(temperature=0)).tokens[0]
+
+
 def test_stop_and_seeded_sampling_independent_of_batch():
     model = _model()
     p = SamplingParams(temperature=0.8, top_k=30)

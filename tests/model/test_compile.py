@@ -70,8 +70,9 @@ def test_short_batch_and_packed_documents_match_eager():
     _compare(model, torch.randint(0, 301, (2, 37)), position_ids=pos)
 
 
-def test_bf16_autocast_matches_eager():
-    _compare(_model(seed=2), torch.randint(0, 301, (3, 29)), bf16=True, rtol=1e-3)
+def test_bf16_autocast_and_qk_norm_match_eager():
+    """Under bf16 autocast, with Qwen3's per-head query/key norms (head_dim 32 != dim / n_heads)."""
+    _compare(_model(seed=2, qk_norm=True, head_dim=32), torch.randint(0, 301, (3, 29)), bf16=True, rtol=1e-3)
 
 
 def test_qlora_matches_eager():

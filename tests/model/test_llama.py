@@ -32,6 +32,7 @@ def _hf_logits(path, tokens):
     {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 64}, "rope_theta": 500000.0},
     {"head_dim": 32},                               # head_dim != dim / n_heads
+    {"qk_norm": True, "head_dim": 32, "tie_embeddings": True, "rope_theta": 1e6},   # Qwen3
 ])
 def test_logits_match_transformers(tmp_path, kw):
     torch.manual_seed(0)
@@ -48,6 +49,40 @@ def test_logits_match_transformers(tmp_path, kw):
     again = load_hf(tmp_path)
     with torch.no_grad():
         assert torch.equal(again(tokens), ours)
+
+
+@pytest.mark.parametrize("arch", [
+    ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=500000.0)),
+    ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})),
+    ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6, tie_word_embeddings=True)),
+    ("Qwen3Config", "Qwen3ForCausalLM", dict(rope_theta=1e6, head_dim=32, tie_word_embeddings=True)),
+    ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=120)),
+])
+def test_loads_what_transformers_saves(tmp_path, arch):
+    """transformers' own checkpoints (its current config.json: rope_parameters instead of
+    rope_theta) load with the same logits; a sliding window caps max_seq_len."""
+    conf_cls, model_cls, kw = arch
+    torch.manual_seed(0)
+    conf = getattr(transformers, conf_cls)(vocab_size=311, hidden_size=96, intermediate_size=200, num_hidden_layers=2,
+                                            num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                                            **kw)
+    hf = getattr(transformers, model_cls)(conf).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():   # norms and biases away from their init
+            if p.dim() == 1:
+                p.normal_(1.0 if "norm" in n else 0.0, 0.1)
+    hf.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path).eval()
+    assert ours.cfg.rope_theta == kw["rope_theta"]
+    assert ours.cfg.max_seq_len == kw.get("sliding_window", 256)
+    tokens = torch.randint(0, 311, (2, 101))
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+    if "sliding_window" in kw:
+        with pytest.raises(ValueError, match="max_seq_len"):
+            ours(torch.randint(0, 311, (1, 121)))
 
 
 def test_packed_documents_do_not_attend_across():
@@ -94,7 +129,7 @@ def test_moe_routes_and_balances():
 
 
 def test_param_count_matches_module():
-    for kw in ({}, {"tie_embeddings": True}, {"attention_bias": True}, {"n_experts": 3}):
+    for kw in ({}, {"tie_embeddings": True}, {"attention_bias": True}, {"n_experts": 3}, {"qk_norm": True}):
         cfg = _cfg(**kw)
         assert cfg.n_params() == sum(p.numel() for p in Transformer(cfg).parameters())
 

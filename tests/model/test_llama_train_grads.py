@@ -17,15 +17,16 @@ transformers = pytest.importorskip("transformers")
     {},                                                  # GQA 6/2, separate lm_head
     {"n_kv_heads": 3, "tie_embeddings": True, "head_dim": 10},
     {"attention_bias": True, "n_kv_heads": 6},
+    {"qk_norm": True, "head_dim": 16},                   # Qwen3
 ])
 def test_loss_and_grads_match_transformers_float64(tmp_path, kw, dtype, atol, rtol):
     torch.manual_seed(3)
     cfg = ModelConfig(**{**dict(vocab_size=301, dim=60, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=130,
                                 max_seq_len=64), **kw})
     model = Transformer(cfg)
-    for p in model.parameters():  # norms and biases away from their init
+    for n, p in model.named_parameters():  # norms and biases away from their init
         if p.dim() == 1:
-            p.data.normal_(1.0 if p.shape[0] == cfg.dim else 0.0, 0.1)
+            p.data.normal_(1.0 if "norm" in n else 0.0, 0.1)
     save_hf(model, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
     model = model.to(dtype)

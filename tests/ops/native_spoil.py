@@ -114,16 +114,16 @@ def spoils(a):
 
 def decode_model_spoils():
     """DecodeModel's constructor arguments (config dict, weights, nested layer dicts), one leaf
-    changed or removed at a time, for a float32 and an int4 tiny model."""
+    changed or removed at a time, for a float32, an int4 and a Qwen3 (query/key norms) tiny model."""
     from llmforge.generate import native
     from llmforge.generate.load import quantize_for_inference
     from llmforge.model import ModelConfig, Transformer
 
     cfg = ModelConfig(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=32)
-    for quant in (None, "int4"):
+    for quant in (None, "int4", "qwen3"):
         torch.manual_seed(0)
-        m = Transformer(cfg).eval()
-        if quant:
+        m = Transformer(ModelConfig(**{**cfg.to_dict(), "qk_norm": True}) if quant == "qwen3" else cfg).eval()
+        if quant == "int4":
             quantize_for_inference(m, quant)
         seen, real = [], C.DecodeModel
         native._C.DecodeModel = lambda *a: seen.append(a) or real(*a)

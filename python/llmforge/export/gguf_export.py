@@ -1,4 +1,5 @@
-"""GGUF export (arch "llama") that llama.cpp loads, GGUF import, and self-verification.
+"""GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms) that
+llama.cpp loads, GGUF import, and self-verification.
 
     export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
@@ -19,7 +20,8 @@ divide the row), with one warning listing the tensors.
 
 Layout facts (../shared/GGUF_FACTS.md): llama.cpp's llama arch rotates adjacent pairs while
 the HF layout rotates halves, so attn_q / attn_k rows are permuted per head on export (and
-back on import); a missing output.weight means tied embeddings. Files are written to a
+back on import); a missing output.weight means tied embeddings. Archs qwen2 and qwen3 rotate
+halves (NEOX) in llama.cpp, so their rows are written as they are. Files are written to a
 temporary name and renamed. import_gguf dequantises every type above (truncated or corrupt
 files raise ValueError).
 """
@@ -80,6 +82,16 @@ def unpermute_rope(w, n_heads: int):
     return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_arch(cfg) -> str:
+    """The llama.cpp architecture a model exports as: qwen3 (query/key norms), qwen2 (q/k/v
+    biases) or llama. ValueError for what none of them holds."""
+    if cfg.n_experts:
+        raise ValueError("MoE models are not exported to GGUF")
+    if cfg.qk_norm and cfg.attention_bias:
+        raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
+    return "qwen3" if cfg.qk_norm else "qwen2" if cfg.attention_bias else "llama"
+
+
 def _names(cfg):
     yield "model.embed_tokens.weight", "token_embd.weight"
     for i in range(cfg.n_layers):
@@ -91,6 +103,9 @@ def _names(cfg):
             yield p + hf + ".weight", b + gg + ".weight"
             if cfg.attention_bias and hf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                 yield p + hf + ".bias", b + gg + ".bias"
+        if cfg.qk_norm:
+            yield p + "self_attn.q_norm.weight", b + "attn_q_norm.weight"
+            yield p + "self_attn.k_norm.weight", b + "attn_k_norm.weight"
     yield "model.norm.weight", "output_norm.weight"
     if not cfg.tie_embeddings:
         yield "lm_head.weight", "output.weight"
@@ -102,15 +117,12 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
     if qtype not in QTYPES:
         raise ValueError(f"qtype must be one of {QTYPES}, got {qtype!r}")
     cfg = model.cfg
-    if cfg.n_experts:
-        raise ValueError("MoE models are not exported to GGUF (arch llama)")
-    if cfg.attention_bias:
-        raise ValueError("attention biases (Qwen2 layout) are not exported with arch llama")
+    arch = gguf_arch(cfg)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, model {cfg.vocab_size}")
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     tmp = path + ".tmp"
-    w = gguf.GGUFWriter(tmp, "llama")
+    w = gguf.GGUFWriter(tmp, arch)
     w.add_name(name)
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.dim)
@@ -139,9 +151,9 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
     types, fell_back = {}, []
     for hf, gg in _names(cfg):
         t = sd[hf]
-        if gg.endswith("attn_q.weight"):
+        if arch == "llama" and gg.endswith("attn_q.weight"):
             t = permute_rope(t, cfg.n_heads)
-        elif gg.endswith("attn_k.weight"):
+        elif arch == "llama" and gg.endswith("attn_k.weight"):
             t = permute_rope(t, cfg.n_kv_heads)
         want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings)
         got = _fit_block(want, t.shape[-1])
@@ -198,7 +210,8 @@ def _number(reader, key, default=None):
 
 
 def import_gguf(path: str):
-    """(Transformer, Tokenizer) from an arch-llama GGUF written by export_gguf (or compatible)."""
+    """(Transformer, Tokenizer) from an arch llama / qwen2 / qwen3 GGUF written by export_gguf (or
+    compatible)."""
     import gguf
 
     try:
@@ -219,26 +232,27 @@ def _import(path, r):
     from ..tokenizer import Tokenizer
 
     arch = _field(r, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"unsupported architecture {arch!r} (llama only)")
-    get = lambda k, d=None: _number(r, f"llama.{k}", d)  # noqa: E731
+    if arch not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"unsupported architecture {arch!r} (llama, qwen2, qwen3)")
+    get = lambda k, d=None: _number(r, f"{arch}.{k}", d)  # noqa: E731
     tensors = {t.name: t for t in r.tensors}
     cfg = ModelConfig(vocab_size=int(get("vocab_size", len(_field(r, "tokenizer.ggml.tokens", [])))),
                       dim=int(get("embedding_length")), n_layers=int(get("block_count")),
                       n_heads=int(get("attention.head_count")), n_kv_heads=int(get("attention.head_count_kv")),
                       head_dim=int(get("attention.key_length", get("embedding_length") // max(1, get("attention.head_count")))),
                       ffn_dim=int(get("feed_forward_length")), max_seq_len=int(get("context_length")),
-                      rope_theta=float(get("rope.freq_base", 10000.0)),
-                      norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-                      tie_embeddings="output.weight" not in tensors)
+                      rope_theta=_f32(get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(r, arch),
+                      norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
+                      tie_embeddings="output.weight" not in tensors,
+                      attention_bias=arch == "qwen2" and "blk.0.attn_q.bias" in tensors, qk_norm=arch == "qwen3")
     state = {}
     for hf, gg in _names(cfg):
         if gg not in tensors:
             raise ValueError(f"tensor {gg} is missing")
         arr = _tensor_array(path, tensors[gg], dequantize_gguf)
-        if gg.endswith("attn_q.weight"):
+        if arch == "llama" and gg.endswith("attn_q.weight"):
             arr = unpermute_rope(arr, cfg.n_heads)
-        elif gg.endswith("attn_k.weight"):
+        elif arch == "llama" and gg.endswith("attn_k.weight"):
             arr = unpermute_rope(arr, cfg.n_kv_heads)
         state[hf] = torch.from_numpy(np.ascontiguousarray(arr))
     with torch.device("meta"):  # the shapes the metadata implies, before allocating anything
@@ -256,6 +270,25 @@ def _import(path, r):
         tok = _tokenizer_from_gguf(Tokenizer, toks, merges or [], ttypes or [], _field(r, "tokenizer.ggml.bos_token_id"),
                                    _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"))
     return model, tok
+
+
+def _f32(v) -> float:
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
+    9.999999747378752e-06): the number the exporter was most likely given."""
+    return float(str(np.float32(v)))
+
+
+def _rope_scaling(r, arch: str) -> dict | None:
+    """The model's rope_scaling from {arch}.rope.scaling.*: none, or linear (what export writes)."""
+    kind = _field(r, f"{arch}.rope.scaling.type", "none")
+    if kind == "none":
+        return None
+    if kind != "linear":
+        raise ValueError(f"rope scaling {kind!r} is not supported (linear only)")
+    factor = _number(r, f"{arch}.rope.scaling.factor")
+    if factor is None or not factor > 0:
+        raise ValueError(f"{arch}.rope.scaling.factor must be a positive number, got {factor!r}")
+    return {"rope_type": "linear", "factor": _f32(factor)}
 
 
 def _tensor_array(path, t, dequantize_gguf) -> np.ndarray:

@@ -87,7 +87,9 @@ class NativeDecoder:
                            "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
                            "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
                            "gate": _linear(f.gate_proj, f"{p}.gate_proj"), "up": _linear(f.up_proj, f"{p}.up_proj"),
-                           "down": _linear(f.down_proj, f"{p}.down_proj")})
+                           "down": _linear(f.down_proj, f"{p}.down_proj"),
+                           **({"q_norm": _norm(a.q_norm, f"{p}.q_norm"), "k_norm": _norm(a.k_norm, f"{p}.k_norm")}
+                              if cfg.qk_norm else {})})
         output = {"weight": emb.detach().contiguous()} if model.lm_head is None else _linear(model.lm_head, "lm_head")
         rounding = {m.act_round for m in model.modules() if isinstance(m, Int4Linear)}
         if len(rounding) > 1:

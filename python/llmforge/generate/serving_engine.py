@@ -110,8 +110,8 @@ class Engine:
     def _qkv(self, attn, x, cos, sin):
         c = self.cfg
         B, T, _ = x.shape
-        q = attn.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q = attn.heads(attn.q_proj(x), c.n_heads, "q_norm").transpose(1, 2)
+        k = attn.heads(attn.k_proj(x), c.n_kv_heads, "k_norm").transpose(1, 2)
         v = attn.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 

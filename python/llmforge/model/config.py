@@ -7,6 +7,38 @@ from dataclasses import asdict, dataclass, field
 from ..config_check import check_config
 
 
+HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) of a config.json: the `rope_parameters` dict transformers 5
+    writes (theta and scaling in one), or the older top-level rope_theta / rope_scaling."""
+    rp = cfg.get("rope_parameters")
+    if rp is None:
+        return float(cfg.get("rope_theta", 10000.0)), cfg.get("rope_scaling")
+    if not isinstance(rp, dict) or any(isinstance(v, dict) for v in rp.values()):
+        raise ValueError(f"rope_parameters must be one dict of numbers (per-layer-type RoPE is not supported), "
+                         f"got {rp!r}")
+    theta = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    return theta, None if kind == "default" else {k: v for k, v in rp.items() if k != "rope_theta"}
+
+
+def _hf_max_len(cfg: dict, mtype: str) -> int:
+    """max_position_embeddings, capped at a sliding window that is in use: within the window,
+    sliding-window attention is plain causal attention, so every length the model accepts
+    gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
+    n = cfg.get("max_position_embeddings", 2048)
+    window = cfg.get("sliding_window")
+    used = cfg.get("use_sliding_window", mtype == "mistral")
+    if isinstance(cfg.get("layer_types"), list):
+        used = used or "sliding_attention" in cfg["layer_types"]
+    if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
+        return window
+    return n
+
+
 @dataclass
 class ModelConfig:
     """Decoder-only transformer, Llama layout.
@@ -14,7 +46,8 @@ class ModelConfig:
     Sizes: vocab_size, dim (hidden), n_layers, n_heads, n_kv_heads (GQA; None = n_heads),
     head_dim (None = dim // n_heads), ffn_dim (SwiGLU inner size).
     Positions: max_seq_len, rope_theta, rope_scaling (HF-style dict or None).
-    Details: norm_eps, tie_embeddings, attention_bias (Qwen2 uses q/k/v biases).
+    Details: norm_eps, tie_embeddings, attention_bias (Qwen2 uses q/k/v biases), qk_norm (Qwen3:
+    an RMSNorm over head_dim on every query and key head, before RoPE).
     MoE: n_experts > 0 replaces every FFN with n_experts SwiGLU experts and top-k routing,
     adding moe_aux_coef * load-balancing loss (Switch-Transformer style) to the training loss.
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
@@ -32,6 +65,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     attention_bias: bool = False
+    qk_norm: bool = False
     n_experts: int = 0
     moe_top_k: int = 2
     moe_aux_coef: float = 0.01
@@ -58,12 +92,16 @@ class ModelConfig:
             raise ValueError("head_dim must be even (RoPE rotates pairs)")
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
             raise ValueError("moe_top_k must be in [1, n_experts]")
+        if self.rope_scaling:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            if kind not in ROPE_TYPES:
+                raise ValueError(f"unsupported rope_scaling type {kind!r} ({', '.join(ROPE_TYPES)})")
 
     def n_params(self, embeddings: bool = True) -> int:
         d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim
         attn = d * h * hd * 2 + d * kv * hd * 2 + (h * hd + 2 * kv * hd if self.attention_bias else 0)
         ffn = 3 * d * f * max(1, self.n_experts) + (d * self.n_experts if self.n_experts else 0)
-        per_layer = attn + ffn + 2 * d
+        per_layer = attn + ffn + 2 * d + (2 * hd if self.qk_norm else 0)
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
 
@@ -71,7 +109,8 @@ class ModelConfig:
     def to_hf(self) -> dict:
         if self.n_experts:
             raise ValueError("MoE models have no Llama config.json mapping")
-        arch, mtype = ("Qwen2ForCausalLM", "qwen2") if self.attention_bias else ("LlamaForCausalLM", "llama")
+        arch, mtype = (("Qwen3ForCausalLM", "qwen3") if self.qk_norm else
+                       ("Qwen2ForCausalLM", "qwen2") if self.attention_bias else ("LlamaForCausalLM", "llama"))
         cfg = {
             "architectures": [arch], "model_type": mtype, "hidden_act": "silu",
             "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.ffn_dim,
@@ -89,21 +128,22 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, cfg: dict) -> "ModelConfig":
         mtype = cfg.get("model_type")
-        if mtype not in ("llama", "qwen2", "mistral"):
-            raise ValueError(f"unsupported model_type {mtype!r} (llama, qwen2, mistral)")
+        if mtype not in HF_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {mtype!r} ({', '.join(HF_MODEL_TYPES)})")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {cfg.get('hidden_act')!r}")
         if cfg.get("mlp_bias"):
             raise ValueError("mlp_bias=True is not supported")
         eos = cfg.get("eos_token_id")
+        theta, scaling = _hf_rope(cfg)
         return cls(
             vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
             head_dim=cfg.get("head_dim"), ffn_dim=cfg["intermediate_size"],
-            max_seq_len=cfg.get("max_position_embeddings", 2048), rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"), norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            max_seq_len=_hf_max_len(cfg, mtype), rope_theta=theta,
+            rope_scaling=scaling, norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")),
+            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype == "qwen3",
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
             pad_id=cfg.get("pad_token_id"),
         )

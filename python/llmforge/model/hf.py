@@ -44,7 +44,8 @@ def _weight_files(path: str) -> list[str]:
 
 
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
-    """A Transformer from a local Llama/Qwen2/Mistral-style checkpoint directory."""
+    """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral checkpoint directory (config.json
+    as transformers 4 or 5 writes it; see ModelConfig.from_hf)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -157,6 +157,14 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(h * hd, d, bias=False)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each query / key head before RoPE
+            self.q_norm = RMSNorm(hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.norm_eps)
+
+    def heads(self, x, n: int, which: str):
+        """(B, T, n * hd) projections as (B, T, n, hd) heads, qk-normed (Qwen3) for q and k."""
+        y = x.view(*x.shape[:-1], n, self.cfg.head_dim)
+        return getattr(self, which)(y) if self.cfg.qk_norm and which != "v" else y
 
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
         B, T, _ = x.shape
@@ -164,14 +172,14 @@ class Attention(nn.Module):
         if cache is not None:
             return self._forward_cached(x, *rope, cache, layer)
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if rope.kernel and _fused_cpu(x, *projs):  # one GEMM, RoPE writing heads-first: no copies
+        if rope.kernel and not self.cfg.qk_norm and _fused_cpu(x, *projs):  # one GEMM, RoPE writing heads-first
             w = torch.cat([p.weight for p in projs])
             b = torch.cat([p.bias for p in projs]) if self.cfg.attention_bias else None
             q, k, v = ops.qkv_rope(x.contiguous(), w, b, rope.cos, rope.sin, rope.positions, h, kv)
         else:
-            q = rope(self.q_proj(x).view(B, T, h, hd)).transpose(1, 2)    # (B, h, T, hd)
-            k = rope(self.k_proj(x).view(B, T, kv, hd)).transpose(1, 2)   # (B, kv, T, hd)
-            v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
+            q = rope(self.heads(_linear(self.q_proj, x), h, "q_norm")).transpose(1, 2)    # (B, h, T, hd)
+            k = rope(self.heads(_linear(self.k_proj, x), kv, "k_norm")).transpose(1, 2)   # (B, kv, T, hd)
+            v = _linear(self.v_proj, x).view(B, T, kv, hd).transpose(1, 2)
         if isinstance(mask, PackedDocs) and not use_cuda_attention(q):
             mask = document_mask(mask.position_ids)
         if isinstance(mask, PackedDocs):  # CUDA: packed documents as one varlen launch, no mask
@@ -190,8 +198,8 @@ class Attention(nn.Module):
     def _forward_cached(self, x, cos, sin, cache, layer):
         B, T, _ = x.shape
         h, kv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, h, hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, kv, hd).transpose(1, 2)
+        q = self.heads(self.q_proj(x), h, "q_norm").transpose(1, 2)
+        k = self.heads(self.k_proj(x), kv, "k_norm").transpose(1, 2)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.append(layer, k, v)                  # (B, kv, L, hd)

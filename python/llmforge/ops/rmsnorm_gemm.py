@@ -10,7 +10,7 @@ M < 48 rows (decode) stream weight rows straight from memory as dot products; la
 runs a BLIS-style packed GEMM (6 x 16 AVX2 FMA micro-kernel). bfloat16 is computed in
 float32 and rounded once.
 On CPUs with native bf16 dot products, bfloat16 inputs of more than BF16_FUSED_MAX_ROWS
-rows take the rmsnorm kernel and torch's bf16 GEMM instead (0.96-1.05x torch's unfused pair
+rows take the rmsnorm kernel and torch's bf16 GEMM instead (1.00-1.04x torch's unfused pair
 there, where the fused float32-computed kernel ran at 0.50-0.53x; bench/results/cpu.md).
 
 Backward (what is fused and what is not): the same packed GEMM computes
