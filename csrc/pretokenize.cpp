@@ -32,12 +32,16 @@ const AsciiClasses kAsciiClasses = make_ascii();
 
 Pattern pattern_from_name(const std::string& name) {
   if (name == "gpt2") return Pattern::gpt2;
-  throw ValueError("tokenizer: unknown pre-tokenizer pattern '" + name + "' (supported: gpt2)");
+  if (name == "llama3") return Pattern::llama3;
+  if (name == "qwen2") return Pattern::qwen2;
+  throw ValueError("tokenizer: unknown pre-tokenizer pattern '" + name + "' (supported: gpt2, llama3, qwen2)");
 }
 
 const char* pattern_name(Pattern p) {
   switch (p) {
     case Pattern::gpt2: return "gpt2";
+    case Pattern::llama3: return "llama3";
+    case Pattern::qwen2: return "qwen2";
   }
   return "?";
 }

@@ -10,6 +10,16 @@
 // and of llama.cpp's pre-tokenizer "gpt-2" (LLAMA_VOCAB_PRE_TYPE_GPT2 in
 // llama.cpp src/llama-vocab.cpp), so a GGUF export splits text the same way.
 //
+// Pattern::llama3 (Llama 3's tokenizer.json; llama.cpp "llama-bpe") and Pattern::qwen2 (Qwen2 and
+// Qwen3; llama.cpp "qwen2") are, with the same semantics,
+//
+//     (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+//     \s*[\r\n]+|\s+(?!\S)|\s+
+//
+// with \p{N} (one digit per piece) in place of \p{N}{1,3} for qwen2. The case-insensitive
+// contractions take the ASCII letters and U+017F (long s, which Unicode case folding maps to
+// 's'), as Hugging Face's regex engine does.
+//
 // Input is bytes: a byte that does not start a valid UTF-8 sequence (or a
 // truncated / overlong / surrogate sequence) counts as one code point of class
 // "other", like the lone surrogate Python's errors="surrogateescape" makes of it.
@@ -24,9 +34,9 @@
 
 namespace lf::tok {
 
-enum class Pattern : int { gpt2 = 0 };
+enum class Pattern : int { gpt2 = 0, llama3 = 1, qwen2 = 2 };
 
-// "gpt2" -> Pattern::gpt2; throws lf::ValueError for an unknown name.
+// "gpt2" / "llama3" / "qwen2" -> Pattern; throws lf::ValueError for an unknown name.
 Pattern pattern_from_name(const std::string& name);
 const char* pattern_name(Pattern p);
 
@@ -144,10 +154,110 @@ void split_gpt2(const uint8_t* s, size_t n, Emit&& emit) {
   }
 }
 
+// The length of a contraction (?i:'s|'t|'re|'ve|'m|'ll|'d) at s[i], or 0.
+inline size_t contraction_ci(const uint8_t* s, size_t n, size_t i) {
+  if (s[i] != '\'' || i + 1 >= n) return 0;
+  const uint8_t c1 = s[i + 1] | 0x20;  // ASCII lower case (other bytes never match below)
+  if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+  if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return 3;  // U+017F long s folds to 's'
+
+  if (i + 2 < n) {
+    const uint8_t c2 = s[i + 2] | 0x20;
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+  }
+  return 0;
+}
+
+inline bool is_newline(const uint8_t* s, size_t i) { return s[i] == '\r' || s[i] == '\n'; }
+
+// Calls emit(begin, end) for every Llama-3 (max_digits 3) or Qwen2 (max_digits 1) piece of s[0, n).
+template <class Emit>
+void split_llama3(const uint8_t* s, size_t n, int max_digits, Emit&& emit) {
+  size_t i = 0;
+  // end of the run of class `cls` code points starting at j
+  auto run_end = [&](size_t j, uint8_t cls) {
+    while (j < n) {
+      uint8_t c;
+      const int l = next_cp(s, n, j, &c);
+      if (c != cls) break;
+      j += l;
+    }
+    return j;
+  };
+  while (i < n) {
+    if (const size_t c = contraction_ci(s, n, i)) {
+      emit(i, i + c);
+      i += c;
+      continue;
+    }
+    uint8_t cls;
+    const int len = next_cp(s, n, i, &cls);
+    const size_t j = i + len;
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if (cls == kLetter) {
+      const size_t e = run_end(j, kLetter);
+      emit(i, e);
+      i = e;
+      continue;
+    }
+    uint8_t c2 = kOther;
+    int l2 = 0;
+    if (j < n) l2 = next_cp(s, n, j, &c2);
+    if (cls != kNumber && !is_newline(s, i) && j < n && c2 == kLetter) {
+      const size_t e = run_end(j + l2, kLetter);
+      emit(i, e);
+      i = e;
+      continue;
+    }
+    // \p{N}{1,max_digits}
+    if (cls == kNumber) {
+      size_t e = j;
+      for (int d = 1; d < max_digits && e < n; ++d) {
+        uint8_t c;
+        const int l = next_cp(s, n, e, &c);
+        if (c != kNumber) break;
+        e += l;
+      }
+      emit(i, e);
+      i = e;
+      continue;
+    }
+    //  ?[^\s\p{L}\p{N}]+[\r\n]*
+    size_t start = cls == kOther ? i : (s[i] == ' ' && j < n && c2 == kOther) ? j : n;
+    if (start < n) {
+      size_t e = run_end(start, kOther);
+      while (e < n && is_newline(s, e)) ++e;
+      emit(i, e);
+      i = e;
+      continue;
+    }
+    // cls == kSpace: \s*[\r\n]+ up to the last newline of the whitespace run, else
+    // \s+(?!\S) | \s+ (the run, less its last code point before a non-space)
+    size_t e = j, last_nl = is_newline(s, i) ? i : n, last = i;
+    while (e < n) {
+      uint8_t c;
+      const int l = next_cp(s, n, e, &c);
+      if (c != kSpace) break;
+      if (is_newline(s, e)) last_nl = e;
+      last = e;
+      e += l;
+    }
+    if (last_nl < n) {
+      e = last_nl + 1;
+    } else if (e < n && last > i) {
+      e = last;
+    }
+    emit(i, e);
+    i = e;
+  }
+}
+
 template <class Emit>
 void split(Pattern p, const uint8_t* s, size_t n, Emit&& emit) {
   switch (p) {
     case Pattern::gpt2: split_gpt2(s, n, emit); break;
+    case Pattern::llama3: split_llama3(s, n, 3, emit); break;
+    case Pattern::qwen2: split_llama3(s, n, 1, emit); break;
   }
 }
 

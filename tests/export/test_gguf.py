@@ -86,6 +86,8 @@ def test_qwen_archs_export_and_import(tmp_path, model_and_tok, kw, arch):
     llama.cpp's qwen2 / qwen3 archs, rows unpermuted (NEOX RoPE), and import back to the same
     model: config, every tensor, and the logits (verify_gguf)."""
     _, tok = model_and_tok
+    if arch == "qwen3":   # the same vocabulary with Qwen's pre-tokenizer (tokenizer.ggml.pre qwen2)
+        tok = Tokenizer.from_dict({**tok.to_dict(), "pattern": "qwen2"})
     torch.manual_seed(1)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                                     ffn_dim=128, max_seq_len=128, **kw)).eval()
@@ -100,8 +102,10 @@ def test_qwen_archs_export_and_import(tmp_path, model_and_tok, kw, arch):
     names = {t.name for t in r.tensors}
     assert ("blk.1.attn_k_norm.weight" in names) == (arch == "qwen3")
     assert ("blk.1.attn_v.bias" in names) == (arch == "qwen2")
-    again, _ = import_gguf(path)
+    again, tok2 = import_gguf(path)
     assert again.cfg == model.cfg
+    text = "Whether 'tis 12345 nobler\n\n  in the mind"
+    assert tok2.pattern == tok.pattern and tok2.encode(text) == tok.encode(text)
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
     rep = verify_gguf(model, tok, path, ["Whether 'tis nobler in the mind", "Outrageous slings!"])

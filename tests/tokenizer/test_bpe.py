@@ -19,7 +19,7 @@ import warnings
 import pytest
 
 from llmforge import _C
-from llmforge.tokenizer import GPT2_PATTERN, Tokenizer, TokenizerError, bytes_to_unicode
+from llmforge.tokenizer import GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, Tokenizer, TokenizerError, bytes_to_unicode
 
 regex = pytest.importorskip("regex")
 HAS_HF = importlib.util.find_spec("tokenizers") is not None
@@ -489,7 +489,9 @@ def test_corrupt_and_unsupported_hf_files(tok, train_files, tmp_path):
     good = json.loads(p.read_text())
     bad = {
         "wordpiece": lambda d: d["model"].__setitem__("type", "WordPiece"),
-        "normalizer": lambda d: d.__setitem__("normalizer", {"type": "NFC"}),
+        "normalizer": lambda d: d.__setitem__("normalizer", {"type": "NFKD"}),
+        "normalizers": lambda d: d.__setitem__("normalizer", {"type": "Sequence", "normalizers": [{"type": "NFC"},
+                                                                                                   {"type": "Lowercase"}]}),
         "prefix space": lambda d: d["pre_tokenizer"].__setitem__("add_prefix_space", True),
         "whitespace pre": lambda d: d.__setitem__("pre_tokenizer", {"type": "Whitespace"}),
         "byte fallback": lambda d: d["model"].__setitem__("byte_fallback", True),
@@ -616,5 +618,103 @@ def test_llama_cpp_tokenizes_like_us(tok, heldout, tmp_path, assigned_chars):
     texts = [heldout[:100_000], "<|im_start|>user\nHello there<|im_end|>\n", "don't   stop\n\n\n  x  ",
              "!" * 300 + "a" * 300, " \u00a0\u3000x\u2028y"]
     texts += [_random_text(rng, assigned_chars, rng.randint(1, 80)) for _ in range(200)]
+    for t in texts:
+        assert llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == tok.encode(t), repr(t[:200])
+
+
+# ---- Llama 3 and Qwen2 / Qwen3 pre-tokenizers, NFC ------------------------------------------
+SPLIT_PATTERNS = {"llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
+SPLIT_TRICKY = TRICKY + ["\r\n", "\n\n", " \n", "123", "4567", "'S", "'LL", "'Re", "\u017f", "!\n", "e\u0301",
+                         "A\u030a", "\u1100\u1161"]
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2"])
+def test_split_pretokenizers_match_regex(name, assigned_chars, heldout):
+    """The hand-written splitters against the `regex` package running the tokenizer.json regex:
+    random text over every Unicode class, invalid UTF-8 (as surrogateescape), real text."""
+    pat = regex.compile(SPLIT_PATTERNS[name])
+    rng = random.Random(11)
+    for _ in range(3000):
+        s = "".join(rng.choice(SPLIT_TRICKY) if rng.random() < 0.6 else rng.choice(assigned_chars)
+                    for _ in range(rng.randint(0, 40)))
+        assert _C.tok_pretokenize(name, s.encode("utf-8")) == [m.encode() for m in pat.findall(s)], repr(s)
+    pool = [b"a", b" ", b"\n", b"\r", b"1", b"'s", b"!", b"\xc3\xa9", b"\x80", b"\xff", b"\xe4\xb8"]
+    for _ in range(1000):
+        b = b"".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        s = b.decode("utf-8", "surrogateescape")
+        assert _C.tok_pretokenize(name, b) == [m.encode("utf-8", "surrogateescape") for m in pat.findall(s)], b
+    text = heldout[:200_000]
+    assert _C.tok_pretokenize(name, text.encode()) == [m.encode() for m in pat.findall(text)]
+
+
+def _hf_trained_split(train_files, name, nfc, vocab_size=1200):
+    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERNS[name]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if nfc:
+        hf.normalizer = normalizers.NFC()
+    hf.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                             show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train([str(f) for f in train_files], tr)
+    return hf
+
+
+@needs_hf
+@pytest.mark.parametrize("name,nfc", [("llama3", False), ("qwen2", True)])
+def test_llama3_and_qwen2_tokenizer_json_match_hf(train_files, heldout, tmp_path, assigned_chars, name, nfc):
+    """A tokenizer.json with Llama 3's pre-tokenizer, and one with Qwen2's plus the NFC normalizer
+    (Qwen2 / Qwen3), load and encode as Hugging Face does: real text, random Unicode with
+    combining marks (NFC composes them), special tokens; and our own training with the same
+    pattern writes a tokenizer.json Hugging Face encodes like us."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = _hf_trained_split(train_files[:3], name, nfc)
+    path = tmp_path / "hf.json"
+    hf.save(str(path))
+    t = Tokenizer.from_hf_json(path)
+    assert t.pattern == name and t.normalizer == ("NFC" if nfc else None)
+    sample = heldout[:100_000] + "<|im_start|>assistant\n12345 yes<|im_end|>"
+    assert t.encode(sample) == hf.encode(sample, add_special_tokens=False).ids
+    rng = random.Random(12)
+    for _ in range(400):
+        s = "".join(rng.choice(SPLIT_TRICKY) if rng.random() < 0.6 else rng.choice(assigned_chars)
+                    for _ in range(rng.randint(0, 50)))
+        assert t.encode(s) == hf.encode(s, add_special_tokens=False).ids, repr(s)
+    assert t.encode_batch(["e\u0301t\u00e9", "x"]) == [hf.encode(x, add_special_tokens=False).ids
+                                                         for x in ("e\u0301t\u00e9", "x")]
+    again = Tokenizer.load(t.save(tmp_path / "own.json") or tmp_path / "own.json")
+    assert again.normalizer == t.normalizer and again.encode(sample) == t.encode(sample)
+    ours = Tokenizer.train(train_files[:2], vocab_size=900, pattern=name)
+    out = ours.to_hf_json(tmp_path / "ours.json")
+    hf2 = HFTokenizer.from_file(str(out))
+    line = heldout[:30_000]
+    assert hf2.encode(line, add_special_tokens=False).ids == ours.encode(line)
+    assert ours.gguf_metadata()["tokenizer.ggml.pre"] == {"llama3": "llama-bpe", "qwen2": "qwen2"}[name]
+    with pytest.raises(TokenizerError, match="normalizer"):
+        d = json.loads(path.read_text())
+        d["normalizer"] = {"type": "NFKC"}
+        Tokenizer.from_hf_dict(d)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("name", ["llama3", "qwen2"])
+def test_llama_cpp_splits_llama3_and_qwen2_like_us(train_files, heldout, tmp_path, assigned_chars, name):
+    """A GGUF of a tokenizer with the Llama 3 / Qwen2 pattern (tokenizer.ggml.pre llama-bpe /
+    qwen2) tokenizes in llama.cpp as we do (NFC text: llama.cpp does not normalise)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tok = Tokenizer.train(train_files[:2], vocab_size=900, pattern=name)
+    model = tmp_path / "vocab.gguf"
+    _write_vocab_gguf(tok, model)
+    llm = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    rng = random.Random(13)
+    texts = [heldout[:50_000], "<|im_start|>user\nHello 12345 there<|im_end|>\n", "don't   STOP\r\n\n\n  x  '",
+             "!!\n\nabc 1234567", " \u00a0\u3000x\u2028y"]
+    texts += [unicodedata.normalize("NFC", "".join(rng.choice(SPLIT_TRICKY) if rng.random() < 0.6 else
+                                                   rng.choice(assigned_chars) for _ in range(rng.randint(1, 60))))
+              for _ in range(200)]
     for t in texts:
         assert llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == tok.encode(t), repr(t[:200])

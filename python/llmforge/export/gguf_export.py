@@ -229,7 +229,7 @@ def _import(path, r):
     from gguf.quants import dequantize as dequantize_gguf
 
     from ..model import ModelConfig, Transformer
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import LLAMA_CPP_PRE, Tokenizer
 
     arch = _field(r, "general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
@@ -267,8 +267,13 @@ def _import(path, r):
     ttypes = _field(r, "tokenizer.ggml.token_type")
     tok = None
     if _field(r, "tokenizer.ggml.model") == "gpt2" and toks:
+        pre = _field(r, "tokenizer.ggml.pre", "gpt-2")
+        pattern = {v: k for k, v in LLAMA_CPP_PRE.items()}.get(pre)
+        if pattern is None:
+            raise ValueError(f"tokenizer.ggml.pre {pre!r} is not supported ({', '.join(LLAMA_CPP_PRE.values())})")
         tok = _tokenizer_from_gguf(Tokenizer, toks, merges or [], ttypes or [], _field(r, "tokenizer.ggml.bos_token_id"),
-                                   _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"))
+                                   _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"),
+                                   pattern)
     return model, tok
 
 
@@ -311,7 +316,7 @@ def _tensor_array(path, t, dequantize_gguf) -> np.ndarray:
     return arr
 
 
-def _tokenizer_from_gguf(Tokenizer, toks, merges, ttypes, bos, eos, pad):
+def _tokenizer_from_gguf(Tokenizer, toks, merges, ttypes, bos, eos, pad, pattern="gpt2"):
     """Byte-level BPE from tokenizer.ggml.* fields: vocabulary strings are GPT-2 byte-to-unicode
     encoded; control / user-defined tokens are added tokens."""
     from ..tokenizer import bytes_to_unicode
@@ -341,7 +346,7 @@ def _tokenizer_from_gguf(Tokenizer, toks, merges, ttypes, bos, eos, pad):
             raise ValueError(f"merge {j} ({m!r}) is not two byte-level BPE tokens of the vocabulary whose "
                              f"concatenation is one too") from None
     name = lambda i: toks[i] if i is not None and 0 <= i < len(toks) and ttypes[i] in (3, 4) else None
-    return Tokenizer(raw, mids, added, bos_token=name(bos), eos_token=name(eos), pad_token=name(pad))
+    return Tokenizer(raw, mids, added, pattern, bos_token=name(bos), eos_token=name(eos), pad_token=name(pad))
 
 
 @torch.no_grad()

@@ -8,10 +8,11 @@
     tok.to_hf_json("tokenizer.json"); Tokenizer.from_hf_json("tokenizer.json")
     tok.gguf_metadata()                                          # tokenizer.ggml.* for GGUF export
 """
-from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA_CPP_PRE, Tokenizer, TokenizerError,
+from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA3_PATTERN, LLAMA_CPP_PRE, QWEN2_PATTERN, Tokenizer,
+                  TokenizerError,
                   bytes_to_unicode)
 
 BPETokenizer = Tokenizer
 
-__all__ = ["Tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN",
-           "LLAMA_CPP_PRE", "bytes_to_unicode"]
+__all__ = ["Tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
+           "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]

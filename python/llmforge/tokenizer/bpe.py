@@ -1,8 +1,9 @@
 """Byte-level BPE tokenizer: train, encode/decode, save/load, Hugging Face tokenizer.json, GGUF metadata.
 
-The work is done in C++ (csrc/pretokenize.h: the GPT-2 pre-tokenizer written out by
-hand; csrc/bpe.h: the model, its cache and the trainer). This module handles input
-types, files and formats.
+The work is done in C++ (csrc/pretokenize.h: the GPT-2, Llama 3 and Qwen2 / Qwen3
+pre-tokenizers written out by hand; csrc/bpe.h: the model, its cache and the trainer).
+This module handles input types, files, formats and the optional NFC normalizer (Qwen2 /
+Qwen3 tokenizer.json files carry one).
 
     tok = Tokenizer.train("corpus.txt", vocab_size=8192)         # a path, a list of paths,
     tok = Tokenizer.train(iter_of_texts, vocab_size=8192)        # or an iterable of str/bytes
@@ -20,6 +21,7 @@ import functools
 import json
 import os
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,13 +30,19 @@ from .. import _C
 
 # The pre-tokenizer regex (Hugging Face ByteLevel(use_regex=True) uses exactly this one).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-PATTERNS = {"gpt2": GPT2_PATTERN}
+# Llama 3's and Qwen2 / Qwen3's (digits one at a time), as their tokenizer.json Split pre-tokenizers
+# spell them (csrc/pretokenize.h implements them by hand)
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                  r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+PATTERNS = {"gpt2": GPT2_PATTERN, "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
+NORMALIZERS = (None, "NFC")
 
 # The tokenizer.ggml.pre name llama.cpp knows for each pattern. llama.cpp src/llama-vocab.cpp
 # (llama_vocab::impl::load): `tokenizer_pre == "gpt-2"` -> LLAMA_VOCAB_PRE_TYPE_GPT2, whose regex
 # is the GPT-2 one above ("'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
 # with the final \s+ applied by its custom splitter in src/unicode.cpp).
-LLAMA_CPP_PRE = {"gpt2": "gpt-2"}
+LLAMA_CPP_PRE = {"gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2"}
 
 DEFAULT_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 _DEFAULT_ROLES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}
@@ -107,13 +115,18 @@ class Tokenizer:
 
     def __init__(self, tokens: Sequence[bytes], merges: Sequence[tuple[int, int, int]],
                  added_tokens: Sequence[dict] = (), pattern: str = "gpt2", bos_token: str | None = None,
-                 eos_token: str | None = None, pad_token: str | None = None, ignore_merges: bool = False):
+                 eos_token: str | None = None, pad_token: str | None = None, ignore_merges: bool = False,
+                 normalizer: str | None = None):
         """tokens[id] = the token's bytes (added tokens: their UTF-8 content); merges = (left, right, result)
         ids in rank order; added_tokens = [{"id", "content", "special"}] (matched in text before
-        pre-tokenization, never split); bos/eos/pad_token name added tokens."""
+        pre-tokenization, never split); bos/eos/pad_token name added tokens; normalizer: None, or
+        "NFC" (Qwen2/Qwen3: text between added tokens is NFC-normalised before encoding)."""
         if pattern not in PATTERNS:
             raise TokenizerError(f"unknown pre-tokenizer pattern {pattern!r} (supported: {sorted(PATTERNS)})")
+        if normalizer not in NORMALIZERS:
+            raise TokenizerError(f"unknown normalizer {normalizer!r} (supported: None, 'NFC')")
         self.pattern = pattern
+        self.normalizer = normalizer
         self.ignore_merges = bool(ignore_merges)
         self._tokens = [bytes(t) for t in tokens]
         self._merges = [(int(a), int(b), int(r)) for a, b, r in merges]
@@ -128,6 +141,7 @@ class Tokenizer:
         self._model = _C.BpeModel(self._tokens, self._merges, [a["id"] for a in self._added], pattern,
                                   self.ignore_merges)
         self._added_ids = {a["content"]: a["id"] for a in self._added}
+        self._special_re = None
         self._index: dict[bytes, int] | None = None
         self.bos_token = self._role("bos", bos_token)
         self.eos_token = self._role("eos", eos_token)
@@ -251,8 +265,24 @@ class Tokenizer:
                allow_special: bool = True) -> list[int]:
         """Token ids of text (str or bytes). Special tokens in the text become their ids unless
         allow_special=False (then they are encoded as plain text)."""
-        ids = self._model.encode(_text_bytes(text), bool(allow_special))
+        ids = self._model.encode(self._normalized(_text_bytes(text), allow_special), bool(allow_special))
         return self._wrap(ids, add_bos, add_eos)
+
+    def _normalized(self, b: bytes, allow_special: bool) -> bytes:
+        """b with the normalizer applied to the text between added tokens (as Hugging Face does:
+        an added token is matched first and never normalised). ASCII is left as it is."""
+        if self.normalizer is None or b.isascii():
+            return b
+        text = b.decode("utf-8", "surrogateescape")
+        if allow_special and self._added:
+            if self._special_re is None:
+                names = sorted(self._added_ids, key=len, reverse=True)
+                self._special_re = re.compile("(" + "|".join(map(re.escape, names)) + ")")
+            parts = self._special_re.split(text)
+        else:
+            parts = [text]
+        out = "".join(p if i % 2 else unicodedata.normalize(self.normalizer, p) for i, p in enumerate(parts))
+        return out.encode("utf-8", "surrogateescape")
 
     def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
                      allow_special: bool = True, num_threads: int | None = None) -> list[list[int]]:
@@ -266,7 +296,8 @@ class Tokenizer:
             num_threads = torch.get_num_threads()
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
-        out = self._model.encode_batch([_text_bytes(t, f"text {i}") for i, t in enumerate(texts)],
+        out = self._model.encode_batch([self._normalized(_text_bytes(t, f"text {i}"), allow_special)
+                                        for i, t in enumerate(texts)],
                                        bool(allow_special), num_threads)
         return [self._wrap(ids, add_bos, add_eos) for ids in out] if (add_bos or add_eos) else out
 
@@ -350,6 +381,7 @@ class Tokenizer:
             "version": FORMAT_VERSION,
             "pattern": self.pattern,
             "ignore_merges": self.ignore_merges,
+            "normalizer": self.normalizer,
             "tokens": [t.decode("utf-8") if i in added else _to_unicode(t) for i, t in enumerate(self._tokens)],
             "merges": [list(m) for m in self._merges],
             "added_tokens": [dict(a) for a in self._added],
@@ -378,7 +410,7 @@ class Tokenizer:
                 raise TokenizerError("merges must be a list of [left, right, result] id triples")
             roles = d.get("roles") or {}
             return cls(tokens, merges, added, d.get("pattern", "gpt2"), roles.get("bos"), roles.get("eos"),
-                       roles.get("pad"), bool(d.get("ignore_merges", False)))
+                       roles.get("pad"), bool(d.get("ignore_merges", False)), d.get("normalizer"))
         except TokenizerError as e:
             raise TokenizerError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -402,18 +434,21 @@ class Tokenizer:
             if key in vocab:
                 raise TokenizerError(f"token {i} ({key!r}) has the same vocabulary string as token {vocab[key]}")
             vocab[key] = i
-        if self.pattern != "gpt2":
-            raise TokenizerError(f"no Hugging Face form for pattern {self.pattern!r}")
         tok = self._tokens
+        if self.pattern == "gpt2":
+            pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        else:
+            pre = {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": PATTERNS[self.pattern]}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
         return {
             "version": "1.0",
             "truncation": None,
             "padding": None,
             "added_tokens": [{"id": a["id"], "content": a["content"], "single_word": False, "lstrip": False,
                               "rstrip": False, "normalized": False, "special": a["special"]} for a in self._added],
-            "normalizer": None,
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                              "use_regex": True},
+            "normalizer": None if self.normalizer is None else {"type": self.normalizer},
+            "pre_tokenizer": pre,
             "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
                                "use_regex": True},
             "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
@@ -476,8 +511,7 @@ class Tokenizer:
                 or m.get("dropout"):
             raise TokenizerError("only plain byte-level BPE is supported (byte_fallback, subword prefixes/"
                                  "suffixes and dropout are not)")
-        if d.get("normalizer") is not None:
-            raise TokenizerError(f"normalizer {d['normalizer'].get('type')!r} is not supported")
+        normalizer = _hf_normalizer(d.get("normalizer"))
         pattern = _hf_pattern(d.get("pre_tokenizer"))
         vocab = m["vocab"]
         if not isinstance(vocab, dict):
@@ -537,7 +571,7 @@ class Tokenizer:
                 given = c if c in names else next((g for g in _ROLE_GUESSES[role] if g in names), None)
             chosen[role] = given
         return cls(tokens, merges, sorted(added_by_id.values(), key=lambda a: a["id"]), pattern,
-                   chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)))
+                   chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)), normalizer)
 
     # ---- GGUF -----------------------------------------------------------------------
     def gguf_metadata(self, add_bos: bool = False, add_eos: bool = False) -> dict:
@@ -568,6 +602,18 @@ class Tokenizer:
         return md
 
 
+def _hf_normalizer(norm) -> str | None:
+    """None or "NFC" from a tokenizer.json normalizer (NFC alone, or a Sequence of just NFC)."""
+    if norm is None:
+        return None
+    if isinstance(norm, dict) and norm.get("type") == "Sequence" and len(norm.get("normalizers") or []) == 1:
+        norm = norm["normalizers"][0]
+    if isinstance(norm, dict) and norm.get("type") == "NFC":
+        return "NFC"
+    kind = norm.get("type") if isinstance(norm, dict) else norm
+    raise TokenizerError(f"normalizer {kind!r} is not supported (only NFC)")
+
+
 def _hf_pattern(pre) -> str:
     """The pattern name of a tokenizer.json pre_tokenizer, or TokenizerError."""
     def is_bytelevel(p, regex: bool) -> bool:
@@ -586,7 +632,8 @@ def _hf_pattern(pre) -> str:
                 if rx == p:
                     return name
     raise TokenizerError(f"unsupported pre_tokenizer {json.dumps(pre)[:200]} (supported: ByteLevel with the "
-                         "GPT-2 regex, add_prefix_space=false)")
+                         "GPT-2 regex, or Split with the GPT-2, Llama 3 or Qwen2 regex then ByteLevel; "
+                         "add_prefix_space=false)")
 
 
 def _looks_like_path(s) -> bool:

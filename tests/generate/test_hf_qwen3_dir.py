@@ -1,0 +1,41 @@
+"""A Qwen3 checkpoint directory as transformers writes it (config.json with rope_parameters,
+safetensors, a tokenizer.json with Qwen's pre-tokenizer and NFC normalizer) generates, through
+llmforge's loader and native decode step, the greedy tokens transformers generates."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmforge.generate.engine import generate
+from llmforge.generate.load import load_for_generation
+from llmforge.generate.native import native_decoder
+from llmforge.generate.sampling import SamplingParams
+from llmforge.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_qwen3_directory_generates_like_transformers(tmp_path):
+    text = ("The quick brown fox jumps over the lazy dog 1234567 times; café, naïve, Straße. ") * 40
+    tok = Tokenizer.train([text], vocab_size=300, pattern="qwen2")
+    tok = Tokenizer.from_dict({**tok.to_dict(), "normalizer": "NFC"})
+    torch.manual_seed(0)
+    conf = transformers.Qwen3Config(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=160,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                    max_position_embeddings=128, rope_theta=1e6, tie_word_embeddings=True)
+    hf = transformers.Qwen3ForCausalLM(conf).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            (p.uniform_(0.5, 2.0) if "norm" in n else p.normal_(0, 0.2))
+    hf.save_pretrained(tmp_path)
+    tok.to_hf_json(tmp_path)
+    model, tok2 = load_for_generation(tmp_path)
+    assert model.cfg.qk_norm and model.cfg.rope_theta == 1e6 and tok2.normalizer == "NFC"
+    assert native_decoder(model, 64) is not None          # the C++ step runs Qwen3
+    prompt = tok2.encode("The quick brown cafe\u0301 fox")     # NFC: e + combining acute -> é
+    assert prompt == tok2.encode("The quick brown café fox")
+    ours = generate(model, [prompt], 20, SamplingParams(temperature=0)).tokens[0]
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                             pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
+    assert ours == theirs
