@@ -10,6 +10,7 @@ TOKENIZERS_PARALLELISM=false, set before it is imported). Cases:
   encode <MB> one string     encode(text) of the whole text (HF: encode(text).ids)
   encode <MB> lines          encode_batch of its lines, num_threads=1 (HF: encode_batch, then .ids);
                              plus llmforge on torch.get_num_threads() threads
+  ... lines, qwen2 + NFC     the same with Qwen2/Qwen3's pre-tokenizer and NFC normalizer
 Throughput (text MB/s) is printed below the table (the harness's GB/s column is for memory traffic).
 """
 from __future__ import annotations
@@ -97,6 +98,20 @@ def run(device: str = "cpu", quick: bool = False):
                             time_fn(lambda: tok.encode_batch(lines, num_threads=nt), warmup=1, iters=5, min_time_s=0)))
         if c in hf_fns:
             rows.append(row(c, "HF tokenizers (1 thread)", time_fn(hf_fns[c], warmup=1, iters=2 if quick else 3,
+                                                                   min_time_s=0)))
+    # Qwen2 / Qwen3's pre-tokenizer (digits one at a time) with the NFC normalizer, as their
+    # tokenizer.json has it: a vocabulary of ours trained with that pattern, on both sides
+    tq = Tokenizer.train(files, vocab_size=VOCAB, pattern="qwen2")
+    tq = Tokenizer.from_dict({**tq.to_dict(), "normalizer": "NFC"})
+    case = f"encode {mb} lines, qwen2 + NFC"
+    fq = lambda: tq.encode_batch(lines, num_threads=1)  # noqa: E731
+    rows.append(row(case, "llmforge", time_fn(fq, warmup=1, iters=5, min_time_s=0)))
+    if HFTokenizer is not None:
+        with tempfile.TemporaryDirectory() as d:
+            hq = HFTokenizer.from_file(str(tq.to_hf_json(os.path.join(d, "tokenizer.json"))))
+        hfq = lambda: [e.ids for e in hq.encode_batch(lines, add_special_tokens=False)]  # noqa: E731
+        assert fq() == hfq(), f"{case}: llmforge and tokenizers disagree"
+        rows.append(row(case, "HF tokenizers (1 thread)", time_fn(hfq, warmup=1, iters=2 if quick else 3,
                                                                    min_time_s=0)))
     for r in rows:
         r.extra["MB/s"] = round(nbytes / (r.ms * 1e-3) / 1e6, 2)
