@@ -82,6 +82,13 @@ def register_fake(op):
     return deco
 
 
+@torch.compiler.assume_constant_result
+def native_bf16_dot() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX; csrc/isa.cpp)? A constant of a
+    torch.compile graph."""
+    return bool(C.cpu_bf16_dot())
+
+
 def require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)

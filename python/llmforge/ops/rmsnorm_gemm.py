@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._native import C, arg, on_input_device, register_fake, require, same_device, stream, threads
+from ._native import C, arg, native_bf16_dot as _native_bf16_dot, on_input_device, register_fake, require, same_device, stream, threads
 from .rmsnorm import rmsnorm, rmsnorm_bwd as _rmsnorm_bwd
 
 
@@ -151,11 +151,6 @@ rmsnorm_linear_fwd.register_autograd(_backward, setup_context=_setup)
 # unfused form: its bf16 GEMM (torch's oneDNN) doubles the fused kernel's float32 arithmetic,
 # while the fused weight-streaming path still wins on decode-sized M (bench rmsnorm_gemm)
 BF16_FUSED_MAX_ROWS = 4
-
-
-@torch.compiler.assume_constant_result
-def _native_bf16_dot() -> bool:
-    return bool(C.cpu_bf16_dot())
 
 
 def _unfused_bf16(x: Tensor) -> bool:
