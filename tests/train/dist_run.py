@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ def main():
     torch.set_num_threads(1)
     world = 1
     if mode != "single":
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timedelta(seconds=120))  # a hang fails, not waits 30 min
         world = dist.get_world_size()
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=97, dim=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,18 +23,32 @@ def _port():
         return s.getsockname()[1]
 
 
+def _spawn(cmd, env, timeout):
+    """(returncode, stderr) of cmd in its own process group; on a timeout the whole group (torchrun
+    and its workers) is killed and returncode is None."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+        return p.returncode, err
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+        return None, err
+
+
 def _run(mode, out, data, steps):
-    if mode == "single":
-        cmd = [sys.executable, SCRIPT, mode, str(out), str(data), str(steps)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for _ in range(3):  # the free port found here can be taken before torchrun binds it: try another
+    for attempt in range(3):
+        # a fresh port each try: the free port found here can be taken before torchrun binds it
+        cmd = [sys.executable, SCRIPT, mode, str(out), str(data), str(steps)]
         if mode != "single":
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                   "127.0.0.1", "--master_port", str(_port()), SCRIPT, mode, str(out), str(data), str(steps)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-        if r.returncode == 0 or "address already in use" not in r.stderr.lower():
+                   "127.0.0.1", "--master_port", str(_port()), *cmd[1:]]
+        rc, err = _spawn(cmd, env, timeout=240)  # each run takes ~10 s; a stuck rendezvous is retried
+        if rc == 0 or (rc is not None and "address already in use" not in err.lower()):
             break
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert rc == 0, f"exit {rc} after {attempt + 1} tries: {err[-3000:]}"
     return _losses(os.path.join(out, "metrics.jsonl"))
 
 
