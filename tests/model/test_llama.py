@@ -125,7 +125,7 @@ def test_moe_routes_and_balances():
     loss.backward()
     assert model.model.layers[0].mlp.router.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="MoE"):
-        model.cfg.to_hf()
+        _cfg(n_experts=4, attention_bias=True).to_hf()
 
 
 def test_param_count_matches_module():

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..config_check import check_config
 
 
-HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -39,6 +39,22 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     return n
 
 
+def _hf_moe(cfg: dict, mtype: str) -> dict:
+    """The MoE fields of a Mixtral / Qwen3-MoE config.json (none for the dense types)."""
+    if mtype not in ("mixtral", "qwen3_moe"):
+        return {}
+    n = cfg.get("num_local_experts", cfg.get("num_experts")) if mtype == "mixtral" else \
+        cfg.get("num_experts", cfg.get("num_local_experts"))
+    moe = dict(n_experts=n, moe_top_k=cfg.get("num_experts_per_tok", 2),
+               moe_aux_coef=float(cfg.get("router_aux_loss_coef", 0.001)))
+    if mtype == "qwen3_moe":
+        if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
+            raise ValueError("Qwen3-MoE with dense layers among the sparse ones (mlp_only_layers, "
+                             "decoder_sparse_step != 1) is not supported")
+        moe.update(ffn_dim=cfg["moe_intermediate_size"], moe_norm_topk=bool(cfg.get("norm_topk_prob", False)))
+    return moe
+
+
 @dataclass
 class ModelConfig:
     """Decoder-only transformer, Llama layout.
@@ -48,8 +64,10 @@ class ModelConfig:
     Positions: max_seq_len, rope_theta, rope_scaling (HF-style dict or None).
     Details: norm_eps, tie_embeddings, attention_bias (Qwen2 uses q/k/v biases), qk_norm (Qwen3:
     an RMSNorm over head_dim on every query and key head, before RoPE).
-    MoE: n_experts > 0 replaces every FFN with n_experts SwiGLU experts and top-k routing,
-    adding moe_aux_coef * load-balancing loss (Switch-Transformer style) to the training loss.
+    MoE: n_experts > 0 replaces every FFN with n_experts SwiGLU experts (ffn_dim each) and top-k
+    routing on the router's softmax, the k weights renormalised to sum 1 unless moe_norm_topk is
+    False; moe_aux_coef * load-balancing loss (Switch Transformer's, over all k choices and all
+    layers, as Mixtral's) joins the training loss. Hugging Face layouts: Mixtral, Qwen3-MoE.
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
     """
     vocab_size: int = 4096
@@ -69,6 +87,7 @@ class ModelConfig:
     n_experts: int = 0
     moe_top_k: int = 2
     moe_aux_coef: float = 0.01
+    moe_norm_topk: bool = True
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -106,11 +125,23 @@ class ModelConfig:
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
 
     # ---- Hugging Face config.json ---------------------------------------------------------
-    def to_hf(self) -> dict:
+    def hf_model_type(self) -> str:
+        """The Hugging Face model_type this model saves as; ValueError where none holds it."""
         if self.n_experts:
-            raise ValueError("MoE models have no Llama config.json mapping")
-        arch, mtype = (("Qwen3ForCausalLM", "qwen3") if self.qk_norm else
-                       ("Qwen2ForCausalLM", "qwen2") if self.attention_bias else ("LlamaForCausalLM", "llama"))
+            if self.attention_bias:
+                raise ValueError("MoE with q/k/v biases has no Hugging Face layout here (Mixtral, Qwen3-MoE)")
+            if not self.qk_norm and not self.moe_norm_topk:
+                raise ValueError("Mixtral always renormalises the top-k weights: moe_norm_topk=False has "
+                                 "no Mixtral layout (with qk_norm it saves as Qwen3-MoE)")
+            return "qwen3_moe" if self.qk_norm else "mixtral"
+        if self.qk_norm and self.attention_bias:
+            raise ValueError("query/key norms together with q/k/v biases have no Hugging Face layout here")
+        return "qwen3" if self.qk_norm else "qwen2" if self.attention_bias else "llama"
+
+    def to_hf(self) -> dict:
+        mtype = self.hf_model_type()
+        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[mtype]
         cfg = {
             "architectures": [arch], "model_type": mtype, "hidden_act": "silu",
             "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.ffn_dim,
@@ -123,6 +154,15 @@ class ModelConfig:
             "bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
             "torch_dtype": "float32", "use_cache": True,
         }
+        if mtype == "mixtral":
+            cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
+                       router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, sliding_window=None,
+                       output_router_logits=False)
+        elif mtype == "qwen3_moe":
+            cfg.update(num_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
+                       moe_intermediate_size=self.ffn_dim, norm_topk_prob=self.moe_norm_topk,
+                       router_aux_loss_coef=self.moe_aux_coef, decoder_sparse_step=1, mlp_only_layers=[],
+                       use_sliding_window=False, output_router_logits=False)
         return cfg
 
     @classmethod
@@ -136,17 +176,18 @@ class ModelConfig:
             raise ValueError("mlp_bias=True is not supported")
         eos = cfg.get("eos_token_id")
         theta, scaling = _hf_rope(cfg)
-        return cls(
+        kw = dict(
             vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
             head_dim=cfg.get("head_dim"), ffn_dim=cfg["intermediate_size"],
             max_seq_len=_hf_max_len(cfg, mtype), rope_theta=theta,
             rope_scaling=scaling, norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype == "qwen3",
+            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype in ("qwen3", "qwen3_moe"),
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
             pad_id=cfg.get("pad_token_id"),
         )
+        return cls(**{**kw, **_hf_moe(cfg, mtype)})
 
     def to_dict(self) -> dict:
         return asdict(self)

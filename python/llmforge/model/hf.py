@@ -43,9 +43,27 @@ def _weight_files(path: str) -> list[str]:
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
+_MIXTRAL_FFN = ((".gate_proj.", ".w1."), (".down_proj.", ".w2."), (".up_proj.", ".w3."))
+
+
+def hf_key(cfg: ModelConfig, key: str) -> str:
+    """Our state-dict key -> the checkpoint's. They are the same but for MoE layers: the router is
+    `mlp.gate` (Qwen3-MoE) or `block_sparse_moe.gate` (Mixtral, whose experts' projections are
+    w1 gate, w3 up, w2 down)."""
+    if not cfg.n_experts or ".mlp." not in key:
+        return key
+    mixtral = cfg.hf_model_type() == "mixtral"
+    key = key.replace(".mlp.router.", ".block_sparse_moe.gate." if mixtral else ".mlp.gate.")
+    if mixtral and ".mlp.experts." in key:
+        key = key.replace(".mlp.experts.", ".block_sparse_moe.experts.")
+        for ours, theirs in _MIXTRAL_FFN:
+            key = key.replace(ours, theirs)
+    return key
+
+
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
-    """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral checkpoint directory (config.json
-    as transformers 4 or 5 writes it; see ModelConfig.from_hf)."""
+    """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral / Mixtral / Qwen3-MoE checkpoint
+    directory (config.json as transformers 4 or 5 writes it; see ModelConfig.from_hf)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -66,6 +84,8 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     expected = model.state_dict()
+    ours = {hf_key(cfg, k): k for k in expected}
+    state = {ours.get(k, k): v for k, v in state.items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(k for k in set(state) - set(expected) if "rotary_emb" not in k)
     if missing or unexpected:
@@ -85,7 +105,8 @@ def save_hf(model: Transformer, path: str | os.PathLike, dtype: torch.dtype | No
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     cfg = model.cfg.to_hf()
-    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {hf_key(model.cfg, k): (v.to(dtype) if dtype else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).replace("torch.", "")
     tmp = os.path.join(path, "model.safetensors.tmp")

@@ -227,29 +227,33 @@ class MLP(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts with a Switch-style load-balancing loss (stored in .aux_loss)."""
+    """Top-k routed SwiGLU experts (Mixtral / Qwen3-MoE routing: softmax over all experts, the top
+    k kept, renormalised when cfg.moe_norm_topk). Each forward leaves its load-balancing
+    statistics in .balance: (fraction of tokens sent to each expert, summed over the k choices;
+    mean router probability of each expert), which Transformer.aux_loss combines over layers."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.top_k, self.n = cfg.moe_top_k, cfg.n_experts
+        self.top_k, self.n, self.norm_topk = cfg.moe_top_k, cfg.n_experts, cfg.moe_norm_topk
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(cfg.dim, cfg.ffn_dim) for _ in range(cfg.n_experts))
-        self.aux_loss = torch.zeros(())
+        self.balance = None
 
     def forward(self, x):
         B, T, D = x.shape
         flat = x.reshape(-1, D)
-        probs = self.router(flat).float().softmax(-1)                    # (N, E)
+        logits = self.router(flat)                                        # (N, E), softmax in >= float32
+        probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
         w, idx = probs.topk(self.top_k, dim=-1)                           # (N, k)
-        w = (w / w.sum(-1, keepdim=True)).to(x.dtype)
+        if self.norm_topk:
+            w = w / w.sum(-1, keepdim=True)
+        w = w.to(x.dtype)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = (idx == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * w[rows, slot, None])
-        # fraction of tokens routed to each expert (first choice) x mean router probability
-        frac = F.one_hot(idx[:, 0], self.n).float().mean(0)
-        self.aux_loss = self.n * (frac * probs.mean(0)).sum()
+        self.balance = (F.one_hot(idx, self.n).sum(1).float().mean(0), probs.mean(0))
         return out.view(B, T, D)
 
 
@@ -395,9 +399,16 @@ class Transformer(nn.Module):
         return self.logits(self.hidden_states(tokens, position_ids))
 
     def aux_loss(self) -> torch.Tensor:
+        """moe_aux_coef x the load-balancing loss of the last forward: n_experts x sum over experts
+        of (fraction of routing choices it got) x (its mean router probability), both averaged
+        over every layer's tokens (Switch Transformer's loss, over all k choices and layers, as
+        Mixtral's and Qwen3-MoE's in transformers). Zero for dense models."""
         if not self.cfg.n_experts:
             return torch.zeros((), device=self.model.embed_tokens.weight.device)
-        return self.cfg.moe_aux_coef * sum(l.mlp.aux_loss for l in self.model.layers) / self.cfg.n_layers
+        stats = [l.mlp.balance for l in self.model.layers]
+        frac = torch.stack([f for f, _ in stats]).mean(0)
+        prob = torch.stack([p for _, p in stats]).mean(0)
+        return self.cfg.moe_aux_coef * self.cfg.n_experts * (frac * prob).sum()
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
              position_ids: torch.Tensor | None = None) -> torch.Tensor:
