@@ -1,5 +1,6 @@
-"""GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms) that
-llama.cpp loads, GGUF import, and self-verification.
+"""GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms; MoE models
+as "llama" with experts, Mixtral's layout, or "qwen3moe") that llama.cpp loads, GGUF import,
+and self-verification.
 
     export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
@@ -11,8 +12,11 @@ llama.cpp's, see ggml_quants.py), or the llama.cpp mixes q4_k_m / q5_k_m. The mi
 llama.cpp's llama_tensor_get_type in outline: the base type is Q4_K (Q5_K); output.weight
 (token_embd.weight when embeddings are tied) is Q6_K; attn_v.weight and ffn_down.weight are
 Q6_K in the layers where use_more_bits(i, n) holds (the first and last eighth of the layers
-and every third layer between); everything else keeps the base type. Not reproduced: the
-70B / MoE / GQA special cases and imatrix-driven choices. 1-D tensors (norms) stay F32.
+and every third layer between), ffn_down_exps (MoE) likewise; with exactly 8 experts, attn_v
+and attn_k are Q8_0 and (q4_k_m) attn_output Q5_K; everything else keeps the base type. Not
+reproduced: the 70B special case and imatrix-driven choices. 1-D tensors (norms) and the MoE
+router (ffn_gate_inp) stay F32. Experts are stored as one 3-D tensor per projection and layer
+(ffn_gate_exps / ffn_up_exps / ffn_down_exps, experts outermost).
 
 A matrix whose rows are not a multiple of its type's block falls back per tensor as
 llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when even 32 does not
@@ -48,15 +52,20 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-def tensor_type(name: str, shape: tuple, qtype: str, n_layers: int, tied: bool) -> str:
+def tensor_type(name: str, shape: tuple, qtype: str, n_layers: int, tied: bool, n_experts: int = 0) -> str:
     """The type one tensor is stored in for an export of qtype (before the block-size fallback)."""
-    if len(shape) != 2:
+    if len(shape) < 2 or name.endswith("ffn_gate_inp.weight"):
         return "f32"
     if qtype not in _MIX_BASE:
         return qtype
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         return "q6_k"
-    if name.endswith(("attn_v.weight", "ffn_down.weight")) and use_more_bits(int(name.split(".")[1]), n_layers):
+    if n_experts == 8 and name.endswith(("attn_v.weight", "attn_k.weight")):
+        return "q8_0"
+    if n_experts == 8 and qtype == "q4_k_m" and name.endswith("attn_output.weight"):
+        return "q5_k"
+    if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight")) and \
+            use_more_bits(int(name.split(".")[1]), n_layers):
         return "q6_k"
     return _MIX_BASE[qtype]
 
@@ -84,31 +93,52 @@ def unpermute_rope(w, n_heads: int):
 
 def gguf_arch(cfg) -> str:
     """The llama.cpp architecture a model exports as: qwen3 (query/key norms), qwen2 (q/k/v
-    biases) or llama. ValueError for what none of them holds."""
-    if cfg.n_experts:
-        raise ValueError("MoE models are not exported to GGUF")
+    biases) or llama; with experts, qwen3moe (query/key norms) or llama (Mixtral's layout).
+    ValueError for what none of them holds."""
     if cfg.qk_norm and cfg.attention_bias:
         raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
+    if cfg.n_experts:
+        if cfg.attention_bias:
+            raise ValueError("MoE with q/k/v biases has no llama.cpp architecture here (llama, qwen3moe)")
+        if not cfg.moe_norm_topk:
+            raise ValueError("llama.cpp's llama and qwen3moe archs renormalise the top-k expert weights: "
+                             "a model with moe_norm_topk=False is not exported")
+        return "qwen3moe" if cfg.qk_norm else "llama"
     return "qwen3" if cfg.qk_norm else "qwen2" if cfg.attention_bias else "llama"
 
 
+_FFN = (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down"))
+
+
 def _names(cfg):
+    """(source, GGUF name) for every tensor: source is one state-dict key, or, for an expert
+    projection, the tuple of the experts' keys whose weights are stacked (experts outermost)."""
     yield "model.embed_tokens.weight", "token_embd.weight"
     for i in range(cfg.n_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
         for hf, gg in (("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
                        ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-                       ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"),
-                       ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")):
+                       ("post_attention_layernorm", "ffn_norm")):
             yield p + hf + ".weight", b + gg + ".weight"
             if cfg.attention_bias and hf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                 yield p + hf + ".bias", b + gg + ".bias"
+        if cfg.n_experts:
+            yield p + "mlp.router.weight", b + "ffn_gate_inp.weight"
+            for hf, gg in _FFN:
+                yield tuple(f"{p}mlp.experts.{e}.{hf}.weight" for e in range(cfg.n_experts)), f"{b}{gg}_exps.weight"
+        else:
+            for hf, gg in _FFN:
+                yield f"{p}mlp.{hf}.weight", f"{b}{gg}.weight"
         if cfg.qk_norm:
             yield p + "self_attn.q_norm.weight", b + "attn_q_norm.weight"
             yield p + "self_attn.k_norm.weight", b + "attn_k_norm.weight"
     yield "model.norm.weight", "output_norm.weight"
     if not cfg.tie_embeddings:
         yield "lm_head.weight", "output.weight"
+
+
+def _rope_rows(gg: str) -> bool:
+    return gg.endswith(("attn_q.weight", "attn_k.weight"))
 
 
 def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "llmforge") -> dict:
@@ -136,6 +166,10 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
     w.add_key_length(cfg.head_dim)
     w.add_value_length(cfg.head_dim)
     w.add_vocab_size(cfg.vocab_size)
+    if cfg.n_experts:
+        w.add_expert_count(cfg.n_experts)
+        w.add_expert_used_count(cfg.moe_top_k)
+        w.add_expert_feed_forward_length(cfg.ffn_dim)
     if cfg.rope_scaling:
         kind = cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type"))
         if kind != "linear":
@@ -150,12 +184,10 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         w.add_chat_template(template)
     types, fell_back = {}, []
     for hf, gg in _names(cfg):
-        t = sd[hf]
-        if arch == "llama" and gg.endswith("attn_q.weight"):
-            t = permute_rope(t, cfg.n_heads)
-        elif arch == "llama" and gg.endswith("attn_k.weight"):
-            t = permute_rope(t, cfg.n_kv_heads)
-        want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings)
+        t = np.stack([sd[k] for k in hf]) if isinstance(hf, tuple) else sd[hf]
+        if arch == "llama" and _rope_rows(gg):
+            t = permute_rope(t, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
+        want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings, cfg.n_experts)
         got = _fit_block(want, t.shape[-1])
         if got != want:
             fell_back.append(f"{gg} {tuple(t.shape)}: {want} -> {got}")
@@ -167,7 +199,9 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
             bits = (torch.from_numpy(t).to(torch.bfloat16).view(torch.int16).numpy()).view(np.uint16)
             w.add_tensor(gg, bits.astype(np.uint16), raw_shape=t.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
-            w.add_tensor(gg, quantize(t, got), raw_dtype=getattr(gguf.GGMLQuantizationType, got.upper()))
+            q = quantize(t.reshape(-1, t.shape[-1]), got)
+            w.add_tensor(gg, q.reshape(*t.shape[:-1], q.shape[-1]),
+                         raw_dtype=getattr(gguf.GGMLQuantizationType, got.upper()))
         types[gg] = got
     if fell_back:
         warnings.warn("rows not a multiple of the block size, stored in another type: " + "; ".join(fell_back))
@@ -210,8 +244,8 @@ def _number(reader, key, default=None):
 
 
 def import_gguf(path: str):
-    """(Transformer, Tokenizer) from an arch llama / qwen2 / qwen3 GGUF written by export_gguf (or
-    compatible)."""
+    """(Transformer, Tokenizer) from an arch llama / qwen2 / qwen3 / qwen3moe GGUF written by
+    export_gguf (or compatible: a llama-arch MoE as convert_hf_to_gguf writes Mixtral)."""
     import gguf
 
     try:
@@ -232,29 +266,39 @@ def _import(path, r):
     from ..tokenizer import LLAMA_CPP_PRE, Tokenizer
 
     arch = _field(r, "general.architecture")
-    if arch not in ("llama", "qwen2", "qwen3"):
-        raise ValueError(f"unsupported architecture {arch!r} (llama, qwen2, qwen3)")
+    if arch not in ("llama", "qwen2", "qwen3", "qwen3moe"):
+        raise ValueError(f"unsupported architecture {arch!r} (llama, qwen2, qwen3, qwen3moe)")
     get = lambda k, d=None: _number(r, f"{arch}.{k}", d)  # noqa: E731
     tensors = {t.name: t for t in r.tensors}
-    cfg = ModelConfig(vocab_size=int(get("vocab_size", len(_field(r, "tokenizer.ggml.tokens", [])))),
-                      dim=int(get("embedding_length")), n_layers=int(get("block_count")),
-                      n_heads=int(get("attention.head_count")), n_kv_heads=int(get("attention.head_count_kv")),
-                      head_dim=int(get("attention.key_length", get("embedding_length") // max(1, get("attention.head_count")))),
-                      ffn_dim=int(get("feed_forward_length")), max_seq_len=int(get("context_length")),
-                      rope_theta=_f32(get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(r, arch),
-                      norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
-                      tie_embeddings="output.weight" not in tensors,
-                      attention_bias=arch == "qwen2" and "blk.0.attn_q.bias" in tensors, qk_norm=arch == "qwen3")
+    n_experts = int(get("expert_count", 0))
+    if arch == "qwen3moe" and not n_experts:
+        raise ValueError("qwen3moe.expert_count is missing or 0")
+    moe = dict(n_experts=n_experts, moe_top_k=int(get("expert_used_count")),
+               ffn_dim=int(get("expert_feed_forward_length", get("feed_forward_length")))) if n_experts else {}
+    cfg = dict(vocab_size=int(get("vocab_size", len(_field(r, "tokenizer.ggml.tokens", [])))),
+               dim=int(get("embedding_length")), n_layers=int(get("block_count")),
+               n_heads=int(get("attention.head_count")), n_kv_heads=int(get("attention.head_count_kv")),
+               head_dim=int(get("attention.key_length", get("embedding_length") // max(1, get("attention.head_count")))),
+               ffn_dim=int(get("feed_forward_length")), max_seq_len=int(get("context_length")),
+               rope_theta=_f32(get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(r, arch),
+               norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
+               tie_embeddings="output.weight" not in tensors,
+               attention_bias=arch == "qwen2" and "blk.0.attn_q.bias" in tensors,
+               qk_norm=arch in ("qwen3", "qwen3moe"))
+    cfg = ModelConfig(**{**cfg, **moe})
     state = {}
     for hf, gg in _names(cfg):
         if gg not in tensors:
             raise ValueError(f"tensor {gg} is missing")
         arr = _tensor_array(path, tensors[gg], dequantize_gguf)
-        if arch == "llama" and gg.endswith("attn_q.weight"):
-            arr = unpermute_rope(arr, cfg.n_heads)
-        elif arch == "llama" and gg.endswith("attn_k.weight"):
-            arr = unpermute_rope(arr, cfg.n_kv_heads)
-        state[hf] = torch.from_numpy(np.ascontiguousarray(arr))
+        if arch == "llama" and _rope_rows(gg):
+            arr = unpermute_rope(arr, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
+        if isinstance(hf, tuple):
+            if arr.ndim != 3 or arr.shape[0] != len(hf):
+                raise ValueError(f"tensor {gg} has shape {arr.shape}, expected {len(hf)} experts outermost")
+            state.update((k, torch.from_numpy(np.ascontiguousarray(a))) for k, a in zip(hf, arr))
+        else:
+            state[hf] = torch.from_numpy(np.ascontiguousarray(arr))
     with torch.device("meta"):  # the shapes the metadata implies, before allocating anything
         want = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
     bad = [f"{k} {tuple(v.shape)} (expected {want.get(k)})" for k, v in state.items() if tuple(v.shape) != want.get(k)]

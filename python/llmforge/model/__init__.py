@@ -5,7 +5,7 @@ Hugging Face layout (safetensors + config.json).
     model = Transformer(ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2))
     logits = model(tokens)                        # (B, T, vocab)
     save_hf(model, "out/")                        # transformers.LlamaForCausalLM loads it
-    model = load_hf("some/llama-qwen2-qwen3-or-mistral-dir")   # local directory only
+    model = load_hf("some/llama-qwen-mistral-or-mixtral-dir")   # local directory only
 """
 from .config import ModelConfig
 from .hf import load_hf, save_hf
