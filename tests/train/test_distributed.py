@@ -37,16 +37,30 @@ def _spawn(cmd, env, timeout):
         return None, err
 
 
+def _loopback():
+    """The loopback interface's name ('lo' on Linux, 'lo0' on macOS), or None."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), None)
+
+
 def _run(mode, out, data, steps):
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    lo = _loopback()
+    if lo:
+        # gloo otherwise connects through the address the host name resolves to, which in a sandbox
+        # without a network can be unreachable: the ranks then wait on each other until the timeout
+        env.setdefault("GLOO_SOCKET_IFNAME", lo)
     for attempt in range(3):
         # a fresh port each try: the free port found here can be taken before torchrun binds it
         cmd = [sys.executable, SCRIPT, mode, str(out), str(data), str(steps)]
         if mode != "single":
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                    "127.0.0.1", "--master_port", str(_port()), *cmd[1:]]
-        rc, err = _spawn(cmd, env, timeout=240)  # each run takes ~10 s; a stuck rendezvous is retried
-        if rc == 0 or (rc is not None and "address already in use" not in err.lower()):
+        rc, err = _spawn(cmd, env, timeout=240)  # each run takes ~10 s; a hang fails the test
+        if rc is None or rc == 0 or "address already in use" not in err.lower():
             break
     assert rc == 0, f"exit {rc} after {attempt + 1} tries: {err[-3000:]}"
     return _losses(os.path.join(out, "metrics.jsonl"))
