@@ -31,6 +31,8 @@ def _hf_logits(path, tokens):
     {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
     {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 64}, "rope_theta": 500000.0},
+    {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                      "beta_fast": 16.0, "beta_slow": 2.0}},
     {"head_dim": 32},                               # head_dim != dim / n_heads
     {"qk_norm": True, "head_dim": 32, "tie_embeddings": True, "rope_theta": 1e6},   # Qwen3
 ])
@@ -56,6 +58,8 @@ def test_logits_match_transformers(tmp_path, kw):
     ("LlamaConfig", "LlamaForCausalLM", dict(rope_theta=500000.0, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64})),
+    ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6, rope_scaling={   # Qwen2.5's long-context yarn
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})),
     ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6, tie_word_embeddings=True)),
     ("Qwen3Config", "Qwen3ForCausalLM", dict(rope_theta=1e6, head_dim=32, tie_word_embeddings=True)),
     ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=120)),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import _C
-from ..model.llama import MLP, RMSNorm, Transformer, rope_inv_freq
+from ..model.llama import MLP, RMSNorm, Transformer, rope_freqs
 from ..quant.linear import Int4Linear
 from .threads import ThreadChooser
 
@@ -95,7 +95,8 @@ class NativeDecoder:
         if len(rounding) > 1:
             raise NotSupported(f"int4 layers mix activation rounding modes {sorted(map(str, rounding))}")
         # RoPE tables exactly as the Python path builds them: angles in float64, then float32
-        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)
+        inv, att = rope_freqs(cfg)
+        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv
         self.cfg, self.max_len = cfg, max_len
         self.threads = torch.get_num_threads() if threads is None else int(threads)
         self.chooser = ThreadChooser(self.threads)   # fewer threads while the machine is oversubscribed
@@ -103,7 +104,7 @@ class NativeDecoder:
             {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
              "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "vocab": cfg.vocab_size, "max_len": max_len,
              "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"}},
-            emb.detach().contiguous(), ang.cos().float().contiguous(), ang.sin().float().contiguous(),
+            emb.detach().contiguous(), (ang.cos() * att).float().contiguous(), (ang.sin() * att).float().contiguous(),
             _norm(model.model.norm, "norm"), output, layers, self.threads)
 
     def _timed(self, rows: int, fn, *args) -> None:

@@ -8,7 +8,7 @@ from ..config_check import check_config
 
 
 HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
@@ -23,6 +23,20 @@ def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
     theta = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     kind = rp.get("rope_type", rp.get("type", "default"))
     return theta, None if kind == "default" else {k: v for k, v in rp.items() if k != "rope_theta"}
+
+
+def _hf_scaling(scaling: dict | None, cfg: dict) -> dict | None:
+    """Hugging Face's implicit parts of a rope scaling dict made explicit: yarn without a factor
+    takes max_position_embeddings / original_max_position_embeddings (DeepSeek-V3's way)."""
+    if not isinstance(scaling, dict):
+        return scaling
+    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("partial_rotary_factor != 1 (RoPE on part of each head) is not supported")
+    scaling = {k: v for k, v in scaling.items() if k != "partial_rotary_factor"}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "yarn" and scaling.get("factor") is None and scaling.get("original_max_position_embeddings"):
+        scaling["factor"] = cfg.get("max_position_embeddings", 2048) / scaling["original_max_position_embeddings"]
+    return scaling
 
 
 def _hf_max_len(cfg: dict, mtype: str) -> int:
@@ -112,9 +126,14 @@ class ModelConfig:
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
             raise ValueError("moe_top_k must be in [1, n_experts]")
         if self.rope_scaling:
+            from ..ops.rope import rope_frequencies  # noqa: PLC0415 (ops loads the native library)
+
+            if not isinstance(self.rope_scaling, dict):
+                raise ValueError(f"rope_scaling must be a dict or None, got {self.rope_scaling!r}")
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
             if kind not in ROPE_TYPES:
                 raise ValueError(f"unsupported rope_scaling type {kind!r} ({', '.join(ROPE_TYPES)})")
+            rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)   # its parameters, checked now
 
     def n_params(self, embeddings: bool = True) -> int:
         d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim
@@ -181,7 +200,7 @@ class ModelConfig:
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
             head_dim=cfg.get("head_dim"), ffn_dim=cfg["intermediate_size"],
             max_seq_len=_hf_max_len(cfg, mtype), rope_theta=theta,
-            rope_scaling=scaling, norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_scaling=_hf_scaling(scaling, cfg), norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype in ("qwen3", "qwen3_moe"),
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,

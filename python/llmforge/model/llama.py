@@ -68,36 +68,19 @@ def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- RoPE ----------------------------------------------------------------------------------
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,) in float64, with HF-style rope_scaling applied."""
-    d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-    sc = cfg.rope_scaling
-    if not sc:
-        return inv
-    kind = sc.get("rope_type", sc.get("type", "default"))
-    if kind == "default":
-        return inv
-    if kind == "linear":
-        return inv / float(sc["factor"])
-    if kind == "llama3":
-        factor, lo, hi = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
-        old = float(sc["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv
-        smooth = ((old / wavelen) - lo) / (hi - lo)
-        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
-        mid = (1 - smooth) * inv / factor + smooth * inv
-        is_mid = (wavelen <= old / lo) & (wavelen >= old / hi)
-        return torch.where(is_mid, mid, scaled)
-    raise ValueError(f"unsupported rope_scaling type {kind!r} (default, linear, llama3)")
+def rope_freqs(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies (head_dim/2,) float64, attention factor) with the config's HF-style
+    rope_scaling applied (ops.rope_frequencies: linear, llama3, yarn). cos and sin are
+    multiplied by the attention factor (YaRN's; 1 otherwise)."""
+    return ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
 
 def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype):
     """cos/sin of shape (*positions.shape, head_dim) for the half-split (HF) convention."""
-    inv = rope_inv_freq(cfg).to(positions.device)
-    ang = positions.to(torch.float64)[..., None] * inv
+    inv, att = rope_freqs(cfg)
+    ang = positions.to(torch.float64)[..., None] * inv.to(positions.device)
     ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos().to(dtype), ang.sin().to(dtype)
+    return (ang.cos() * att).to(dtype), (ang.sin() * att).to(dtype)
 
 
 def _rotate_half(x):
@@ -116,14 +99,14 @@ class Rope:
 
     def __init__(self, cfg: ModelConfig, position_ids: torch.Tensor | None, B: int, T: int, dtype, device):
         self.kernel = device.type == "cpu" and dtype in KERNEL_DTYPES
-        inv = rope_inv_freq(cfg).to(device)
         if self.kernel:
+            inv, att = rope_freqs(cfg)
             # under torch.compile every possible position (reading the largest would break the graph)
             rows = (T if position_ids is None else
                     max(T, cfg.max_seq_len) if torch.compiler.is_compiling() else int(position_ids.max()) + 1)
-            ang = torch.arange(rows, device=device, dtype=torch.float64)[:, None] * inv
+            ang = torch.arange(rows, device=device, dtype=torch.float64)[:, None] * inv.to(device)
             tdt = torch.float64 if dtype == torch.float64 else torch.float32
-            self.cos, self.sin = ang.cos().to(tdt), ang.sin().to(tdt)
+            self.cos, self.sin = (ang.cos() * att).to(tdt), (ang.sin() * att).to(tdt)
             self.positions = position_ids
         else:
             pos = torch.arange(T, device=device).expand(B, T) if position_ids is None else position_ids

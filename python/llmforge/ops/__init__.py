@@ -19,9 +19,9 @@ from .paged_kv import (contiguous_decode_attention, contiguous_decode_attention_
 __all__ += ["paged_kv_append", "paged_kv_gather", "paged_decode_attention", "contiguous_decode_attention",
             "paged_kv_append_reference", "paged_kv_gather_reference", "paged_decode_attention_reference",
             "contiguous_decode_attention_reference"]
-from .rope import apply_rope, apply_rope_reference, rope_cos_sin
+from .rope import apply_rope, apply_rope_reference, rope_cos_sin, rope_frequencies
 
-__all__ += ["apply_rope", "apply_rope_reference", "rope_cos_sin"]
+__all__ += ["apply_rope", "apply_rope_reference", "rope_cos_sin", "rope_frequencies"]
 from .swiglu import swiglu, swiglu_packed, swiglu_packed_reference, swiglu_reference
 
 __all__ += ["swiglu", "swiglu_packed", "swiglu_packed_reference", "swiglu_reference"]

@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoPE): cos/sin tables with linear or YaRN scaling, and a fused apply.
+"""Rotary position embedding (RoPE): cos/sin tables (linear, Llama 3 or YaRN scaling), and a fused apply.
 
     from llmforge.ops import rope_cos_sin, apply_rope
     cos, sin = rope_cos_sin(4096, head_dim=128, base=10000.0)          # (4096, 64) float32 each
@@ -34,6 +34,29 @@ STYLES = ("neox", "norm")
 
 
 # ---- tables -----------------------------------------------------------------------------
+SCALINGS = ("default", "linear", "llama3", "yarn")
+
+
+def _number(s: dict, key: str, default=None) -> float:
+    v = s.get(key, default)
+    require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+            f"rope scaling: {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _llama3_inv_freq(freq: Tensor, s: dict) -> Tensor:
+    """Llama 3.1's scaling: wavelengths longer than orig / low_freq_factor are divided by factor,
+    shorter than orig / high_freq_factor kept, and those between blended smoothly."""
+    factor, lo, hi = _number(s, "factor"), _number(s, "low_freq_factor"), _number(s, "high_freq_factor")
+    orig = _number(s, "original_max_position_embeddings")
+    require(hi > lo, f"rope scaling: llama3 needs high_freq_factor > low_freq_factor, got {hi} and {lo}")
+    wavelen = 2 * math.pi / freq
+    smooth = (orig / wavelen - lo) / (hi - lo)
+    mid = (1 - smooth) * freq / factor + smooth * freq
+    out = torch.where(wavelen > orig / lo, freq / factor, freq)
+    return torch.where((wavelen <= orig / lo) & (wavelen >= orig / hi), mid, out)
+
+
 def _yarn_inv_freq(head_dim: int, base: float, s: dict) -> tuple[Tensor, float]:
     """YaRN (Peng et al. 2023, arXiv:2309.00071) frequencies and attention scale, in float64.
 
@@ -41,13 +64,13 @@ def _yarn_inv_freq(head_dim: int, base: float, s: dict) -> tuple[Tensor, float]:
     value (extrapolation); fewer than beta_slow times are divided by factor (interpolation);
     a linear ramp over the dimension index blends the two in between.
     """
-    factor = float(s["factor"])
+    factor = _number(s, "factor")
     require("original_max_position_embeddings" in s,
-            "rope_cos_sin: yarn scaling needs 'original_max_position_embeddings'")
-    orig = float(s["original_max_position_embeddings"])
-    beta_fast, beta_slow = float(s.get("beta_fast", 32.0)), float(s.get("beta_slow", 1.0))
-    require(orig > 0 and beta_fast > 0 and beta_slow > 0,
-            "rope_cos_sin: yarn original_max_position_embeddings, beta_fast and beta_slow must be positive")
+            "rope scaling: yarn needs 'original_max_position_embeddings'")
+    orig = _number(s, "original_max_position_embeddings")
+    # None or 0 mean the paper's defaults, as in Hugging Face's configs
+    beta_fast = _number({"beta_fast": s.get("beta_fast") or 32.0}, "beta_fast")
+    beta_slow = _number({"beta_slow": s.get("beta_slow") or 1.0}, "beta_slow")
 
     def dim_of(rotations: float) -> float:
         # the dimension index whose wavelength fits `rotations` times into the original context
@@ -71,7 +94,34 @@ def _yarn_inv_freq(head_dim: int, base: float, s: dict) -> tuple[Tensor, float]:
     if att is None:
         m, m_all = s.get("mscale"), s.get("mscale_all_dim")
         att = mscale(factor, m) / mscale(factor, m_all) if (m and m_all) else mscale(factor)
-    return inv_freq, float(att)
+    return inv_freq, _number({"attention_factor": att}, "attention_factor")
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict | None = None) -> tuple[Tensor, float]:
+    """(inverse frequencies (head_dim // 2,) float64, attention factor) of RoPE with a Hugging
+    Face style scaling dict ("rope_type" or "type"): None / default; linear {factor}; llama3
+    {factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}; yarn
+    {factor, original_max_position_embeddings, beta_fast 32, beta_slow 1, optional
+    attention_factor, mscale, mscale_all_dim, truncate}. cos and sin are multiplied by the
+    attention factor (1 except for yarn: 0.1 ln factor + 1 by default). ValueError for other
+    types and for missing or non-positive parameters."""
+    require(isinstance(head_dim, int) and head_dim > 0 and head_dim % 2 == 0,
+            f"rope: head_dim must be a positive even int, got {head_dim!r}")
+    require(math.isfinite(base) and base > 1, f"rope: base must be finite and > 1, got {base}")
+    freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if not scaling:
+        return freq, 1.0
+    require(isinstance(scaling, dict), f"rope scaling must be a dict, got {type(scaling).__name__}")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return freq, 1.0
+    if kind == "linear":
+        return freq / _number(scaling, "factor"), 1.0
+    if kind == "llama3":
+        return _llama3_inv_freq(freq, scaling), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(head_dim, float(base), scaling)
+    raise ValueError(f"rope scaling type {kind!r} is not supported ({', '.join(SCALINGS)})")
 
 
 def rope_cos_sin(positions: int | Tensor, head_dim: int, base: float = 10000.0, scaling: dict | None = None,
@@ -79,14 +129,9 @@ def rope_cos_sin(positions: int | Tensor, head_dim: int, base: float = 10000.0, 
     """cos and sin tables, each (len(positions), head_dim // 2), computed in float64 then cast.
 
     positions: an int n (rows 0..n-1) or a 1-D tensor of positions.
-    scaling: None; {"type": "linear", "factor": f} (positions divided by f); or
-    {"type": "yarn", "factor": f, "original_max_position_embeddings": L, "beta_fast": 32,
-    "beta_slow": 1, optional "attention_factor", "mscale", "mscale_all_dim", "truncate"}.
-    YaRN multiplies cos and sin by its attention factor (0.1 ln f + 1 by default).
+    scaling: see rope_frequencies ({"type": "linear", "factor": f} divides positions by f;
+    llama3; yarn, which multiplies cos and sin by its attention factor).
     """
-    require(isinstance(head_dim, int) and head_dim > 0 and head_dim % 2 == 0,
-            f"rope_cos_sin: head_dim must be a positive even int, got {head_dim!r}")
-    require(math.isfinite(base) and base > 1, f"rope_cos_sin: base must be finite and > 1, got {base}")
     if isinstance(positions, int):
         require(positions > 0, f"rope_cos_sin: the number of positions must be positive, got {positions}")
         pos = torch.arange(positions, dtype=torch.float64)
@@ -94,19 +139,7 @@ def rope_cos_sin(positions: int | Tensor, head_dim: int, base: float = 10000.0, 
         require(isinstance(positions, Tensor) and positions.dim() == 1 and positions.numel() > 0,
                 "rope_cos_sin: positions must be a positive int or a non-empty 1-D tensor")
         pos = positions.detach().to("cpu", torch.float64)
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    att = 1.0
-    if scaling is not None:
-        kind = scaling.get("type", scaling.get("rope_type"))
-        factor = scaling.get("factor")
-        require(isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0,
-                f"rope_cos_sin: scaling factor must be a positive number, got {factor!r}")
-        if kind == "linear":
-            inv_freq = inv_freq / factor
-        elif kind == "yarn":
-            inv_freq, att = _yarn_inv_freq(head_dim, float(base), scaling)
-        else:
-            raise ValueError(f"rope_cos_sin: scaling type must be 'linear' or 'yarn', got {kind!r}")
+    inv_freq, att = rope_frequencies(head_dim, base, scaling)
     ang = pos[:, None] * inv_freq[None, :]
     return (ang.cos() * att).to(dtype=dtype, device=device), (ang.sin() * att).to(dtype=dtype, device=device)
 
