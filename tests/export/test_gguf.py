@@ -230,3 +230,84 @@ def test_kquant_export_reload(tmp_path, model256, qtype, max_kl):
     (tmp_path / "trunc.gguf").write_bytes(data[: len(data) - 1000])
     with pytest.raises(ValueError):
         import_gguf(str(tmp_path / "trunc.gguf"))
+
+
+def _scaled(tok, scaling, **kw):
+    torch.manual_seed(5)
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                                   max_seq_len=128, rope_scaling=scaling, **kw)).eval()
+
+
+@pytest.mark.parametrize("orig", [8192, 64])
+def test_llama3_rope_freqs_import_without_our_metadata(tmp_path, model_and_tok, monkeypatch, orig):
+    """A Llama 3 file from another converter (rope_freqs.weight, no llmforge.rope_scaling key)
+    imports with parameters that give the same frequencies: the standard ones (Llama 3.1's
+    orig 8192) or, for others, a fit; factors no Llama 3 scaling gives raise."""
+    import llmforge.export.gguf_rope as gguf_rope
+    from llmforge.ops import rope_frequencies
+
+    _, tok = model_and_tok
+    sc = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": orig}
+    model = _scaled(tok, sc, rope_theta=5e5)
+    path = str(tmp_path / "m.gguf")
+    export_gguf(model, tok, path, "f32")
+    assert import_gguf(path)[0].cfg == model.cfg            # our own key: the very same config
+    monkeypatch.setattr(gguf_rope, "OURS", "other.rope_scaling")
+    export_gguf(model, tok, path, "f32")
+    monkeypatch.undo()
+    r = gguf.GGUFReader(path)
+    assert "llmforge.rope_scaling" not in r.fields
+    ff = next(t for t in r.tensors if t.name == "rope_freqs.weight")
+    plain, _ = rope_frequencies(16, 5e5)
+    scaled, _ = rope_frequencies(16, 5e5, sc)
+    np.testing.assert_allclose(np.asarray(ff.data, np.float64), (plain / scaled).numpy(), rtol=1e-6)
+    again, _ = import_gguf(path)
+    torch.testing.assert_close(rope_frequencies(16, 5e5, again.cfg.rope_scaling)[0], scaled, rtol=1e-6, atol=0)
+    if orig == 8192:
+        assert again.cfg.rope_scaling["original_max_position_embeddings"] == 8192
+    del r, ff
+    r = gguf.GGUFReader(path, "r+")
+    t = next(t for t in r.tensors if t.name == "rope_freqs.weight")
+    t.data[:] = np.linspace(1.0, 3.0, t.data.size)[::-1]    # factors falling with wavelength: no Llama 3
+    del r, t
+    with pytest.raises(ValueError, match="rope_freqs"):
+        import_gguf(path)
+
+
+def test_rope_scaling_export_refusals(tmp_path, model_and_tok):
+    """What llama.cpp would run differently is refused, not written."""
+    _, tok = model_and_tok
+    bad = [({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 16.0}, {},
+            "beta_fast"),
+           ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "truncate": False}, {},
+            "truncate"),
+           ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 64}, {"attention_bias": True}, "arch llama only")]
+    for sc, kw, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            export_gguf(_scaled(tok, sc, **kw), tok, str(tmp_path / "x.gguf"), "f32")
+        assert not (tmp_path / "x.gguf").exists()
+
+
+def test_unknown_tensors_refused(tmp_path, model_and_tok):
+    """A tensor the model would not use (here a qwen3 query norm in a llama file) raises
+    instead of being dropped."""
+    model, tok = model_and_tok
+    path = str(tmp_path / "m.gguf")
+    export_gguf(model, tok, path, "f32")
+    r = gguf.GGUFReader(path)
+    w = gguf.GGUFWriter(str(tmp_path / "extra.gguf"), "llama")
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data).reshape(tuple(reversed(t.shape.tolist()))))
+    w.add_tensor("blk.0.attn_q_norm.weight", np.ones(16, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="attn_q_norm"):
+        import_gguf(str(tmp_path / "extra.gguf"))

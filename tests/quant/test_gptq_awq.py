@@ -82,10 +82,7 @@ def trained_model():
     return model, calib, held
 
 
-def test_gptq_and_awq_beat_rtn_perplexity(trained_model):
-    # 3 bits, groups of 64: a small model's 4-bit error is within the held-out noise
-    model, calib, held = trained_model
-    bits, gs = 3, 64
+def _quantized(model, calib, bits, gs):
     rtn_m = copy.deepcopy(model)
     for blk in rtn_m.model.layers:
         for mod in blk.modules():
@@ -95,9 +92,19 @@ def test_gptq_and_awq_beat_rtn_perplexity(trained_model):
     quantize_model_gptq(gptq_m, calib, bits, gs)
     awq_m = copy.deepcopy(model)
     quantize_model_awq(awq_m, calib, bits, gs)
-    r, gq, aw = (compare_models(model, m, held) for m in (rtn_m, gptq_m, awq_m))
-    # KL to the float model is the direct measure; perplexity differences this small can go
-    # either way for AWQ, so it is only required of GPTQ here, as the distance to the float
-    # model's perplexity (3-bit RTN can land below it by chance: seen at 8.729 vs 8.737)
+    return rtn_m, gptq_m, awq_m
+
+
+def test_gptq_and_awq_beat_rtn_perplexity(trained_model):
+    """KL to the float model (the direct measure) at 3 bits, groups of 64 (a small model's 4-bit
+    error is within the held-out noise), and held-out perplexity at 2 bits, where the damage
+    is large enough to rank (3-bit perplexity shifts of ~0.01 went either way between
+    machines). Measured: 3-bit KL RTN 0.0048, GPTQ 0.0005, AWQ 0.0026; 2-bit perplexity
+    8.748 float, RTN 8.925, GPTQ 8.780, AWQ 8.901."""
+    model, calib, held = trained_model
+    r, gq, aw = (compare_models(model, m, held) for m in _quantized(model, calib, 3, 64))
     assert gq["kl_per_token"] < r["kl_per_token"] and aw["kl_per_token"] < r["kl_per_token"], (r, gq, aw)
-    assert abs(gq["ppl"] - gq["ppl_fp"]) < abs(r["ppl"] - r["ppl_fp"]), (r, gq)
+    r, gq, aw = (compare_models(model, m, held) for m in _quantized(model, calib, 2, 64))
+    assert r["ppl"] > r["ppl_fp"] * 1.01, r       # 2 bits visibly hurt
+    assert gq["ppl"] < r["ppl"] and aw["ppl"] < r["ppl"], (r, gq, aw)
+    assert gq["ppl"] - gq["ppl_fp"] < 0.5 * (r["ppl"] - r["ppl_fp"]), (r, gq)

@@ -27,7 +27,8 @@ the HF layout rotates halves, so attn_q / attn_k rows are permuted per head on e
 back on import); a missing output.weight means tied embeddings. Archs qwen2 and qwen3 rotate
 halves (NEOX) in llama.cpp, so their rows are written as they are. Files are written to a
 temporary name and renamed. import_gguf dequantises every type above (truncated or corrupt
-files raise ValueError).
+files, and tensors the described model would not use, raise ValueError). RoPE scaling
+(linear, Llama 3's rope_freqs.weight, YaRN) is written and read as llama.cpp does: gguf_rope.py.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from .ggml_quants import FORMATS, dequantize, quantize
+from .gguf_rope import FREQS, read_rope_scaling, write_rope_scaling
 
 QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
 _MIX_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
@@ -170,12 +172,7 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         w.add_expert_count(cfg.n_experts)
         w.add_expert_used_count(cfg.moe_top_k)
         w.add_expert_feed_forward_length(cfg.ffn_dim)
-    if cfg.rope_scaling:
-        kind = cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type"))
-        if kind != "linear":
-            raise ValueError(f"rope scaling {kind!r} is not exported (linear only)")
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+    extra = write_rope_scaling(w, cfg, arch)   # rope_freqs.weight for Llama 3 scaling
     w.add_file_type(getattr(gguf.LlamaFileType, _FTYPE[qtype]))
     for key, val in tokenizer.gguf_metadata().items():
         _add_kv(w, key, val)
@@ -183,6 +180,9 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
     if template:
         w.add_chat_template(template)
     types, fell_back = {}, []
+    for gg, t in extra.items():
+        w.add_tensor(gg, t.astype(np.float32))
+        types[gg] = "f32"
     for hf, gg in _names(cfg):
         t = np.stack([sd[k] for k in hf]) if isinstance(hf, tuple) else sd[hf]
         if arch == "llama" and _rope_rows(gg):
@@ -275,17 +275,26 @@ def _import(path, r):
         raise ValueError("qwen3moe.expert_count is missing or 0")
     moe = dict(n_experts=n_experts, moe_top_k=int(get("expert_used_count")),
                ffn_dim=int(get("expert_feed_forward_length", get("feed_forward_length")))) if n_experts else {}
+    dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", dim // max(1, n_heads)))
+    theta = _f32(get("rope.freq_base", 10000.0))
+    freqs = _tensor_array(path, tensors[FREQS], dequantize_gguf) if FREQS in tensors else None
+    scaling = read_rope_scaling(lambda k, d=None: _field(r, k, d), lambda k, d=None: _number(r, k, d), arch,
+                                freqs, head_dim, theta)
     cfg = dict(vocab_size=int(get("vocab_size", len(_field(r, "tokenizer.ggml.tokens", [])))),
-               dim=int(get("embedding_length")), n_layers=int(get("block_count")),
-               n_heads=int(get("attention.head_count")), n_kv_heads=int(get("attention.head_count_kv")),
-               head_dim=int(get("attention.key_length", get("embedding_length") // max(1, get("attention.head_count")))),
+               dim=dim, n_layers=int(get("block_count")),
+               n_heads=n_heads, n_kv_heads=int(get("attention.head_count_kv")), head_dim=head_dim,
                ffn_dim=int(get("feed_forward_length")), max_seq_len=int(get("context_length")),
-               rope_theta=_f32(get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(r, arch),
+               rope_theta=theta, rope_scaling=scaling,
                norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
                tie_embeddings="output.weight" not in tensors,
                attention_bias=arch == "qwen2" and "blk.0.attn_q.bias" in tensors,
                qk_norm=arch in ("qwen3", "qwen3moe"))
     cfg = ModelConfig(**{**cfg, **moe})
+    known = {FREQS} | {gg for _, gg in _names(cfg)}
+    unknown = sorted(set(tensors) - known)
+    if unknown:   # a tensor the model would not use means the file describes some other model
+        raise ValueError(f"tensors this {arch} model does not have: {', '.join(unknown[:5])}")
     state = {}
     for hf, gg in _names(cfg):
         if gg not in tensors:
@@ -325,19 +334,6 @@ def _f32(v) -> float:
     """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
     9.999999747378752e-06): the number the exporter was most likely given."""
     return float(str(np.float32(v)))
-
-
-def _rope_scaling(r, arch: str) -> dict | None:
-    """The model's rope_scaling from {arch}.rope.scaling.*: none, or linear (what export writes)."""
-    kind = _field(r, f"{arch}.rope.scaling.type", "none")
-    if kind == "none":
-        return None
-    if kind != "linear":
-        raise ValueError(f"rope scaling {kind!r} is not supported (linear only)")
-    factor = _number(r, f"{arch}.rope.scaling.factor")
-    if factor is None or not factor > 0:
-        raise ValueError(f"{arch}.rope.scaling.factor must be a positive number, got {factor!r}")
-    return {"rope_type": "linear", "factor": _f32(factor)}
 
 
 def _tensor_array(path, t, dequantize_gguf) -> np.ndarray:
