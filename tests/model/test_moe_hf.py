@@ -1,4 +1,4 @@
-"""MoE models in the Hugging Face layouts: Mixtral and Qwen3-MoE, against transformers (logits,
+"""MoE models in the Hugging Face layouts: Mixtral, Qwen3-MoE and Qwen2-MoE, against transformers (logits,
 the load-balancing loss and its gradients), both ways."""
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def _grads_by_our_names(hf, cfg):
     ({"tie_embeddings": True, "moe_top_k": 1}, "mixtral"),
     ({"qk_norm": True, "head_dim": 24, "rope_theta": 1e6}, "qwen3_moe"),
     ({"qk_norm": True, "moe_norm_topk": False, "moe_top_k": 3}, "qwen3_moe"),
+    ({"attention_bias": True, "moe_shared_ffn_dim": 56, "moe_norm_topk": False}, "qwen2_moe"),   # Qwen1.5-MoE
+    ({"attention_bias": True, "moe_shared_ffn_dim": 24, "moe_top_k": 3, "tie_embeddings": True}, "qwen2_moe"),
 ])
 def test_saved_moe_matches_transformers(tmp_path, kw, mtype):
     """save_hf writes a checkpoint transformers loads: same logits, the same training loss with its
@@ -86,19 +88,25 @@ def test_saved_moe_matches_transformers(tmp_path, kw, mtype):
     theirs = _grads_by_our_names(hf, model64.cfg)
     for n, p in model64.named_parameters():
         g = theirs[n]
-        if g is None:           # an expert no token chose: no gradient on either side
-            assert "experts" in n and (p.grad is None or not p.grad.any()), n
+        if g is None or p.grad is None:   # an expert no token chose: no gradient on either side
+            assert "experts" in n, n
+            assert (p.grad is None or not p.grad.any()) and (g is None or not g.any()), n
             continue
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-8, msg=n)
 
 
-@pytest.mark.parametrize("which", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("which", ["mixtral", "qwen3_moe", "qwen2_moe"])
 def test_loads_what_transformers_saves(tmp_path, which):
     torch.manual_seed(1)
     if which == "mixtral":
         conf = transformers.MixtralConfig(vocab_size=173, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
                                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=6,
                                           num_experts_per_tok=2, max_position_embeddings=128, rope_theta=1e6)
+    elif which == "qwen2_moe":
+        conf = transformers.Qwen2MoeConfig(vocab_size=173, hidden_size=64, intermediate_size=96,
+                                           moe_intermediate_size=40, shared_expert_intermediate_size=72,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           num_experts=6, num_experts_per_tok=3, max_position_embeddings=128)
     else:
         conf = transformers.Qwen3MoeConfig(vocab_size=173, hidden_size=64, intermediate_size=96,
                                            moe_intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
@@ -111,6 +119,8 @@ def test_loads_what_transformers_saves(tmp_path, which):
     ours = load_hf(tmp_path).eval()
     assert ours.cfg.n_experts == 6 and ours.cfg.moe_top_k == (2 if which == "mixtral" else 3)
     assert ours.cfg.ffn_dim == 40
+    assert ours.cfg.moe_shared_ffn_dim == (72 if which == "qwen2_moe" else 0)
+    assert ours.cfg.attention_bias == (which == "qwen2_moe")
     tokens = torch.randint(0, 173, (2, 57))
     with torch.no_grad():
         assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
@@ -123,7 +133,13 @@ def test_loads_what_transformers_saves(tmp_path, which):
 
 def test_moe_configs_refused(tmp_path):
     with pytest.raises(ValueError, match="biases"):
-        _cfg(attention_bias=True).to_hf()
+        _cfg(attention_bias=True).to_hf()           # Qwen2-MoE has a shared expert too
+    with pytest.raises(ValueError, match="shared expert"):
+        _cfg(moe_shared_ffn_dim=32).to_hf()         # ... and q/k/v biases
+    with pytest.raises(ValueError, match="needs n_experts"):
+        ModelConfig(moe_shared_ffn_dim=32)
+    with pytest.raises(ValueError, match="moe_shared_ffn_dim"):
+        _cfg(moe_shared_ffn_dim=-1)
     with pytest.raises(ValueError, match="renormalises"):
         _cfg(moe_norm_topk=False).to_hf()
     conf = _cfg(qk_norm=True).to_hf()

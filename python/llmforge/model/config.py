@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..config_check import check_config
 
 
-HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe")
+HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -54,18 +54,20 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
 
 
 def _hf_moe(cfg: dict, mtype: str) -> dict:
-    """The MoE fields of a Mixtral / Qwen3-MoE config.json (none for the dense types)."""
-    if mtype not in ("mixtral", "qwen3_moe"):
+    """The MoE fields of a Mixtral / Qwen3-MoE / Qwen2-MoE config.json (none for the dense types)."""
+    if mtype not in ("mixtral", "qwen3_moe", "qwen2_moe"):
         return {}
     n = cfg.get("num_local_experts", cfg.get("num_experts")) if mtype == "mixtral" else \
         cfg.get("num_experts", cfg.get("num_local_experts"))
     moe = dict(n_experts=n, moe_top_k=cfg.get("num_experts_per_tok", 2),
                moe_aux_coef=float(cfg.get("router_aux_loss_coef", 0.001)))
-    if mtype == "qwen3_moe":
+    if mtype in ("qwen3_moe", "qwen2_moe"):
         if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
-            raise ValueError("Qwen3-MoE with dense layers among the sparse ones (mlp_only_layers, "
+            raise ValueError(f"{mtype} with dense layers among the sparse ones (mlp_only_layers, "
                              "decoder_sparse_step != 1) is not supported")
         moe.update(ffn_dim=cfg["moe_intermediate_size"], moe_norm_topk=bool(cfg.get("norm_topk_prob", False)))
+    if mtype == "qwen2_moe":
+        moe.update(moe_shared_ffn_dim=cfg["shared_expert_intermediate_size"])
     return moe
 
 
@@ -81,7 +83,9 @@ class ModelConfig:
     MoE: n_experts > 0 replaces every FFN with n_experts SwiGLU experts (ffn_dim each) and top-k
     routing on the router's softmax, the k weights renormalised to sum 1 unless moe_norm_topk is
     False; moe_aux_coef * load-balancing loss (Switch Transformer's, over all k choices and all
-    layers, as Mixtral's) joins the training loss. Hugging Face layouts: Mixtral, Qwen3-MoE.
+    layers, as Mixtral's) joins the training loss. moe_shared_ffn_dim > 0 adds Qwen2-MoE's shared
+    expert (a SwiGLU MLP every token goes through, scaled by a sigmoid gate of its input).
+    Hugging Face layouts: Mixtral, Qwen3-MoE, Qwen2-MoE (q/k/v biases and a shared expert).
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
     """
     vocab_size: int = 4096
@@ -102,6 +106,7 @@ class ModelConfig:
     moe_top_k: int = 2
     moe_aux_coef: float = 0.01
     moe_norm_topk: bool = True
+    moe_shared_ffn_dim: int = 0
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -125,6 +130,11 @@ class ModelConfig:
             raise ValueError("head_dim must be even (RoPE rotates pairs)")
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
             raise ValueError("moe_top_k must be in [1, n_experts]")
+        s = self.moe_shared_ffn_dim
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"moe_shared_ffn_dim must be an int >= 0, got {s!r}")
+        if s and not self.n_experts:
+            raise ValueError("moe_shared_ffn_dim (a shared expert) needs n_experts > 0")
         if self.rope_scaling:
             from ..ops.rope import rope_frequencies  # noqa: PLC0415 (ops loads the native library)
 
@@ -139,6 +149,7 @@ class ModelConfig:
         d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim
         attn = d * h * hd * 2 + d * kv * hd * 2 + (h * hd + 2 * kv * hd if self.attention_bias else 0)
         ffn = 3 * d * f * max(1, self.n_experts) + (d * self.n_experts if self.n_experts else 0)
+        ffn += 3 * d * self.moe_shared_ffn_dim + d if self.moe_shared_ffn_dim else 0
         per_layer = attn + ffn + 2 * d + (2 * hd if self.qk_norm else 0)
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
@@ -147,8 +158,11 @@ class ModelConfig:
     def hf_model_type(self) -> str:
         """The Hugging Face model_type this model saves as; ValueError where none holds it."""
         if self.n_experts:
-            if self.attention_bias:
-                raise ValueError("MoE with q/k/v biases has no Hugging Face layout here (Mixtral, Qwen3-MoE)")
+            if self.attention_bias or self.moe_shared_ffn_dim:
+                if not (self.attention_bias and self.moe_shared_ffn_dim) or self.qk_norm:
+                    raise ValueError("MoE with q/k/v biases or a shared expert saves as Qwen2-MoE, which has "
+                                     "both (and no query/key norms)")
+                return "qwen2_moe"
             if not self.qk_norm and not self.moe_norm_topk:
                 raise ValueError("Mixtral always renormalises the top-k weights: moe_norm_topk=False has "
                                  "no Mixtral layout (with qk_norm it saves as Qwen3-MoE)")
@@ -160,7 +174,8 @@ class ModelConfig:
     def to_hf(self) -> dict:
         mtype = self.hf_model_type()
         arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}[mtype]
+                "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                "qwen2_moe": "Qwen2MoeForCausalLM"}[mtype]
         cfg = {
             "architectures": [arch], "model_type": mtype, "hidden_act": "silu",
             "vocab_size": self.vocab_size, "hidden_size": self.dim, "intermediate_size": self.ffn_dim,
@@ -177,11 +192,13 @@ class ModelConfig:
             cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, sliding_window=None,
                        output_router_logits=False)
-        elif mtype == "qwen3_moe":
+        elif mtype in ("qwen3_moe", "qwen2_moe"):
             cfg.update(num_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        moe_intermediate_size=self.ffn_dim, norm_topk_prob=self.moe_norm_topk,
                        router_aux_loss_coef=self.moe_aux_coef, decoder_sparse_step=1, mlp_only_layers=[],
                        use_sliding_window=False, output_router_logits=False)
+            if mtype == "qwen2_moe":
+                cfg.update(shared_expert_intermediate_size=self.moe_shared_ffn_dim, qkv_bias=True)
         return cfg
 
     @classmethod
@@ -202,7 +219,8 @@ class ModelConfig:
             max_seq_len=_hf_max_len(cfg, mtype), rope_theta=theta,
             rope_scaling=_hf_scaling(scaling, cfg), norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype in ("qwen3", "qwen3_moe"),
+            attention_bias=bool(cfg.get("qkv_bias", True) if mtype == "qwen2_moe" else
+                                cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype in ("qwen3", "qwen3_moe"),
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
             pad_id=cfg.get("pad_token_id"),
         )

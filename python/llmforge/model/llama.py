@@ -211,7 +211,8 @@ class MLP(nn.Module):
 
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts (Mixtral / Qwen3-MoE routing: softmax over all experts, the top
-    k kept, renormalised when cfg.moe_norm_topk). Each forward leaves its load-balancing
+    k kept, renormalised when cfg.moe_norm_topk), plus Qwen2-MoE's sigmoid-gated shared expert
+    when cfg.moe_shared_ffn_dim. Each forward leaves its load-balancing
     statistics in .balance: (fraction of tokens sent to each expert, summed over the k choices;
     mean router probability of each expert), which Transformer.aux_loss combines over layers."""
 
@@ -220,6 +221,9 @@ class MoE(nn.Module):
         self.top_k, self.n, self.norm_topk = cfg.moe_top_k, cfg.n_experts, cfg.moe_norm_topk
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(cfg.dim, cfg.ffn_dim) for _ in range(cfg.n_experts))
+        if cfg.moe_shared_ffn_dim:
+            self.shared_expert = MLP(cfg.dim, cfg.moe_shared_ffn_dim)
+            self.shared_expert_gate = nn.Linear(cfg.dim, 1, bias=False)
         self.balance = None
 
     def forward(self, x):
@@ -236,6 +240,8 @@ class MoE(nn.Module):
             rows, slot = (idx == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * w[rows, slot, None])
+        if hasattr(self, "shared_expert"):
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
         self.balance = (F.one_hot(idx, self.n).sum(1).float().mean(0), probs.mean(0))
         return out.view(B, T, D)
 

@@ -54,7 +54,7 @@ def register(name: str):
 
 def _linears(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")
-            and not n.endswith(".router")]
+            and not n.endswith((".router", ".shared_expert_gate"))]
 
 
 def _quant_weights(model) -> int:

@@ -153,12 +153,12 @@ def smooth_model(model, act_absmax: dict, alpha: float = 0.5, fold: bool = True)
 
 @torch.no_grad()
 def quantize_w8a8(model, explicit: dict | None = None) -> list[str]:
-    """Replace every block linear (not the MoE router, not lm_head) by a W8A8Linear, with the
+    """Replace every block linear (not the MoE router or shared-expert gate, not lm_head) by a W8A8Linear, with the
     explicit input scale from `explicit` where given. In place; returns the swapped names."""
     explicit = explicit or {}
     swapped = []
     for name, lin in block_linears(model):
-        if name.endswith(".router"):
+        if name.endswith((".router", ".shared_expert_gate")):   # routing decisions stay exact
             continue
         parent, child = name.rsplit(".", 1)
         setattr(model.get_submodule(parent), child, W8A8Linear.from_linear(lin, smooth=explicit.get(name)))
