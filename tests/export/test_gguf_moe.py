@@ -33,7 +33,11 @@ def _model(tok, **kw):
     return model
 
 
-@pytest.mark.parametrize("kw,arch", [({}, "llama"), (dict(qk_norm=True, head_dim=32, tie_embeddings=True), "qwen3moe")])
+QWEN2MOE = dict(attention_bias=True, moe_shared_ffn_dim=72, moe_norm_topk=False)
+
+
+@pytest.mark.parametrize("kw,arch", [({}, "llama"), (dict(qk_norm=True, head_dim=32, tie_embeddings=True), "qwen3moe"),
+                                     (QWEN2MOE, "qwen2moe")])
 def test_moe_export_import_exact(tmp_path, tok, kw, arch):
     model = _model(tok, **kw)
     path = str(tmp_path / "m.gguf")
@@ -48,6 +52,11 @@ def test_moe_export_import_exact(tmp_path, tok, kw, arch):
     np.testing.assert_array_equal(np.asarray(t["blk.1.ffn_up_exps.weight"].data)[3],
                                   model.model.layers[1].mlp.experts[3].up_proj.weight.detach().numpy())
     assert "blk.0.ffn_gate.weight" not in types and types["blk.0.ffn_gate_inp.weight"] == "f32"
+    if arch == "qwen2moe":   # the shared expert: its gate a vector, as llama.cpp loads it
+        assert r.fields["qwen2moe.expert_shared_feed_forward_length"].contents() == 72
+        assert tuple(t["blk.1.ffn_gate_inp_shexp.weight"].shape.tolist()) == (64,)
+        assert tuple(reversed(t["blk.1.ffn_down_shexp.weight"].shape.tolist())) == (64, 72)
+        assert "blk.1.attn_v.bias" in t
     again, _ = import_gguf(path)
     assert again.cfg == model.cfg
     for k, v in model.state_dict().items():
@@ -77,6 +86,9 @@ def test_moe_mix_plan():
     assert t("blk.5.attn_output.weight", 8) == "q5_k" and t("blk.5.attn_output.weight", 8, "q5_k_m") == "q5_k"
     assert t("blk.5.attn_output.weight", 4) == "q4_k"
     assert tensor_type("blk.0.ffn_gate_inp.weight", (8, 256), "q4_k_m", 16, False, 8) == "f32"
+    assert tensor_type("blk.0.ffn_gate_inp_shexp.weight", (256,), "q4_k_m", 16, False, 8) == "f32"
+    shexp = lambda i: tensor_type(f"blk.{i}.ffn_down_shexp.weight", (256, 512), "q4_k_m", 16, False, 8)  # noqa: E731
+    assert shexp(13) == "q6_k" and shexp(12) == "q4_k"
 
 
 def test_moe_export_refusals(tmp_path, tok):
@@ -84,4 +96,8 @@ def test_moe_export_refusals(tmp_path, tok):
         export_gguf(_model(tok, moe_norm_topk=False), tok, str(tmp_path / "a.gguf"))
     with pytest.raises(ValueError, match="biases"):
         export_gguf(_model(tok, attention_bias=True), tok, str(tmp_path / "b.gguf"))
+    with pytest.raises(ValueError, match="does not renormalise"):
+        export_gguf(_model(tok, **{**QWEN2MOE, "moe_norm_topk": True}), tok, str(tmp_path / "c.gguf"))
+    with pytest.raises(ValueError, match="output.weight"):
+        export_gguf(_model(tok, **QWEN2MOE, tie_embeddings=True), tok, str(tmp_path / "d.gguf"))
     assert not list(tmp_path.iterdir())

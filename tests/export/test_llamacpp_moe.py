@@ -1,5 +1,5 @@
-"""MoE GGUF exports against llama.cpp itself: its logits for our llama-arch (Mixtral layout) and
-qwen3moe files, and its own quantiser (llama_model_quantize) choosing the same *_K_M types, with
+"""MoE GGUF exports against llama.cpp itself: its logits for our llama-arch (Mixtral layout),
+qwen3moe and qwen2moe files, and its own quantiser (llama_model_quantize) choosing the same *_K_M types, with
 the same bytes, as export_gguf, for dense and 8-expert models."""
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def _model(tok, seed, **kw):
     (dict(n_experts=5, moe_top_k=2), "llama"),
     (dict(n_experts=4, moe_top_k=1, tie_embeddings=True), "llama"),
     (dict(n_experts=6, moe_top_k=3, qk_norm=True, head_dim=32, rope_theta=1e6), "qwen3moe"),
+    (dict(n_experts=6, moe_top_k=2, attention_bias=True, moe_shared_ffn_dim=72, moe_norm_topk=False, rope_theta=1e6),
+     "qwen2moe"),
 ])
 def test_llamacpp_runs_moe(tmp_path, tok, kw, arch):
     model = _model(tok, 1, **kw)
@@ -65,7 +67,9 @@ _LLAMA_FTYPE = {"q4_k_m": 15, "q5_k_m": 17}   # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K
 
 
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q5_k_m"])
-@pytest.mark.parametrize("kw", [dict(n_layers=8), dict(n_layers=3, n_experts=8, moe_top_k=2)])
+@pytest.mark.parametrize("kw", [dict(n_layers=8), dict(n_layers=3, n_experts=8, moe_top_k=2),
+                                dict(n_layers=3, n_experts=8, moe_top_k=2, attention_bias=True, moe_shared_ffn_dim=512,
+                                     moe_norm_topk=False)])   # qwen2moe: the shared expert's tensors too
 def test_mix_and_bytes_match_llama_quantize(tmp_path, tok, qtype, kw):
     """llama.cpp's quantiser, given our F32 file, picks for every tensor the type export_gguf
     picked (use_more_bits layers, the 8-expert Q8_0 attn_k / attn_v and Q5_K attn_output, the

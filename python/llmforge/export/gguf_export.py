@@ -1,6 +1,6 @@
 """GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms; MoE models
-as "llama" with experts, Mixtral's layout, or "qwen3moe") that llama.cpp loads, GGUF import,
-and self-verification.
+as "llama" with experts, Mixtral's layout, "qwen3moe", or "qwen2moe" with its shared expert)
+that llama.cpp loads, GGUF import, and self-verification.
 
     export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
@@ -16,7 +16,9 @@ and every third layer between), ffn_down_exps (MoE) likewise; with exactly 8 exp
 and attn_k are Q8_0 and (q4_k_m) attn_output Q5_K; everything else keeps the base type. Not
 reproduced: the 70B special case and imatrix-driven choices. 1-D tensors (norms) and the MoE
 router (ffn_gate_inp) stay F32. Experts are stored as one 3-D tensor per projection and layer
-(ffn_gate_exps / ffn_up_exps / ffn_down_exps, experts outermost).
+(ffn_gate_exps / ffn_up_exps / ffn_down_exps, experts outermost); qwen2moe's shared expert is
+ffn_{gate,up,down}_shexp with its gate ffn_gate_inp_shexp a vector (F32), ffn_down_shexp
+following the ffn_down rule.
 
 A matrix whose rows are not a multiple of its type's block falls back per tensor as
 llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when even 32 does not
@@ -66,7 +68,7 @@ def tensor_type(name: str, shape: tuple, qtype: str, n_layers: int, tied: bool, 
         return "q8_0"
     if n_experts == 8 and qtype == "q4_k_m" and name.endswith("attn_output.weight"):
         return "q5_k"
-    if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight")) and \
+    if name.endswith(("attn_v.weight", "ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight")) and \
             use_more_bits(int(name.split(".")[1]), n_layers):
         return "q6_k"
     return _MIX_BASE[qtype]
@@ -100,8 +102,16 @@ def gguf_arch(cfg) -> str:
     if cfg.qk_norm and cfg.attention_bias:
         raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
     if cfg.n_experts:
-        if cfg.attention_bias:
-            raise ValueError("MoE with q/k/v biases has no llama.cpp architecture here (llama, qwen3moe)")
+        if cfg.attention_bias or cfg.moe_shared_ffn_dim:
+            if not (cfg.attention_bias and cfg.moe_shared_ffn_dim) or cfg.qk_norm:
+                raise ValueError("MoE with q/k/v biases or a shared expert exports as llama.cpp's qwen2moe, "
+                                 "which has both (and no query/key norms)")
+            if cfg.moe_norm_topk:
+                raise ValueError("llama.cpp's qwen2moe does not renormalise the top-k expert weights: a "
+                                 "model with moe_norm_topk=True is not exported")
+            if cfg.tie_embeddings:
+                raise ValueError("llama.cpp's qwen2moe needs an output.weight: tied embeddings are not exported")
+            return "qwen2moe"
         if not cfg.moe_norm_topk:
             raise ValueError("llama.cpp's llama and qwen3moe archs renormalise the top-k expert weights: "
                              "a model with moe_norm_topk=False is not exported")
@@ -128,6 +138,10 @@ def _names(cfg):
             yield p + "mlp.router.weight", b + "ffn_gate_inp.weight"
             for hf, gg in _FFN:
                 yield tuple(f"{p}mlp.experts.{e}.{hf}.weight" for e in range(cfg.n_experts)), f"{b}{gg}_exps.weight"
+            if cfg.moe_shared_ffn_dim:   # qwen2moe: the gate is a vector (n_embd) in llama.cpp
+                yield p + "mlp.shared_expert_gate.weight", b + "ffn_gate_inp_shexp.weight"
+                for hf, gg in _FFN:
+                    yield f"{p}mlp.shared_expert.{hf}.weight", f"{b}{gg}_shexp.weight"
         else:
             for hf, gg in _FFN:
                 yield f"{p}mlp.{hf}.weight", f"{b}{gg}.weight"
@@ -172,6 +186,8 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         w.add_expert_count(cfg.n_experts)
         w.add_expert_used_count(cfg.moe_top_k)
         w.add_expert_feed_forward_length(cfg.ffn_dim)
+        if cfg.moe_shared_ffn_dim:
+            w.add_expert_shared_feed_forward_length(cfg.moe_shared_ffn_dim)
     extra = write_rope_scaling(w, cfg, arch)   # rope_freqs.weight for Llama 3 scaling
     w.add_file_type(getattr(gguf.LlamaFileType, _FTYPE[qtype]))
     for key, val in tokenizer.gguf_metadata().items():
@@ -185,6 +201,8 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         types[gg] = "f32"
     for hf, gg in _names(cfg):
         t = np.stack([sd[k] for k in hf]) if isinstance(hf, tuple) else sd[hf]
+        if gg.endswith("ffn_gate_inp_shexp.weight"):
+            t = t.reshape(-1)
         if arch == "llama" and _rope_rows(gg):
             t = permute_rope(t, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
         want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings, cfg.n_experts)
@@ -266,15 +284,18 @@ def _import(path, r):
     from ..tokenizer import LLAMA_CPP_PRE, Tokenizer
 
     arch = _field(r, "general.architecture")
-    if arch not in ("llama", "qwen2", "qwen3", "qwen3moe"):
-        raise ValueError(f"unsupported architecture {arch!r} (llama, qwen2, qwen3, qwen3moe)")
+    if arch not in ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe"):
+        raise ValueError(f"unsupported architecture {arch!r} (llama, qwen2, qwen3, qwen3moe, qwen2moe)")
     get = lambda k, d=None: _number(r, f"{arch}.{k}", d)  # noqa: E731
     tensors = {t.name: t for t in r.tensors}
     n_experts = int(get("expert_count", 0))
-    if arch == "qwen3moe" and not n_experts:
-        raise ValueError("qwen3moe.expert_count is missing or 0")
+    if arch in ("qwen3moe", "qwen2moe") and not n_experts:
+        raise ValueError(f"{arch}.expert_count is missing or 0")
     moe = dict(n_experts=n_experts, moe_top_k=int(get("expert_used_count")),
                ffn_dim=int(get("expert_feed_forward_length", get("feed_forward_length")))) if n_experts else {}
+    if arch == "qwen2moe":   # llama.cpp's qwen2moe: unnormalised top-k weights, a shared expert
+        moe.update(moe_norm_topk=False,
+                   moe_shared_ffn_dim=int(get("expert_shared_feed_forward_length", get("feed_forward_length"))))
     dim, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
     head_dim = int(get("attention.key_length", dim // max(1, n_heads)))
     theta = _f32(get("rope.freq_base", 10000.0))
@@ -288,7 +309,7 @@ def _import(path, r):
                rope_theta=theta, rope_scaling=scaling,
                norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
                tie_embeddings="output.weight" not in tensors,
-               attention_bias=arch == "qwen2" and "blk.0.attn_q.bias" in tensors,
+               attention_bias=arch in ("qwen2", "qwen2moe") and "blk.0.attn_q.bias" in tensors,
                qk_norm=arch in ("qwen3", "qwen3moe"))
     cfg = ModelConfig(**{**cfg, **moe})
     known = {FREQS} | {gg for _, gg in _names(cfg)}
@@ -302,6 +323,8 @@ def _import(path, r):
         arr = _tensor_array(path, tensors[gg], dequantize_gguf)
         if arch == "llama" and _rope_rows(gg):
             arr = unpermute_rope(arr, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
+        if gg.endswith("ffn_gate_inp_shexp.weight") and arr.ndim == 1:
+            arr = arr.reshape(1, -1)
         if isinstance(hf, tuple):
             if arr.ndim != 3 or arr.shape[0] != len(hf):
                 raise ValueError(f"tensor {gg} has shape {arr.shape}, expected {len(hf)} experts outermost")
