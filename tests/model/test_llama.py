@@ -63,6 +63,8 @@ def test_logits_match_transformers(tmp_path, kw):
     ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1e6, tie_word_embeddings=True)),
     ("Qwen3Config", "Qwen3ForCausalLM", dict(rope_theta=1e6, head_dim=32, tie_word_embeddings=True)),
     ("MistralConfig", "MistralForCausalLM", dict(rope_theta=1e6, sliding_window=120)),
+    ("Phi3Config", "Phi3ForCausalLM", dict(rope_theta=1e4, sliding_window=120, bos_token_id=1, eos_token_id=2,
+                                          pad_token_id=0)),   # fused qkv_proj / gate_up_proj, split on load
 ])
 def test_loads_what_transformers_saves(tmp_path, arch):
     """transformers' own checkpoints (its current config.json: rope_parameters instead of
@@ -181,3 +183,16 @@ def test_load_rejects_bad_checkpoints(tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="has shape"):
         load_hf(other)
+
+
+def test_phi3_fused_rows_checked(tmp_path):
+    """A Phi-3 checkpoint whose fused projections do not fit its config raises, naming the tensor."""
+    conf = transformers.Phi3Config(vocab_size=311, hidden_size=96, intermediate_size=200, num_hidden_layers=1,
+                                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    transformers.Phi3ForCausalLM(conf).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key, value, match in (("num_key_value_heads", 3, "qkv_proj"), ("intermediate_size", 150, "gate_up_proj")):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ValueError, match=match):
+            load_hf(tmp_path)

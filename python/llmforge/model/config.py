@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..config_check import check_config
 
 
-HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe")
+HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -45,7 +45,7 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
     n = cfg.get("max_position_embeddings", 2048)
     window = cfg.get("sliding_window")
-    used = cfg.get("use_sliding_window", mtype == "mistral")
+    used = cfg.get("use_sliding_window", mtype in ("mistral", "phi3"))   # they have no switch: a window is used
     if isinstance(cfg.get("layer_types"), list):
         used = used or "sliding_attention" in cfg["layer_types"]
     if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:

@@ -61,9 +61,31 @@ def hf_key(cfg: ModelConfig, key: str) -> str:
     return key
 
 
+def _unfuse_phi3(state: dict, cfg: ModelConfig) -> dict:
+    """Phi-3's fused projections split into ours: qkv_proj rows are [q | k | v], gate_up_proj rows
+    [gate | up]. (The model is Llama's otherwise; it saves in the Llama layout.)"""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    out = {}
+    for k, v in state.items():
+        if k.endswith("self_attn.qkv_proj.weight"):
+            if v.shape[0] != q + 2 * kv:
+                raise ValueError(f"{k} has {v.shape[0]} rows, expected {q + 2 * kv} (q, k and v heads)")
+            pre = k[: -len("qkv_proj.weight")]
+            out[pre + "q_proj.weight"], out[pre + "k_proj.weight"], out[pre + "v_proj.weight"] = v.split([q, kv, kv])
+        elif k.endswith("mlp.gate_up_proj.weight"):
+            if v.shape[0] != 2 * cfg.ffn_dim:
+                raise ValueError(f"{k} has {v.shape[0]} rows, expected {2 * cfg.ffn_dim} (gate and up)")
+            pre = k[: -len("gate_up_proj.weight")]
+            out[pre + "gate_proj.weight"], out[pre + "up_proj.weight"] = v.split([cfg.ffn_dim, cfg.ffn_dim])
+        else:
+            out[k] = v
+    return out
+
+
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
-    """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral / Mixtral / Qwen3-MoE checkpoint
-    directory (config.json as transformers 4 or 5 writes it; see ModelConfig.from_hf)."""
+    """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral / Phi-3 / Mixtral / Qwen3-MoE /
+    Qwen2-MoE checkpoint directory (config.json as transformers 4 or 5 writes it; see
+    ModelConfig.from_hf). Phi-3's fused qkv_proj / gate_up_proj are split on load."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -83,6 +105,8 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
             raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
+    if _read_config(path).get("model_type") == "phi3":
+        state = _unfuse_phi3(state, cfg)
     expected = model.state_dict()
     ours = {hf_key(cfg, k): k for k in expected}
     state = {ours.get(k, k): v for k, v in state.items()}
