@@ -15,6 +15,10 @@ def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) of a config.json: the `rope_parameters` dict transformers 5
     writes (theta and scaling in one), or the older top-level rope_theta / rope_scaling."""
     rp = cfg.get("rope_parameters")
+    for where in (cfg, rp if isinstance(rp, dict) else {}):   # Phi-4-mini, StableLM: RoPE on part of each head
+        if where.get("partial_rotary_factor", 1.0) not in (1, 1.0, None):
+            raise ValueError(f"partial_rotary_factor {where['partial_rotary_factor']} (RoPE on part of each head) "
+                             "is not supported")
     if rp is None:
         return float(cfg.get("rope_theta", 10000.0)), cfg.get("rope_scaling")
     if not isinstance(rp, dict) or any(isinstance(v, dict) for v in rp.values()):
