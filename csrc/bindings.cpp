@@ -678,6 +678,13 @@ PYBIND11_MODULE(_C, m) {
              lf::DecodeConfig c{geti("dim"), geti("n_layers"), geti("n_heads"), geti("n_kv_heads"), geti("head_dim"),
                                 geti("ffn_dim"), geti("vocab"), geti("max_len"), cfg["eps"].cast<double>(),
                                 cfg["act_q8"].cast<bool>()};
+             if (cfg.contains("n_experts")) {  // MoE: every layer dict holds "moe" instead of gate/up/down
+               c.n_experts = geti("n_experts");
+               c.top_k = geti("top_k");
+               c.expert_ffn = geti("expert_ffn_dim");
+               c.shared_ffn = cfg.contains("shared_ffn_dim") ? geti("shared_ffn_dim") : 0;
+               c.norm_topk = cfg["norm_topk"].cast<bool>();
+             }
              const TensorView* E = self->hold(embed, "embed");
              const TensorView* C = self->hold(cos, "rope_cos");
              const TensorView* S = self->hold(sin, "rope_sin");
@@ -692,10 +699,28 @@ PYBIND11_MODULE(_C, m) {
                                       self->linear(d["q"].cast<py::dict>(), p + "q"),
                                       self->linear(d["k"].cast<py::dict>(), p + "k"),
                                       self->linear(d["v"].cast<py::dict>(), p + "v"),
-                                      self->linear(d["o"].cast<py::dict>(), p + "o"),
-                                      self->linear(d["gate"].cast<py::dict>(), p + "gate"),
-                                      self->linear(d["up"].cast<py::dict>(), p + "up"),
-                                      self->linear(d["down"].cast<py::dict>(), p + "down")};
+                                      self->linear(d["o"].cast<py::dict>(), p + "o")};
+               if (c.n_experts > 0) {
+                 const py::dict moe = d["moe"].cast<py::dict>();
+                 v.moe.router = self->hold(moe["router"], p + "router");
+                 const py::list experts = moe["experts"].cast<py::list>();
+                 for (size_t e = 0; e < experts.size(); ++e) {
+                   const py::dict x = experts[e].cast<py::dict>();
+                   const std::string q = p + "experts." + std::to_string(e) + ".";
+                   for (const char* k : {"gate", "up", "down"}) v.moe.experts.push_back(self->linear(x[k].cast<py::dict>(), q + k));
+                 }
+                 if (moe.contains("shared") && !moe["shared"].is_none()) {
+                   const py::dict sh = moe["shared"].cast<py::dict>();
+                   v.moe.shared_gate = self->hold(sh["gate_w"], p + "shared.gate_w");
+                   v.moe.sh_gate = self->linear(sh["gate"].cast<py::dict>(), p + "shared.gate");
+                   v.moe.sh_up = self->linear(sh["up"].cast<py::dict>(), p + "shared.up");
+                   v.moe.sh_down = self->linear(sh["down"].cast<py::dict>(), p + "shared.down");
+                 }
+               } else {
+                 v.gate = self->linear(d["gate"].cast<py::dict>(), p + "gate");
+                 v.up = self->linear(d["up"].cast<py::dict>(), p + "up");
+                 v.down = self->linear(d["down"].cast<py::dict>(), p + "down");
+               }
                // Qwen3's per-head query/key norms: absent or None for other models
                for (const char* key : {"q_norm", "k_norm"})
                  if (d.contains(key) && !d[key].is_none())

@@ -93,11 +93,19 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   LF_CHECK(c.head_dim % 2 == 0, kOp, ": head_dim must be even, got ", c.head_dim);
   LF_CHECK(std::isfinite(c.eps) && c.eps >= 0, kOp, ": eps must be finite and >= 0");
   LF_CHECK(int64_t(layers.size()) == c.n_layers, kOp, ": got ", layers.size(), " layers, expected ", c.n_layers);
+  const bool moe = c.n_experts > 0;
+  if (moe) {
+    LF_CHECK(c.top_k >= 1 && c.top_k <= c.n_experts && c.n_experts <= 4096, kOp, ": top_k ", c.top_k,
+             " must be in [1, n_experts = ", c.n_experts, "] (n_experts at most 4096)");
+    LF_CHECK(c.expert_ffn > 0 && c.shared_ffn >= 0 && c.ffn_dim == std::max(c.expert_ffn, c.shared_ffn), kOp,
+             ": expert_ffn must be positive, shared_ffn >= 0 and ffn_dim the wider of them");
+  }
   const int64_t D = c.dim, F = c.ffn_dim, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
   LF_CHECK(c.max_len * (c.n_kv_heads * c.head_dim) * c.n_layers <= (int64_t(1) << 36), kOp,
            ": the key/value cache would exceed 256 GiB; lower max_len");
   w_ = cpu::DecodeWeights{D, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, F, c.vocab, c.max_len, 0,
-                          static_cast<float>(c.eps), c.act_q8, nullptr, nullptr, nullptr, nullptr, {}, nullptr};
+                          static_cast<float>(c.eps), c.act_q8, nullptr, nullptr, nullptr, nullptr, {}, nullptr,
+                          moe ? c.n_experts : 0, moe ? c.top_k : 0};
   check_f32("embed", &embed, {c.vocab, D});
   LF_CHECK(rope_cos.ndim == 2 && rope_cos.shape[0] >= c.max_len, kOp, ": rope_cos must have at least max_len (",
            c.max_len, ") rows, got shape ", rope_cos.shape_str());
@@ -112,6 +120,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   w_.output = make_linear("output", output, c.vocab, D);
   cache_.assign(size_t(2 * c.n_layers * c.n_kv_heads * c.max_len * c.head_dim), 0.f);
   const int64_t per = c.n_kv_heads * c.max_len * c.head_dim;
+  experts_.reserve(size_t(c.n_layers));
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const DecodeLayerViews& v = layers[size_t(i)];
     const std::string p = "layers." + std::to_string(i) + ".";
@@ -125,10 +134,43 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
     cpu::DecodeLayer L{v.attn_norm->ptr<float>(), v.mlp_norm->ptr<float>(),
                        make_linear(p + "q", v.q, qd, D), make_linear(p + "k", v.k, kvd, D),
                        make_linear(p + "v", v.v, kvd, D), make_linear(p + "o", v.o, D, qd),
-                       make_linear(p + "gate", v.gate, F, D), make_linear(p + "up", v.up, F, D),
-                       make_linear(p + "down", v.down, D, F), cache_.data() + 2 * i * per,
+                       {}, {}, {}, cache_.data() + 2 * i * per,
                        cache_.data() + (2 * i + 1) * per, v.q_norm ? v.q_norm->ptr<float>() : nullptr,
                        v.k_norm ? v.k_norm->ptr<float>() : nullptr};
+    if (!moe) {
+      L.gate = make_linear(p + "gate", v.gate, F, D);
+      L.up = make_linear(p + "up", v.up, F, D);
+      L.down = make_linear(p + "down", v.down, D, F);
+    } else {
+      const DecodeMoEViews& mv = v.moe;
+      const int64_t E = c.n_experts, X = c.expert_ffn, S = c.shared_ffn;
+      check_f32(p + "router", mv.router, {E, D});
+      LF_CHECK(int64_t(mv.experts.size()) == 3 * E, kOp, ": ", p, "experts: got ", mv.experts.size() / 3,
+               " experts, expected ", E);
+      std::vector<cpu::DecodeLinear> ex;
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string q = p + "experts." + std::to_string(e) + ".";
+        ex.push_back(make_linear(q + "gate", mv.experts[size_t(3 * e)], X, D));
+        ex.push_back(make_linear(q + "up", mv.experts[size_t(3 * e + 1)], X, D));
+        ex.push_back(make_linear(q + "down", mv.experts[size_t(3 * e + 2)], D, X));
+      }
+      experts_.push_back(std::move(ex));
+      L.moe.n_experts = E;
+      L.moe.top_k = c.top_k;
+      L.moe.norm_topk = c.norm_topk;
+      L.moe.router = mv.router->ptr<float>();
+      L.moe.experts = experts_.back().data();
+      if (S) {
+        check_f32(p + "shared_gate", mv.shared_gate, {D});
+        L.moe.shared_ffn = S;
+        L.moe.shared_gate = mv.shared_gate->ptr<float>();
+        L.moe.sh_gate = make_linear(p + "shared.gate", mv.sh_gate, S, D);
+        L.moe.sh_up = make_linear(p + "shared.up", mv.sh_up, S, D);
+        L.moe.sh_down = make_linear(p + "shared.down", mv.sh_down, D, S);
+      } else {
+        LF_CHECK(mv.shared_gate == nullptr, kOp, ": ", p, "shared expert weights given but shared_ffn is 0");
+      }
+    }
     layers_.push_back(L);
   }
   w_.layers = layers_.data();

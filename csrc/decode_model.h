@@ -17,6 +17,10 @@ struct DecodeConfig {
   int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_len;
   double eps;
   bool act_q8;  // int4 weights multiply Q8_0-rounded activations (llama.cpp's Q4_0 arithmetic)
+  // MoE: every layer's feed-forward is n_experts SwiGLU experts of expert_ffn (top_k per token),
+  // plus a shared expert of shared_ffn when > 0; ffn_dim is then the wider of the two.
+  int64_t n_experts = 0, top_k = 0, expert_ffn = 0, shared_ffn = 0;
+  bool norm_topk = true;
 };
 
 // One linear: a float32 `w` (N, K), or int4 `packed` (N, K/2) u8 + `scales` (N, K/G) f32 or f16 +
@@ -31,12 +35,22 @@ struct DecodeLinearViews {
   int64_t group_size = 0;
 };
 
+// One layer's MoE weights: router (n_experts, dim) f32; per expert gate, up, down; the shared
+// expert's gate vector (dim,) f32 and its gate/up/down when shared_ffn > 0.
+struct DecodeMoEViews {
+  const TensorView* router = nullptr;
+  std::vector<DecodeLinearViews> experts;  // 3 per expert: gate, up, down
+  const TensorView* shared_gate = nullptr;
+  DecodeLinearViews sh_gate, sh_up, sh_down;
+};
+
 struct DecodeLayerViews {
   const TensorView* attn_norm;
   const TensorView* mlp_norm;
   DecodeLinearViews q, k, v, o, gate, up, down;
   const TensorView* q_norm = nullptr;  // (head_dim,) f32: Qwen3's RMSNorm of each query head, or null
   const TensorView* k_norm = nullptr;  // the same for key heads (both or neither)
+  DecodeMoEViews moe;                  // used when the config has n_experts (gate/up/down are not)
 };
 
 class DecodeModel {
@@ -69,6 +83,7 @@ class DecodeModel {
 
   cpu::DecodeWeights w_{};
   std::vector<cpu::DecodeLayer> layers_;
+  std::vector<std::vector<cpu::DecodeLinear>> experts_;  // per MoE layer, what its DecodeMoE points at
   std::vector<float> cache_, scratch_;
   int64_t length_ = 0;
   int threads_;

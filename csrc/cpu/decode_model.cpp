@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cpu/int4_unpack.h"
 #include "cpu/swiglu_simd.h"
@@ -553,6 +554,140 @@ inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
 
 }  // namespace
 
+// The per-step buffers one MoE feed-forward uses (see DecodeScratch).
+struct MoeBufs {
+  float* x;                       // residual stream (M, D)
+  float* h; int8_t* q8; float* dx; float* xs;  // SwiGLU activations and their int4 form
+  float* gu;                      // gate | up rows
+  float* route; float* out;       // routing table, one expert's down-projection rows
+  float* gh; int8_t* gq; float* gdx; float* gxs;  // this thread's gathered normalised rows
+  int64_t kmax, ldb;
+  bool act_q8;
+};
+
+// h[i] = silu(gate) * up for `rows` rows of `in` through (g, u); with d int4, the int4 form of h
+// too. One `omp for` over 32-row chunks of the FFN (its implicit barrier ends it).
+void swiglu_rows(const DecodeLinear& g, const DecodeLinear& u, const DecodeLinear& d, const Act& in, int64_t rows,
+                 const MoeBufs& b) {
+  const int64_t F = g.N;
+#pragma omp for schedule(guided)
+  for (int64_t c = 0; c < (F + 31) / 32; ++c) {
+    const int64_t f0 = 32 * c, f1 = std::min(F, f0 + 32);
+    linear_rows(g, f0, f1, in, rows, b.gu + f0, 2 * F, false);
+    linear_rows(u, f0, f1, in, rows, b.gu + F + f0, 2 * F, false);
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* gr = b.gu + m * 2 * F;
+      float* hr = b.h + m * b.kmax;
+      int64_t f = f0;
+      for (; f + N <= f1; f += N) {
+        const V gv = vload(gr + f);
+        vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(gr + F + f)));
+      }
+      for (; f < f1; ++f) hr[f] = gr[f] / (1.f + std::exp(-gr[f])) * gr[F + f];
+      if (d.int4) prep_blocks(hr, F / 32, c, c + 1, b.q8 + m * b.kmax, b.dx + m * b.ldb, b.xs + m * b.ldb, b.act_q8);
+    }
+  }
+}
+
+// The MoE feed-forward of one layer for the M rows whose normalised form is `normed` (this
+// thread's copy): routing (one thread), then each chosen expert over its tokens, then the
+// shared expert; every contribution is added into x, weighted after the down projection (as
+// the Python model and llama.cpp: with int4 weights the down projection's input is rounded to
+// Q8_0, so weighting before it would round differently).
+void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, int64_t M, const MoeBufs& b) {
+  const int64_t D = w.dim, E = moe.n_experts, K = moe.top_k;
+  int32_t* ids = reinterpret_cast<int32_t*>(b.route);          // (M, K)
+  float* wts = b.route + M * K;                                  // (M, K)
+  float* sh = wts + M * K;                                       // (M,)
+  int32_t* start = reinterpret_cast<int32_t*>(sh + M);           // (E + 1,): expert e's list at [start[e], start[e+1])
+  int32_t* tok = start + E + 1;                                  // (M K,) token of each list entry
+  float* tw = reinterpret_cast<float*>(tok + M * K);             // (M K,) its weight
+#pragma omp single
+  {
+    std::vector<float> p(size_t(E), 0.f);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* hr = normed.f + m * normed.ldq;
+      float mx = -INFINITY;
+      for (int64_t e = 0; e < E; ++e) {
+        const float* r = moe.router + e * D;
+        float acc = 0.f;
+        for (int64_t i = 0; i < D; ++i) acc += hr[i] * r[i];
+        p[size_t(e)] = acc;
+        mx = std::max(mx, acc);
+      }
+      double sum = 0.0;
+      for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(p[size_t(e)] - mx));
+      for (int64_t e = 0; e < E; ++e) p[size_t(e)] = static_cast<float>(p[size_t(e)] / sum);
+      double kept = 0.0;
+      for (int64_t s = 0; s < K; ++s) {  // the k largest, the lower index first among equals
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; ++e)
+          if (p[size_t(e)] >= 0.f && (best < 0 || p[size_t(e)] > p[size_t(best)])) best = e;
+        ids[m * K + s] = static_cast<int32_t>(best);
+        wts[m * K + s] = p[size_t(best)];
+        kept += p[size_t(best)];
+        p[size_t(best)] = -1.f;
+      }
+      if (moe.norm_topk)
+        for (int64_t s = 0; s < K; ++s) wts[m * K + s] = static_cast<float>(wts[m * K + s] / kept);
+      if (moe.shared_ffn) {
+        float acc = 0.f;
+        for (int64_t i = 0; i < D; ++i) acc += hr[i] * moe.shared_gate[i];
+        sh[m] = 1.f / (1.f + std::exp(-acc));
+      }
+    }
+    for (int64_t e = 0; e <= E; ++e) start[e] = 0;
+    for (int64_t i = 0; i < M * K; ++i) ++start[ids[i] + 1];
+    for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
+    std::vector<int32_t> fill(start, start + E);
+    for (int64_t i = 0; i < M * K; ++i) {   // tokens in order within each expert's list
+      const int32_t at = fill[size_t(ids[i])]++;
+      tok[at] = static_cast<int32_t>(i / K);
+      tw[at] = wts[i];
+    }
+  }
+  const Act shared_h{b.h, b.q8, b.dx, b.xs, b.kmax, b.ldb, b.act_q8};
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = start[e + 1] - start[e];
+    if (!n) continue;
+    const DecodeLinear& g = moe.experts[3 * e];
+    const DecodeLinear& u = moe.experts[3 * e + 1];
+    const DecodeLinear& d = moe.experts[3 * e + 2];
+    for (int64_t i = 0; i < n; ++i) {      // this thread's copy of the expert's tokens' rows
+      const int64_t m = tok[start[e] + i];
+      std::memcpy(b.gh + i * b.kmax, normed.f + m * normed.ldq, sizeof(float) * D);
+      if (g.int4 || u.int4) {
+        std::memcpy(b.gq + i * b.kmax, normed.q + m * normed.ldq, size_t(b.kmax));
+        std::memcpy(b.gdx + i * b.ldb, normed.dx + m * normed.ldb, sizeof(float) * b.ldb);
+        std::memcpy(b.gxs + i * b.ldb, normed.xs + m * normed.ldb, sizeof(float) * b.ldb);
+      }
+    }
+    const Act gathered{b.gh, b.gq, b.gdx, b.gxs, b.kmax, b.ldb, b.act_q8};
+    swiglu_rows(g, u, d, gathered, n, b);
+#pragma omp for schedule(guided)
+    for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c) {
+      const int64_t c0 = kChunk * c, c1 = std::min(D, c0 + kChunk);
+      linear_rows(d, c0, c1, shared_h, n, b.out + c0, D, false);
+      for (int64_t i = 0; i < n; ++i) {
+        float* xr = b.x + int64_t(tok[start[e] + i]) * D;
+        const float* o = b.out + i * D;
+        const float wt = tw[start[e] + i];
+        for (int64_t j = c0; j < c1; ++j) xr[j] += wt * o[j];
+      }
+    }
+  }
+  if (moe.shared_ffn) {
+    swiglu_rows(moe.sh_gate, moe.sh_up, moe.sh_down, normed, M, b);
+#pragma omp for schedule(guided)
+    for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c) {
+      const int64_t c0 = kChunk * c, c1 = std::min(D, c0 + kChunk);
+      linear_rows(moe.sh_down, c0, c1, shared_h, M, b.out + c0, D, false);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = c0; j < c1; ++j) b.x[m * D + j] += sh[m] * b.out[m * D + j];
+    }
+  }
+}
+
 void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   const DecodeScratch sp(w, st.M, st.threads);
   const int64_t M = st.M, D = w.dim, F = w.ffn_dim, H = w.n_heads, KV = w.n_kv_heads, hd = w.head_dim;
@@ -621,7 +756,18 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
 #pragma omp for schedule(guided)
       for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
         linear_rows(L.o, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
-      // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down ----
+      // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down (or the MoE feed-forward) ----
+      if (L.moe.n_experts) {
+        bool quant = L.moe.shared_ffn && (L.moe.sh_gate.int4 || L.moe.sh_up.int4);
+        for (int64_t e = 0; e < L.moe.n_experts; ++e)
+          quant = quant || L.moe.experts[3 * e].int4 || L.moe.experts[3 * e + 1].int4;
+        norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, quant, w.act_q8);
+        const MoeBufs bufs{x, h, q8, dx, xs, gu, st.scratch + sp.route, st.scratch + sp.moe_out, mine + sp.g_norm,
+                           reinterpret_cast<int8_t*>(mine + sp.g_q8), mine + sp.g_dx, mine + sp.g_xs, kmax, ldb,
+                           w.act_q8};
+        moe_ffn(w, L.moe, normed, M, bufs);
+        continue;
+      }
       norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
 #pragma omp for schedule(guided)
       for (int64_t c = 0; c < (F + 31) / 32; ++c) {

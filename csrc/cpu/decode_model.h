@@ -42,18 +42,31 @@ struct DecodeLinear {
   int64_t N = 0, K = 0;
 };
 
+// An MoE feed-forward (DecodeLayer.moe): the router's softmax over n_experts, the top_k kept
+// (renormalised to sum 1 when norm_topk), each token's SwiGLU through its chosen experts weighted
+// by them, plus an optional shared expert (shared_ffn > 0) scaled by sigmoid(shared_gate . h).
+struct DecodeMoE {
+  int64_t n_experts = 0, top_k = 0, shared_ffn = 0;
+  bool norm_topk = true;
+  const float* router = nullptr;        // (n_experts, D)
+  const DecodeLinear* experts = nullptr;  // 3 per expert: gate, up, down
+  const float* shared_gate = nullptr;   // (D,)
+  DecodeLinear sh_gate, sh_up, sh_down;
+};
+
 struct DecodeLayer {
   const float* attn_norm;  // (D,)
   const float* mlp_norm;   // (D,)
-  DecodeLinear q, k, v, o, gate, up, down;
+  DecodeLinear q, k, v, o, gate, up, down;  // gate/up/down unused when moe.n_experts
   float* kcache;  // (n_kv_heads, max_len, head_dim)
   float* vcache;
   const float* q_norm = nullptr;  // (head_dim,): RMSNorm of each query head before RoPE (Qwen3), or null
   const float* k_norm = nullptr;  // the same for key heads
+  DecodeMoE moe;                  // n_experts 0: the dense gate/up/down MLP
 };
 
 struct DecodeWeights {
-  int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_len;
+  int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab, max_len;  // ffn_dim: the widest FFN
   int64_t rope_len;         // rows of the RoPE tables: positions must stay below it
   float eps;
   bool act_q8;              // int4 weights multiply Q8_0-rounded activations (else float32 ones)
@@ -63,6 +76,7 @@ struct DecodeWeights {
   const float* final_norm;  // (dim,)
   DecodeLinear output;      // (vocab, dim)
   const DecodeLayer* layers;
+  int64_t n_experts = 0, top_k = 0;  // MoE layers' experts and experts per token (0: no MoE)
 };
 
 // Where the keys/values of the step's sequences live. table == nullptr: the layers' own contiguous
@@ -94,8 +108,12 @@ struct DecodeStep {
 // their int4-kernel form (q8 codes, dx block scales, xs block terms; see prep_row); qkv (M,
 // (H + 2 KV) hd); gu, gate and up (M, 2F). Per thread: the RMSNorm output of the M rows (every
 // thread normalises them itself, which saves a barrier) in the same four forms; attention scores.
+// MoE (top_k > 0): shared route (per token its top_k expert ids and weights and its shared-expert
+// gate; per expert the start of its (token, weight) list), moe_out (M, D); per thread a gathered
+// copy of one expert's tokens' normalised rows.
 struct DecodeScratch {
-  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, per_thread, norm, norm_q8, norm_dx, norm_xs, scores, score_ld, floats;
+  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, route, moe_out, per_thread, norm, norm_q8, norm_dx, norm_xs, scores,
+      score_ld, g_norm, g_q8, g_dx, g_xs, floats;
   static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
   DecodeScratch(const DecodeWeights& w, int64_t M, int threads) {
     // row stride of the activation buffers: the widest input plus 16 floats, so that rows are not
@@ -111,6 +129,9 @@ struct DecodeScratch {
     xs = take(M * ldb);
     qkv = take(M * (w.n_heads + 2 * w.n_kv_heads) * w.head_dim);
     gu = take(M * 2 * w.ffn_dim);
+    const int64_t moe_m = w.top_k ? M : 0;
+    route = take(moe_m * (4 * w.top_k + 1) + w.n_experts + 1);
+    moe_out = take(moe_m * w.dim);
     // per thread, at norm + t * per_thread:
     norm = 0;
     norm_q8 = round16(M * kmax);
@@ -118,13 +139,21 @@ struct DecodeScratch {
     norm_xs = norm_dx + round16(M * ldb);
     scores = norm_xs + round16(M * ldb);
     score_ld = round16(w.rope_len + 16);
-    per_thread = scores + score_ld * (w.n_heads / w.n_kv_heads);  // a row per query head of a group
+    g_norm = scores + score_ld * (w.n_heads / w.n_kv_heads);  // a row per query head of a group
+    g_q8 = g_norm + round16(moe_m * kmax);
+    g_dx = g_q8 + round16(moe_m * kmax / 4 + 1);
+    g_xs = g_dx + round16(moe_m * ldb);
+    per_thread = g_xs + round16(moe_m * ldb);
     const int64_t base = at;
     norm += base;
     norm_q8 += base;
     norm_dx += base;
     norm_xs += base;
     scores += base;
+    g_norm += base;
+    g_q8 += base;
+    g_dx += base;
+    g_xs += base;
     floats = base + int64_t(threads) * per_thread;
   }
 };

@@ -214,7 +214,8 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="non-finite"):
         NativeDecoder(bad)
     moe = _model(n_experts=2, moe_top_k=1)
-    with pytest.raises(NotSupported, match="MoE"):
+    moe.model.layers[1].mlp.router.to(torch.bfloat16)
+    with pytest.raises(NotSupported, match="router"):
         NativeDecoder(moe)
 
 
@@ -251,7 +252,14 @@ def test_generate_sees_weight_edits():
 
 
 @pytest.mark.llamacpp
-def test_q4_0_gguf_logits_match_llamacpp(tmp_path):
+@pytest.mark.parametrize("kw", [
+    dict(),                                                            # llama, tied Q4_0 embeddings
+    dict(qk_norm=True, head_dim=32),                                   # qwen3: q/k rows as they are (NEOX)
+    dict(n_experts=4, moe_top_k=2, ffn_dim=128),                       # llama with experts (Mixtral layout)
+    dict(n_experts=4, moe_top_k=2, ffn_dim=128, attention_bias=True, moe_shared_ffn_dim=160, moe_norm_topk=False,
+         tie_embeddings=False),                                        # qwen2moe
+])
+def test_q4_0_gguf_logits_match_llamacpp(tmp_path, kw):
     llama_cpp = pytest.importorskip("llama_cpp")
     from llmforge.export.gguf_export import export_gguf
     from llmforge.export.gguf_int4 import load_gguf_int4
@@ -259,11 +267,13 @@ def test_q4_0_gguf_logits_match_llamacpp(tmp_path):
     from llmforge.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["the quick brown fox jumps over the lazy dog " * 50], vocab_size=290)
-    m = _model(vocab_size=tok.vocab_size, dim=128, n_heads=4, n_kv_heads=2, ffn_dim=352, std=0.05)
+    m = _model(vocab_size=tok.vocab_size, dim=128, n_heads=4, n_kv_heads=2, **{"ffn_dim": 352, **kw}, std=0.05)
     path = str(tmp_path / "m-q4_0.gguf")
     export_gguf(m, tok, path, "q4_0")
     ours, _ = load_gguf_int4(path)
-    assert isinstance(ours.lm_head, Int4Linear) and ours.lm_head.act_round == "q8_0"   # tied, in Q4_0
+    assert isinstance(ours.lm_head, Int4Linear) and ours.lm_head.act_round == "q8_0"   # the output matrix in Q4_0
+    if m.cfg.n_experts:
+        assert isinstance(ours.model.layers[1].mlp.experts[3].up_proj, Int4Linear)
     ids = torch.randint(0, tok.vocab_size, (30,), generator=torch.Generator().manual_seed(5)).tolist()
     with _quiet_stderr():
         llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,

@@ -47,21 +47,32 @@ def load_gguf_int4(path: str):
     model, tok = import_gguf(path)
     r = gguf.GGUFReader(path)
     tensors = {t.name: t for t in r.tensors}
+    arch = r.fields["general.architecture"].contents()   # only llama's q/k rows are pair-permuted
     cfg = model.cfg
     swapped = 0
+    def swap(key: str, q: dict, rows: int, cols: int) -> None:
+        owner, name = key[: -len(".weight")].rpartition(".")[::2]
+        parent = model.get_submodule(owner)
+        setattr(parent, name, Int4Linear(q, cols, rows, getattr(parent, name).bias, act_round="q8_0"))
+
     for hf, gg in _names(cfg):
         t = tensors[gg]
-        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0 or not hf.endswith(("proj.weight", "lm_head.weight")):
+        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0:
+            continue
+        if isinstance(hf, tuple):   # an MoE projection: one (rows, cols) matrix per expert, experts outermost
+            cols, rows, n = (int(x) for x in t.shape.tolist())
+            for key, raw in zip(hf, np.asarray(t.data).reshape(n, -1)):
+                swap(key, q4_0_to_int4(raw, rows, cols), rows, cols)
+                swapped += 1
+            continue
+        if not hf.endswith(("proj.weight", "lm_head.weight")):
             continue
         cols, rows = (int(x) for x in t.shape.tolist())
         q = q4_0_to_int4(np.asarray(t.data), rows, cols)
-        if gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight"):
+        if arch == "llama" and (gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight")):
             nh = cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads
             q = {**q, **{k: unpermute_rope(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
-        owner, name = hf[: -len(".weight")].rpartition(".")[::2]
-        parent = model.get_submodule(owner)
-        old = getattr(parent, name)
-        setattr(parent, name, Int4Linear(q, cols, rows, old.bias, act_round="q8_0"))
+        swap(hf, q, rows, cols)
         swapped += 1
     if not swapped:
         raise ValueError(f"{path}: no Q4_0 linear weights to run in int4")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import _C
-from ..model.llama import MLP, RMSNorm, Transformer, rope_freqs
+from ..model.llama import MLP, MoE, RMSNorm, Transformer, rope_freqs
 from ..quant.linear import Int4Linear
 from .threads import ThreadChooser
 
@@ -59,6 +59,26 @@ def _linear(m: nn.Module, name: str) -> dict:
     return d
 
 
+def _mlp(f: nn.Module, name: str) -> dict:
+    return {"gate": _linear(f.gate_proj, f"{name}.gate_proj"), "up": _linear(f.up_proj, f"{name}.up_proj"),
+            "down": _linear(f.down_proj, f"{name}.down_proj")}
+
+
+def _moe(f: nn.Module, name: str) -> dict:
+    """An MoE layer: router (float32, kept exact: it decides), experts, and the shared expert."""
+    if type(f.router) is not nn.Linear or f.router.weight.dtype != torch.float32 or f.router.bias is not None:
+        raise NotSupported(f"{name}.router: expected a float32 nn.Linear without bias")
+    d = {"router": f.router.weight.detach().contiguous(),
+         "experts": [_mlp(e, f"{name}.experts.{j}") for j, e in enumerate(f.experts)]}
+    if hasattr(f, "shared_expert"):
+        g = f.shared_expert_gate
+        if type(g) is not nn.Linear or g.weight.dtype != torch.float32 or g.bias is not None:
+            raise NotSupported(f"{name}.shared_expert_gate: expected a float32 nn.Linear without bias")
+        d["shared"] = {"gate_w": g.weight.detach().reshape(-1).contiguous(),
+                       **_mlp(f.shared_expert, f"{name}.shared_expert")}
+    return {"moe": d}
+
+
 def _norm(m: nn.Module, name: str) -> torch.Tensor:
     if not isinstance(m, RMSNorm) or m.weight.dtype != torch.float32:
         raise NotSupported(f"{name}: expected a float32 RMSNorm")
@@ -78,16 +98,16 @@ class NativeDecoder:
             raise ValueError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")
         layers = []
         for i, blk in enumerate(model.model.layers):
-            if type(blk.mlp) is not MLP:
-                raise NotSupported(f"layer {i}: {type(blk.mlp).__name__} (only dense SwiGLU MLPs run natively)")
+            want = MoE if cfg.n_experts else MLP
+            if type(blk.mlp) is not want:
+                raise NotSupported(f"layer {i}: {type(blk.mlp).__name__}, expected {want.__name__}")
             a, f = blk.self_attn, blk.mlp
             p = f"layers.{i}"
             layers.append({"attn_norm": _norm(blk.input_layernorm, f"{p}.input_layernorm"),
                            "mlp_norm": _norm(blk.post_attention_layernorm, f"{p}.post_attention_layernorm"),
                            "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
                            "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
-                           "gate": _linear(f.gate_proj, f"{p}.gate_proj"), "up": _linear(f.up_proj, f"{p}.up_proj"),
-                           "down": _linear(f.down_proj, f"{p}.down_proj"),
+                           **(_moe(f, f"{p}.mlp") if cfg.n_experts else _mlp(f, f"{p}.mlp")),
                            **({"q_norm": _norm(a.q_norm, f"{p}.q_norm"), "k_norm": _norm(a.k_norm, f"{p}.k_norm")}
                               if cfg.qk_norm else {})})
         output = {"weight": emb.detach().contiguous()} if model.lm_head is None else _linear(model.lm_head, "lm_head")
@@ -102,8 +122,10 @@ class NativeDecoder:
         self.chooser = ThreadChooser(self.threads)   # fewer threads while the machine is oversubscribed
         self._m = _C.DecodeModel(
             {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
-             "head_dim": cfg.head_dim, "ffn_dim": cfg.ffn_dim, "vocab": cfg.vocab_size, "max_len": max_len,
-             "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"}},
+             "head_dim": cfg.head_dim, "ffn_dim": max(cfg.ffn_dim, cfg.moe_shared_ffn_dim), "vocab": cfg.vocab_size,
+             "max_len": max_len, "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"},
+             **({"n_experts": cfg.n_experts, "top_k": cfg.moe_top_k, "expert_ffn_dim": cfg.ffn_dim,
+                 "shared_ffn_dim": cfg.moe_shared_ffn_dim, "norm_topk": cfg.moe_norm_topk} if cfg.n_experts else {})},
             emb.detach().contiguous(), (ang.cos() * att).float().contiguous(), (ang.sin() * att).float().contiguous(),
             _norm(model.model.norm, "norm"), output, layers, self.threads)
 
