@@ -7,8 +7,9 @@ export/gguf_int4.py) next to llama.cpp (llama-cpp-python) on the same file.
 Each side: a 32-token prompt is prefilled, then 64 tokens are decoded one at a time, greedy; the
 figure is decode time per token (prefill excluded: the run with 1 new token is subtracted).
 llama.cpp runs with as many threads as torch uses. Cases: the pipeline's model when
-runs/tiny/dpo/model exists (else the same shape with random weights), and a ~110M model where the
-weights, not per-call overheads, dominate.
+runs/tiny/dpo/model exists (else the same shape with random weights), a ~110M model where the
+weights, not per-call overheads, dominate, and a Mixtral-style MoE (8 experts, top-2), where the
+Python MoE layer (generate(..., native=False)) is measured too.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def _models():
     yield "~110M (dim 768, 12 layers)", Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=768, n_layers=12, n_heads=12,
                                                                   n_kv_heads=4, ffn_dim=2048, max_seq_len=512,
                                                                   tie_embeddings=True)), tok
+    torch.manual_seed(0)
+    yield "MoE 8 experts top-2 (dim 512, 8 layers, 160M total, 47M active)", Transformer(ModelConfig(
+        vocab_size=tok.vocab_size, dim=512, n_layers=8, n_heads=8, n_kv_heads=2, ffn_dim=1536, max_seq_len=512,
+        n_experts=8, moe_top_k=2, tie_embeddings=True)), tok
 
 
 def run(device: str = "cpu", quick: bool = False):
@@ -73,10 +78,13 @@ def run(device: str = "cpu", quick: bool = False):
                     nxt = int(llm.scores[llm.n_tokens - 1].argmax())
                     llm.eval([nxt])
 
-            def ours_run(n):
-                generate(ours, [prompt], n, greedy)
+            def ours_run(n, native=None):
+                generate(ours, [prompt], n, greedy, native=native)
 
-            for impl, fn in (("llmforge engine, int4 (Q4_0 bits)", ours_run), ("llama.cpp", llama_run)):
+            impls = [("llmforge engine, int4 (Q4_0 bits)", ours_run), ("llama.cpp", llama_run)]
+            if model.cfg.n_experts:
+                impls.append(("llmforge, Python MoE layer (native=False)", lambda n: ours_run(n, native=False)))
+            for impl, fn in impls:
                 full = time_fn(lambda: fn(NEW), warmup=1, iters=2 if quick else 5, min_time_s=0)
                 pre = time_fn(lambda: fn(1), warmup=1, iters=2 if quick else 5, min_time_s=0)
                 per = tuple((a - b) / (NEW - 1) for a, b in zip(full, pre))
