@@ -8,6 +8,11 @@ s = mean|x|^alpha (normalised), minimise || x W^T - (x / s) Q(W s)^T || on calib
 The 1/s is folded into the op that produces the shared input, so the model stays a plain
 Llama: into input_layernorm for q/k/v, into post_attention_layernorm for gate/up, and into
 up_proj's rows for down_proj. o_proj (whose input comes from attention) gets no scale.
+MoE blocks: every expert's (and the shared expert's) gate/up share one scale, searched on all
+tokens, folded into post_attention_layernorm, and the router and shared-expert gate (kept in
+float: they pick experts) take s on their columns so that routing is unchanged; each expert's
+down_proj gets its own scale from the tokens routed to it (an expert no calibration token
+reaches is rounded to nearest).
 
 clip=True adds AWQ's clipping search: per output row and group, shrink the quantisation range
 to r * [min, max] with r in [max_shrink, 1], picking the r that minimises that group's output
@@ -33,7 +38,7 @@ def _inputs(model, modules, calib_batches):
     finally:
         for h in hooks:
             h.remove()
-    return {k: torch.cat(v) for k, v in store.items()}
+    return {id(m): torch.cat(store[id(m)]) if store[id(m)] else torch.zeros(0, m.in_features) for m in modules}
 
 
 @torch.no_grad()
@@ -93,23 +98,41 @@ def _quantize(l, x, bits, group_size, symmetric, clip):
 @torch.no_grad()
 def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64, symmetric: bool = False,
                        grid: int = 20, clip: bool = True) -> dict:
+    from ..model.llama import MoE
+
     model.eval()
     chosen = {}
     for bi, block in enumerate(model.model.layers):
         at, mlp = block.self_attn, block.mlp
+        post = block.post_attention_layernorm.weight
+        # (linears sharing one input, the module whose input that is, the norm weight or the rows
+        # that produce it, float weights that read it and take s on their columns, tag).
         # down before gate/up: its 1/s folds into up_proj's rows, which must happen before
         # up_proj is itself quantised (so its codes stay on the integer grid)
-        groups = [((at.q_proj, at.k_proj, at.v_proj), block.input_layernorm.weight, None, "qkv"),
-                  ((mlp.down_proj,), None, mlp.up_proj.weight, "down"),
-                  ((mlp.gate_proj, mlp.up_proj), block.post_attention_layernorm.weight, None, "gate_up")]
-        for linears, norm_w, prev_rows, tag in groups:
-            x = _inputs(model, [linears[0]], calib_batches)[id(linears[0])]
+        groups = [((at.q_proj, at.k_proj, at.v_proj), at.q_proj, block.input_layernorm.weight, None, (), "qkv")]
+        if isinstance(mlp, MoE):
+            experts = [*mlp.experts, *([mlp.shared_expert] if hasattr(mlp, "shared_expert") else [])]
+            readers = (mlp.router.weight, *((mlp.shared_expert_gate.weight,) if hasattr(mlp, "shared_expert") else ()))
+            groups += [((e.down_proj,), e.down_proj, None, e.up_proj.weight, (), f"down.{j}") for j, e in enumerate(experts)]
+            groups.append((tuple(l for e in experts for l in (e.gate_proj, e.up_proj)), mlp.router, post, None, readers,
+                           "gate_up"))
+        else:
+            groups += [((mlp.down_proj,), mlp.down_proj, None, mlp.up_proj.weight, (), "down"),
+                       ((mlp.gate_proj, mlp.up_proj), mlp.gate_proj, post, None, (), "gate_up")]
+        for linears, probe, norm_w, prev_rows, readers, tag in groups:
+            x = _inputs(model, [probe], calib_batches)[id(probe)]
+            if not len(x):   # an expert no calibration token was routed to
+                for l in linears:
+                    _quantize(l, None, bits, group_size, symmetric, False)
+                continue
             s = search_scales(x, linears, bits, group_size, symmetric, grid)
             for l in linears:
                 l.weight.data.mul_(s.to(l.weight.dtype))
                 _quantize(l, x / s, bits, group_size, symmetric, clip)
             if norm_w is not None:
                 norm_w.data.div_(s.to(norm_w.dtype))
+                for r in readers:
+                    r.data.mul_(s.to(r.dtype))
             else:
                 prev_rows.data.div_(s.to(prev_rows.dtype)[:, None])
             chosen[f"{bi}.{tag}"] = s

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .rtn import _check, group_params, quantize_with
+from .rtn import _check, dequantize_groups, group_params, quantize_groups, quantize_with
 
 
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False,
@@ -84,8 +84,13 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: i
     return Q.to(w.dtype), codes.to(torch.uint8), scales.float(), zeros.float()
 
 
+ROUTING = (".router", ".shared_expert_gate")   # MoE routing stays float
+
+
 def linear_layers(block: nn.Module):
-    return [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+    """The block's linears to quantise: all but the MoE router and shared-expert gate, whose
+    outputs pick experts (quantising them would change which experts run)."""
+    return [(n, m) for n, m in block.named_modules() if isinstance(m, nn.Linear) and not n.endswith(ROUTING)]
 
 
 @torch.no_grad()
@@ -108,7 +113,7 @@ def collect_hessians(model, layers, calib_batches) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {k: v / max(1, count[k]) for k, v in H.items()}
+    return {k: v / max(1, count[k]) for k, v in H.items()}, count
 
 
 @torch.no_grad()
@@ -116,14 +121,26 @@ def quantize_model_gptq(model, calib_batches, bits: int = 4, group_size: int = 6
                         act_order: bool = False, percdamp: float = 0.01) -> dict:
     """Quantise every linear of every transformer block, block by block (later blocks see the
     already-quantised earlier ones), replacing weights by their dequantised values in place.
-    Returns {layer name: (codes, scales, zeros)}."""
+    Returns {layer name: (codes, scales, zeros)}. An MoE expert no calibration token was routed
+    to has no Hessian (GPTQ would zero it): it is rounded to nearest instead, with a warning."""
+    import warnings
+
     model.eval()
-    result = {}
+    result, unseen = {}, []
     for bi, block in enumerate(model.model.layers):
         layers = linear_layers(block)
-        H = collect_hessians(model, layers, calib_batches)
+        H, count = collect_hessians(model, layers, calib_batches)
         for name, mod in layers:
-            q, codes, s, z = gptq_quantize(mod.weight.data, H[name], bits, group_size, symmetric, act_order, percdamp)
-            mod.weight.data.copy_(q)
+            if count[name] == 0:
+                codes, s, z = quantize_groups(mod.weight.data, bits, group_size, symmetric)
+                mod.weight.data.copy_(dequantize_groups(codes, s, z, group_size).to(mod.weight.dtype))
+                unseen.append(f"model.layers.{bi}.{name}")
+            else:
+                q, codes, s, z = gptq_quantize(mod.weight.data, H[name], bits, group_size, symmetric, act_order,
+                                               percdamp)
+                mod.weight.data.copy_(q)
             result[f"model.layers.{bi}.{name}"] = (codes, s, z)
+    if unseen:
+        warnings.warn(f"{len(unseen)} linears saw no calibration tokens (MoE experts never routed to) and were "
+                      f"rounded to nearest: {', '.join(unseen[:4])}{' ...' if len(unseen) > 4 else ''}")
     return result
