@@ -49,7 +49,7 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
     n = cfg.get("max_position_embeddings", 2048)
     window = cfg.get("sliding_window")
-    used = cfg.get("use_sliding_window", mtype in ("mistral", "phi3"))   # they have no switch: a window is used
+    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3"))   # no switch: a window is used
     if isinstance(cfg.get("layer_types"), list):
         used = used or "sliding_attention" in cfg["layer_types"]
     if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
