@@ -23,6 +23,9 @@ def main():
     torch.set_num_threads(1)
     world = 1
     if mode != "single":
+        import faulthandler
+
+        faulthandler.dump_traceback_later(120, exit=False)   # a hung rank shows where (the test kills at 180 s)
         dist.init_process_group("gloo", timeout=timedelta(seconds=120))  # a hang fails, not waits 30 min
         world = dist.get_world_size()
     torch.manual_seed(0)
