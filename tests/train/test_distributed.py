@@ -59,6 +59,8 @@ def _run(mode, out, data, steps):
         # gloo otherwise connects through the address the host name resolves to, which in a sandbox
         # without a network can be unreachable: the ranks then wait on each other until the timeout
         env.setdefault("GLOO_SOCKET_IFNAME", lo)
+    # a precaution, not a verified cause: torch's classic TCPStore instead of its libuv event loop
+    env.setdefault("USE_LIBUV", "0")
     for attempt in range(3):
         # a fresh port each try: the free port found here can be taken before torchrun binds it
         cmd = [sys.executable, SCRIPT, mode, str(out), str(data), str(steps)]
