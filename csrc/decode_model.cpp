@@ -145,6 +145,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
       const DecodeMoEViews& mv = v.moe;
       const int64_t E = c.n_experts, X = c.expert_ffn, S = c.shared_ffn;
       check_f32(p + "router", mv.router, {E, D});
+      check_finite(p + "router", *mv.router);
       LF_CHECK(int64_t(mv.experts.size()) == 3 * E, kOp, ": ", p, "experts: got ", mv.experts.size() / 3,
                " experts, expected ", E);
       std::vector<cpu::DecodeLinear> ex;
@@ -162,6 +163,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
       L.moe.experts = experts_.back().data();
       if (S) {
         check_f32(p + "shared_gate", mv.shared_gate, {D});
+        check_finite(p + "shared_gate", *mv.shared_gate);
         L.moe.shared_ffn = S;
         L.moe.shared_gate = mv.shared_gate->ptr<float>();
         L.moe.sh_gate = make_linear(p + "shared.gate", mv.sh_gate, S, D);

@@ -605,6 +605,7 @@ void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, in
 #pragma omp single
   {
     std::vector<float> p(size_t(E), 0.f);
+    std::vector<char> taken(static_cast<size_t>(E), 0);
     for (int64_t m = 0; m < M; ++m) {
       const float* hr = normed.f + m * normed.ldq;
       float mx = -INFINITY;
@@ -619,14 +620,15 @@ void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, in
       for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(p[size_t(e)] - mx));
       for (int64_t e = 0; e < E; ++e) p[size_t(e)] = static_cast<float>(p[size_t(e)] / sum);
       double kept = 0.0;
-      for (int64_t s = 0; s < K; ++s) {  // the k largest, the lower index first among equals
-        int64_t best = -1;
+      std::fill(taken.begin(), taken.end(), 0);
+      for (int64_t s = 0; s < K; ++s) {  // the k largest, the lower index first among equals; always
+        int64_t best = -1;               // k distinct valid experts, even if NaNs came in
         for (int64_t e = 0; e < E; ++e)
-          if (p[size_t(e)] >= 0.f && (best < 0 || p[size_t(e)] > p[size_t(best)])) best = e;
+          if (!taken[size_t(e)] && (best < 0 || p[size_t(e)] > p[size_t(best)])) best = e;
+        taken[size_t(best)] = 1;
         ids[m * K + s] = static_cast<int32_t>(best);
         wts[m * K + s] = p[size_t(best)];
         kept += p[size_t(best)];
-        p[size_t(best)] = -1.f;
       }
       if (moe.norm_topk)
         for (int64_t s = 0; s < K; ++s) wts[m * K + s] = static_cast<float>(wts[m * K + s] / kept);

@@ -66,3 +66,19 @@ def test_generate_and_engine_take_the_native_moe_step():
         res = eng.run()
         runs.append([res[r].tokens for r in rids])
     assert runs[0] == runs[1]
+
+
+def test_nan_activations_reach_the_output_without_a_crash():
+    """A NaN reaching the router must not pick an invalid expert (it once could index out of
+    range): the step runs and the NaN shows in the logits; a NaN router weight is refused."""
+    m = _model(**KINDS["qwen2moe"])
+    with torch.no_grad():
+        m.model.embed_tokens.weight[7] = float("nan")
+    dec = NativeDecoder(m, max_len=8)
+    out = dec.forward([3, 7, 4], all_logits=True)
+    assert torch.isfinite(out[0]).all() and torch.isnan(out[1:]).all()
+    bad = _model(**KINDS["mixtral"])
+    with torch.no_grad():
+        bad.model.layers[1].mlp.router.weight[2, 5] = float("nan")
+    with pytest.raises(ValueError, match="router has a non-finite"):
+        NativeDecoder(bad)

@@ -114,15 +114,19 @@ def spoils(a):
 
 def decode_model_spoils():
     """DecodeModel's constructor arguments (config dict, weights, nested layer dicts), one leaf
-    changed or removed at a time, for a float32, an int4 and a Qwen3 (query/key norms) tiny model."""
+    changed or removed at a time, for a float32, an int4, a Qwen3 (query/key norms) and an MoE (two
+    experts and a shared expert, Qwen2-MoE) tiny model."""
     from llmforge.generate import native
     from llmforge.generate.load import quantize_for_inference
     from llmforge.model import ModelConfig, Transformer
 
     cfg = ModelConfig(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=32)
-    for quant in (None, "int4", "qwen3"):
+    extra = {"qwen3": {"qk_norm": True},
+             "moe": {"n_experts": 2, "moe_top_k": 1, "moe_shared_ffn_dim": 96, "attention_bias": True,
+                     "moe_norm_topk": False}}
+    for quant in (None, "int4", "qwen3", "moe"):
         torch.manual_seed(0)
-        m = Transformer(ModelConfig(**{**cfg.to_dict(), "qk_norm": True}) if quant == "qwen3" else cfg).eval()
+        m = Transformer(ModelConfig(**{**cfg.to_dict(), **extra.get(quant, {})})).eval()
         if quant == "int4":
             quantize_for_inference(m, quant)
         seen, real = [], C.DecodeModel
