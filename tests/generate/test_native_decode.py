@@ -317,12 +317,18 @@ def test_paged_batched_step_matches_contiguous_and_python_engine():
         m.float()
         torch.testing.assert_close(out[i].double(), ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
     # the Engine on the native step gives the Python engine's tokens
-    prompts = [seqs["a"], seqs["b"], seqs["c"], seqs["a"][:4]]
+    assert_engines_agree(m, [seqs["a"], seqs["b"], seqs["c"], seqs["a"][:4]], 9)
+
+
+def assert_engines_agree(m, prompts, new_tokens):
+    """The serving Engine on the native step (batched paged steps) gives the Python engine's tokens."""
+    from llmforge.generate.serving_engine import Engine
+
     runs = []
     for native in (True, False):
         eng = Engine(m, num_blocks=40, block_size=4, max_batch=3, native=native)
         assert (eng.native is not None) == native
-        rids = [eng.submit(p, 9, SamplingParams(temperature=0)) for p in prompts]
+        rids = [eng.submit(p, new_tokens, SamplingParams(temperature=0)) for p in prompts]
         res = eng.run()
         runs.append([res[r].tokens for r in rids])
     assert runs[0] == runs[1]

@@ -12,7 +12,7 @@ from llmforge.generate.engine import generate
 from llmforge.generate.native import NativeDecoder, native_decoder
 from llmforge.generate.sampling import SamplingParams
 
-from .test_native_decode import _int4, _model, _reference_int4, _run
+from .test_native_decode import _int4, _model, _reference_int4, _run, assert_engines_agree
 
 KINDS = {
     "mixtral": dict(n_experts=5, moe_top_k=2),
@@ -48,24 +48,14 @@ def test_int4_experts_match_float64(kind):
 
 
 def test_generate_and_engine_take_the_native_moe_step():
-    from llmforge.generate.serving_engine import Engine
-
     m = _model(std=0.3, **KINDS["qwen2moe"])
     assert native_decoder(m, 30) is not None
     prompt = [5, 17, 42, 8, 99]
     fast = generate(m, [prompt], 16, SamplingParams(temperature=0))
     slow = generate(copy.deepcopy(m), [prompt], 16, SamplingParams(temperature=0), native=False)
     assert fast.tokens == slow.tokens
-    g = torch.Generator().manual_seed(8)
-    prompts = [torch.randint(0, 301, (n,), generator=g).tolist() for n in (9, 4, 1, 13)]
-    runs = []
-    for native in (True, False):   # batched paged steps: rows of several sequences share each expert
-        eng = Engine(m, num_blocks=40, block_size=4, max_batch=3, native=native)
-        assert (eng.native is not None) == native
-        rids = [eng.submit(p, 8, SamplingParams(temperature=0)) for p in prompts]
-        res = eng.run()
-        runs.append([res[r].tokens for r in rids])
-    assert runs[0] == runs[1]
+    g = torch.Generator().manual_seed(8)   # batched paged steps: rows of several sequences share each expert
+    assert_engines_agree(m, [torch.randint(0, 301, (n,), generator=g).tolist() for n in (9, 4, 1, 13)], 8)
 
 
 def test_nan_activations_reach_the_output_without_a_crash():
