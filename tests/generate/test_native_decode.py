@@ -287,7 +287,6 @@ def test_q4_0_gguf_logits_match_llamacpp(tmp_path, kw):
 
 def test_paged_batched_step_matches_contiguous_and_python_engine():
     from llmforge.generate.paged_cache import PagedKVCache
-    from llmforge.generate.serving_engine import Engine
 
     m = _model(std=0.2)
     c = m.cfg
