@@ -296,7 +296,6 @@ def test_paged_batched_step_matches_contiguous_and_python_engine():
     seqs = {name: torch.randint(0, 301, (n,), generator=g).tolist() for name, n in (("a", 13), ("b", 7), ("c", 1))}
     for name in seqs:
         cache.add_sequence(name)
-    got = {}
     for name, ids in seqs.items():              # prefill each prompt but its last token (3 rows of one sequence
         if len(ids) > 1:                        # at a time, to cross block boundaries mid-step)
             for i in range(0, len(ids) - 1, 3):

@@ -2,7 +2,6 @@
 and a distributed run resumes from its checkpoint."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
