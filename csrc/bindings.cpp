@@ -755,6 +755,13 @@ PYBIND11_MODULE(_C, m) {
            py::arg("tokens"), py::arg("positions"), py::arg("seqs"), py::arg("block_table"), py::arg("k_pools"),
            py::arg("v_pools"), py::arg("logits"), py::arg("out_rows"))
       .def("truncate", [](PyDecodeModel& self, int64_t n) { self.impl->truncate(n); }, py::arg("n"))
+      .def("load_cache",
+           [](PyDecodeModel& self, py::handle k, py::handle v) {
+             auto K = to_view(k, "k"), V = to_view(v, "v");
+             py::gil_scoped_release nogil;
+             self.impl->load_cache(K.view, V.view);
+           },
+           py::arg("k"), py::arg("v"))
       .def_property_readonly("length", [](const PyDecodeModel& self) { return self.impl->length(); })
       .def_property_readonly("max_len", [](const PyDecodeModel& self) { return self.impl->max_len(); })
       .def_property(

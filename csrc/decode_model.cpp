@@ -1,6 +1,7 @@
 // decode_model.cpp — argument checks and state for the native decode step (decode_model.h).
 #include "decode_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -260,6 +261,26 @@ void DecodeModel::forward_paged(const std::vector<int64_t>& tokens, const std::v
   }
   cpu::DecodePaged p{k_pools.ptr<float>(), v_pools.ptr<float>(), tab, TB, NB, BS};
   run(tokens, positions.data(), seq32.data(), p, logits, out_rows);
+}
+
+void DecodeModel::load_cache(const TensorView& k, const TensorView& v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  LF_CHECK(k.ndim == 4 && k.shape[2] >= 1 && k.shape[2] <= w_.max_len, kOp,
+           ": load_cache: k must be (n_layers, n_kv_heads, n, head_dim) with 1 <= n <= max_len (", w_.max_len,
+           "), got ", k.shape_str());
+  const int64_t n = k.shape[2], L = w_.n_layers, KV = w_.n_kv_heads, hd = w_.head_dim;
+  check_f32("load_cache k", &k, {L, KV, n, hd});
+  check_f32("load_cache v", &v, {L, KV, n, hd});
+  const int64_t per = KV * w_.max_len * hd;
+  const float* ks = k.ptr<float>();
+  const float* vs = v.ptr<float>();
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t h = 0; h < KV; ++h) {
+      const int64_t src = (l * KV + h) * n * hd, dst = h * w_.max_len * hd;
+      std::copy(ks + src, ks + src + n * hd, cache_.data() + 2 * l * per + dst);
+      std::copy(vs + src, vs + src + n * hd, cache_.data() + (2 * l + 1) * per + dst);
+    }
+  length_ = n;
 }
 
 void DecodeModel::truncate(int64_t n) {

@@ -73,6 +73,9 @@ class DecodeModel {
                      const TensorView& v_pools, const TensorView& logits, const std::vector<int64_t>& out_rows);
   int64_t length() const { return length_; }
   void truncate(int64_t n);  // forget positions >= n (0 resets)
+  // Replace the cache by n positions computed elsewhere (a prefill by the Python model): k, v
+  // (n_layers, n_kv_heads, n, head_dim) f32 contiguous, n <= max_len; length() becomes n.
+  void load_cache(const TensorView& k, const TensorView& v);
   int64_t max_len() const { return w_.max_len; }
   int threads() const { return threads_; }
   void set_threads(int threads);  // OpenMP threads of the next calls (>= 1)

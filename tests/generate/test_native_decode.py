@@ -351,3 +351,41 @@ def test_paged_step_rejects_bad_tables_and_orders():
         dec.forward_paged([1], [0], [0], table.long(), *pools)
     with pytest.raises(ValueError, match="k_pools"):
         dec.forward_paged([1], [0], [0], table, pools[0][:, :, :, :1].contiguous(), pools[1])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_experts=4, moe_top_k=2, attention_bias=True, moe_shared_ffn_dim=96,
+                                             moe_norm_topk=False)])
+def test_python_prefill_hands_its_cache_to_the_step(kw):
+    """prefill() (the Python forward's keys/values loaded into the step's cache) continues exactly
+    like a native prefill, and generate() takes it for long prompts with the Python path's tokens."""
+    from llmforge.generate.engine import PYTHON_PREFILL_MIN
+
+    m = _model(std=0.2, max_seq_len=PYTHON_PREFILL_MIN + 40, **kw)
+    ids = torch.randint(0, 301, (PYTHON_PREFILL_MIN + 5,), generator=torch.Generator().manual_seed(9)).tolist()
+    a, b = NativeDecoder(m, max_len=PYTHON_PREFILL_MIN + 20), NativeDecoder(m, max_len=PYTHON_PREFILL_MIN + 20)
+    la, lb = a.forward(ids[:-4]), b.prefill(m, ids[:-4])
+    assert a.length == b.length == len(ids) - 4
+    scale = float(la.abs().max())
+    torch.testing.assert_close(lb, la, atol=2e-5 * scale, rtol=0)
+    for t in ids[-4:]:
+        torch.testing.assert_close(b.forward([t]), a.forward([t]), atol=2e-5 * scale, rtol=0)
+    fast = generate(m, [ids], 12, SamplingParams(temperature=0)).tokens
+    assert fast == generate(m, [ids], 12, SamplingParams(temperature=0), native=False).tokens
+
+
+def test_load_cache_checks_its_input():
+    m = _model()
+    dec = NativeDecoder(m, max_len=8)
+    c = m.cfg
+    good = torch.randn(c.n_layers, c.n_kv_heads, 5, c.head_dim)
+    dec._m.load_cache(good, good.clone())
+    assert dec.length == 5
+    for k in (torch.randn(c.n_layers, c.n_kv_heads, 9, c.head_dim),            # longer than max_len
+              torch.randn(c.n_layers + 1, c.n_kv_heads, 5, c.head_dim),        # layers
+              good.double(), good.transpose(1, 2), torch.randn(5)):
+        with pytest.raises((ValueError, TypeError)):
+            dec._m.load_cache(k, k)
+    with pytest.raises(ValueError):
+        dec._m.load_cache(good, good[:, :, :4].contiguous())                  # v unlike k
+    with pytest.raises(ValueError, match="prompt"):
+        dec.prefill(m, [])

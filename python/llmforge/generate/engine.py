@@ -19,6 +19,11 @@ import torch
 
 from .cache import KVCache
 from .native import NativeDecoder, native_decoder
+
+# Prompts from this length on are prefilled by the Python forward and handed to the native step.
+# Measured on a 2-vCPU Sapphire Rapids (256 tokens): float32 dim 512 x 8 layers 85 ms Python vs
+# 138 ms native; Q4_0 ~110M 294 vs 428 ms; at 32 tokens the native step wins (52 vs 93 ms).
+PYTHON_PREFILL_MIN = 128
 from .sampling import SamplingParams, sample
 from .stop import TextStream, text_decoder
 
@@ -58,7 +63,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
     if native and dec is None:
         raise ValueError("native=True: " + (NativeDecoder.why_not(model) or "the native step runs one prompt at a time"))
     if dec is not None:
-        logits = dec.forward(prompts[0])[None]
+        # long prompts go through the Python forward (GEMMs), then the step takes over its cache
+        long = len(prompts[0]) >= PYTHON_PREFILL_MIN
+        logits = (dec.prefill(model, prompts[0]) if long else dec.forward(prompts[0]))[None]
     else:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         cache = KVCache(model.cfg, B, total, dtype=next(model.parameters()).dtype, device=dev)
