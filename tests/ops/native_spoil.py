@@ -179,7 +179,7 @@ def _same_writes(fn, good, spoilt) -> bool:
 
 def decode_step_spoils():
     """A built DecodeModel's steps: forward (a contiguous cache), forward_paged (pools and a block
-    table) and truncate, one argument spoiled at a time; each case on a fresh decoder."""
+    table), truncate and load_cache, one argument spoiled at a time; each case on a fresh decoder."""
     from llmforge.generate.native import NativeDecoder
     from llmforge.model import ModelConfig, Transformer
 
@@ -190,7 +190,9 @@ def decode_step_spoils():
     table = torch.tensor([[0, 1, 2], [3, 4, -1]], dtype=torch.int32)
     steps = {"forward": [[3, 7, 11], torch.empty(3, 61), True],
              "forward_paged": [[5, 9, 2], [0, 1, 0], [0, 0, 1], table, *pools, torch.empty(3, 61), [0, 1, 2]],
-             "truncate": [0]}
+             "truncate": [0],
+             "load_cache": [torch.randn(cfg.n_layers, cfg.n_kv_heads, 5, cfg.head_dim),
+                            torch.randn(cfg.n_layers, cfg.n_kv_heads, 5, cfg.head_dim)]}
     for method, args in steps.items():
         for i, a in enumerate(args):
             for how, v in spoils(a):
