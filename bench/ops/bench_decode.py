@@ -9,7 +9,10 @@ figure is decode time per token (prefill excluded: the run with 1 new token is s
 llama.cpp runs with as many threads as torch uses. Cases: the pipeline's model when
 runs/tiny/dpo/model exists (else the same shape with random weights), a ~110M model where the
 weights, not per-call overheads, dominate, and a Mixtral-style MoE (8 experts, top-2), where the
-Python MoE layer (generate(..., native=False)) is measured too.
+Python MoE layer (generate(..., native=False)) is measured too. A second table per model: a
+256-token prompt's prefill (time to the first logits) on the native step alone, on the Python
+forward whose cache the step takes over (what generate() does from PYTHON_PREFILL_MIN tokens on),
+and in llama.cpp (n_batch 256).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from bench.harness import finish, row, time_fn
 from llmforge.export.gguf_export import export_gguf
 from llmforge.export.gguf_int4 import load_gguf_int4
 from llmforge.generate.engine import generate
+from llmforge.generate.native import NativeDecoder
 from llmforge.generate.sampling import SamplingParams
 from llmforge.model import ModelConfig, Transformer, load_hf
 from llmforge.tokenizer import Tokenizer
@@ -68,8 +72,8 @@ def run(device: str = "cpu", quick: bool = False):
             ours, _ = load_gguf_int4(path)
             prompt = torch.randint(0, tok.vocab_size, (32,), generator=torch.Generator().manual_seed(0)).tolist()
             with _quiet_stderr():
-                llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=torch.get_num_threads(), logits_all=True,
-                                      verbose=False)
+                llm = llama_cpp.Llama(model_path=path, n_ctx=320, n_batch=256, n_threads=torch.get_num_threads(),
+                                      logits_all=True, verbose=False)
 
             def llama_run(n):
                 llm.reset()
@@ -90,5 +94,17 @@ def run(device: str = "cpu", quick: bool = False):
                 per = tuple((a - b) / (NEW - 1) for a, b in zip(full, pre))
                 rows.append(row(f"{name}, batch 1, decode ms/token", impl, per,
                                 tokens_per_s=f"{1000 / per[0]:,.1f}"))
+            long = torch.randint(0, tok.vocab_size, (256,), generator=torch.Generator().manual_seed(1)).tolist()
+            dec = NativeDecoder(ours, max_len=300)
+
+            def llama_prefill():
+                llm.reset()
+                llm.eval(long)
+
+            for impl, fn in (("llmforge native step", lambda: (dec.reset(), dec.forward(long))),
+                             ("llmforge Python forward -> step (generate)", lambda: dec.prefill(ours, long)),
+                             ("llama.cpp", llama_prefill)):
+                t = time_fn(fn, warmup=1, iters=2 if quick else 5, min_time_s=0)
+                rows.append(row(f"{name}, prefill 256 tokens, ms", impl, t, tokens_per_s=f"{256e3 / t[0]:,.0f}"))
             del llm
     return finish(rows, baseline="llama.cpp")
