@@ -10,9 +10,10 @@ llama.cpp runs with as many threads as torch uses. Cases: the pipeline's model w
 runs/tiny/dpo/model exists (else the same shape with random weights), a ~110M model where the
 weights, not per-call overheads, dominate, and a Mixtral-style MoE (8 experts, top-2), where the
 Python MoE layer (generate(..., native=False)) is measured too. A second table per model: a
-256-token prompt's prefill (time to the first logits) on the native step alone, on the Python
-forward whose cache the step takes over (what generate() does from PYTHON_PREFILL_MIN tokens on),
-and in llama.cpp (n_batch 256).
+256-token prompt's prefill (time to the first logits) on the native step alone and on the Python
+forward whose cache the step takes over, for the Q4_0 model and the float32 one it came from
+(generate() takes the second for dense float32 models from PYTHON_PREFILL_MIN tokens on), and in
+llama.cpp (Q4_0, n_batch 256).
 """
 from __future__ import annotations
 
@@ -94,17 +95,22 @@ def run(device: str = "cpu", quick: bool = False):
                 per = tuple((a - b) / (NEW - 1) for a, b in zip(full, pre))
                 rows.append(row(f"{name}, batch 1, decode ms/token", impl, per,
                                 tokens_per_s=f"{1000 / per[0]:,.1f}"))
-            long = torch.randint(0, tok.vocab_size, (256,), generator=torch.Generator().manual_seed(1)).tolist()
-            dec = NativeDecoder(ours, max_len=300)
+            n_long = min(256, ours.cfg.max_seq_len)
+            long = torch.randint(0, tok.vocab_size, (n_long,), generator=torch.Generator().manual_seed(1)).tolist()
+            dec = NativeDecoder(ours, max_len=n_long)
 
             def llama_prefill():
                 llm.reset()
                 llm.eval(long)
 
+            fdec = NativeDecoder(model, max_len=n_long)   # the float32 model before Q4_0
             for impl, fn in (("llmforge native step", lambda: (dec.reset(), dec.forward(long))),
-                             ("llmforge Python forward -> step (generate)", lambda: dec.prefill(ours, long)),
+                             ("llmforge Python forward -> step", lambda: dec.prefill(ours, long)),
+                             ("llmforge float32, native step", lambda: (fdec.reset(), fdec.forward(long))),
+                             ("llmforge float32, Python forward -> step", lambda: fdec.prefill(model, long)),
                              ("llama.cpp", llama_prefill)):
                 t = time_fn(fn, warmup=1, iters=2 if quick else 5, min_time_s=0)
-                rows.append(row(f"{name}, prefill 256 tokens, ms", impl, t, tokens_per_s=f"{256e3 / t[0]:,.0f}"))
+                rows.append(row(f"{name}, prefill {n_long} tokens, ms", impl, t,
+                                tokens_per_s=f"{n_long * 1e3 / t[0]:,.0f}"))
             del llm
     return finish(rows, baseline="llama.cpp")

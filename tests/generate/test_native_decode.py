@@ -357,7 +357,8 @@ def test_paged_step_rejects_bad_tables_and_orders():
                                              moe_norm_topk=False)])
 def test_python_prefill_hands_its_cache_to_the_step(kw):
     """prefill() (the Python forward's keys/values loaded into the step's cache) continues exactly
-    like a native prefill, and generate() takes it for long prompts with the Python path's tokens."""
+    like a native prefill; generate() (which takes it for long prompts of dense float32 models)
+    gives the Python path's greedy tokens."""
     from llmforge.generate.engine import PYTHON_PREFILL_MIN
 
     m = _model(std=0.2, max_seq_len=PYTHON_PREFILL_MIN + 40, **kw)

@@ -20,10 +20,19 @@ import torch
 from .cache import KVCache
 from .native import NativeDecoder, native_decoder
 
-# Prompts from this length on are prefilled by the Python forward and handed to the native step.
-# Measured on a 2-vCPU Sapphire Rapids (256 tokens): float32 dim 512 x 8 layers 85 ms Python vs
-# 138 ms native; Q4_0 ~110M 294 vs 428 ms; at 32 tokens the native step wins (52 vs 93 ms).
+# Prompts from this length on, for dense float32 models, are prefilled by the Python forward (GEMMs)
+# and its cache handed to the native step. bench decode, 2-vCPU Sapphire Rapids, 256 tokens: float32
+# ~110M 212 ms that way vs 265 ms on the step (tiny model 17 vs 24); with int4 (Q4_0) weights or MoE
+# layers the step is as fast or faster (Q4_0 ~110M 301 vs 299 ms, Q4_0 MoE 209 vs 298, float32 MoE
+# 172 vs 197), so they stay on it.
 PYTHON_PREFILL_MIN = 128
+
+
+def _python_prefill(model, n: int) -> bool:
+    from ..quant.linear import Int4Linear
+
+    return n >= PYTHON_PREFILL_MIN and not model.cfg.n_experts and \
+        not any(isinstance(m, Int4Linear) for m in model.modules())
 from .sampling import SamplingParams, sample
 from .stop import TextStream, text_decoder
 
@@ -64,8 +73,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, params: Sampl
         raise ValueError("native=True: " + (NativeDecoder.why_not(model) or "the native step runs one prompt at a time"))
     if dec is not None:
         # long prompts go through the Python forward (GEMMs), then the step takes over its cache
-        long = len(prompts[0]) >= PYTHON_PREFILL_MIN
-        logits = (dec.prefill(model, prompts[0]) if long else dec.forward(prompts[0]))[None]
+        py = _python_prefill(model, len(prompts[0]))
+        logits = (dec.prefill(model, prompts[0]) if py else dec.forward(prompts[0]))[None]
     else:
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         cache = KVCache(model.cfg, B, total, dtype=next(model.parameters()).dtype, device=dev)
