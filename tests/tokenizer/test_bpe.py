@@ -512,6 +512,11 @@ def test_corrupt_and_unsupported_hf_files(tok, train_files, tmp_path):
     p.write_text("{")
     with pytest.raises(TokenizerError, match="not valid JSON"):
         Tokenizer.from_hf_json(p)
+    d = json.loads(json.dumps(good))
+    d["model"]["byte_fallback"] = True          # a SentencePiece-style vocabulary: named as such
+    p.write_text(json.dumps(d))
+    with pytest.raises(TokenizerError, match="SentencePiece-style"):
+        Tokenizer.from_hf_json(p)
 
 
 @needs_hf

@@ -507,10 +507,12 @@ class Tokenizer:
         m = d["model"]
         if m.get("type", "BPE") != "BPE":
             raise TokenizerError(f"model type {m.get('type')!r} is not supported (only BPE)")
-        if m.get("byte_fallback") or m.get("continuing_subword_prefix") or m.get("end_of_word_suffix") \
-                or m.get("dropout"):
-            raise TokenizerError("only plain byte-level BPE is supported (byte_fallback, subword prefixes/"
-                                 "suffixes and dropout are not)")
+        if m.get("byte_fallback"):
+            raise TokenizerError("SentencePiece-style BPE (byte_fallback: Llama 2, Mistral v0.1-v0.3, Phi-3, "
+                                 "Gemma tokenizers) is not supported; only byte-level BPE (GPT-2, Llama 3, Qwen) is")
+        if m.get("continuing_subword_prefix") or m.get("end_of_word_suffix") or m.get("dropout"):
+            raise TokenizerError("only plain byte-level BPE is supported (subword prefixes/suffixes and "
+                                 "dropout are not)")
         normalizer = _hf_normalizer(d.get("normalizer"))
         pattern = _hf_pattern(d.get("pre_tokenizer"))
         vocab = m["vocab"]
