@@ -155,6 +155,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
         ex.push_back(make_linear(q + "gate", mv.experts[size_t(3 * e)], X, D));
         ex.push_back(make_linear(q + "up", mv.experts[size_t(3 * e + 1)], X, D));
         ex.push_back(make_linear(q + "down", mv.experts[size_t(3 * e + 2)], D, X));
+        L.moe.int4_in = L.moe.int4_in || ex[size_t(3 * e)].int4 || ex[size_t(3 * e + 1)].int4;
       }
       experts_.push_back(std::move(ex));
       L.moe.n_experts = E;
@@ -170,6 +171,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
         L.moe.sh_gate = make_linear(p + "shared.gate", mv.sh_gate, S, D);
         L.moe.sh_up = make_linear(p + "shared.up", mv.sh_up, S, D);
         L.moe.sh_down = make_linear(p + "shared.down", mv.sh_down, D, S);
+        L.moe.int4_in = L.moe.int4_in || L.moe.sh_gate.int4 || L.moe.sh_up.int4;
       } else {
         LF_CHECK(mv.shared_gate == nullptr, kOp, ": ", p, "shared expert weights given but shared_ffn is 0");
       }

@@ -554,8 +554,8 @@ inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
 
 }  // namespace
 
-// The per-step buffers one MoE feed-forward uses (see DecodeScratch).
-struct MoeBufs {
+// The per-step buffers a feed-forward uses (see DecodeScratch); route .. gxs only by MoE layers.
+struct FfnBufs {
   float* x;                       // residual stream (M, D)
   float* h; int8_t* q8; float* dx; float* xs;  // SwiGLU activations and their int4 form
   float* gu;                      // gate | up rows
@@ -568,7 +568,7 @@ struct MoeBufs {
 // h[i] = silu(gate) * up for `rows` rows of `in` through (g, u); with d int4, the int4 form of h
 // too. One `omp for` over 32-row chunks of the FFN (its implicit barrier ends it).
 void swiglu_rows(const DecodeLinear& g, const DecodeLinear& u, const DecodeLinear& d, const Act& in, int64_t rows,
-                 const MoeBufs& b) {
+                 const FfnBufs& b) {
   const int64_t F = g.N;
 #pragma omp for schedule(guided)
   for (int64_t c = 0; c < (F + 31) / 32; ++c) {
@@ -594,7 +594,7 @@ void swiglu_rows(const DecodeLinear& g, const DecodeLinear& u, const DecodeLinea
 // shared expert; every contribution is added into x, weighted after the down projection (as
 // the Python model and llama.cpp: with int4 weights the down projection's input is rounded to
 // Q8_0, so weighting before it would round differently).
-void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, int64_t M, const MoeBufs& b) {
+void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, int64_t M, const FfnBufs& b) {
   const int64_t D = w.dim, E = moe.n_experts, K = moe.top_k;
   int32_t* ids = reinterpret_cast<int32_t*>(b.route);          // (M, K)
   float* wts = b.route + M * K;                                  // (M, K)
@@ -692,7 +692,7 @@ void moe_ffn(const DecodeWeights& w, const DecodeMoE& moe, const Act& normed, in
 
 void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   const DecodeScratch sp(w, st.M, st.threads);
-  const int64_t M = st.M, D = w.dim, F = w.ffn_dim, H = w.n_heads, KV = w.n_kv_heads, hd = w.head_dim;
+  const int64_t M = st.M, D = w.dim, H = w.n_heads, KV = w.n_kv_heads, hd = w.head_dim;
   const int64_t kmax = sp.kmax, ldb = sp.ldb, nqkv = (H + 2 * KV) * hd, half = hd / 2;
   float* x = st.scratch + sp.x;
   float* h = st.scratch + sp.h;
@@ -759,35 +759,16 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
       for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
         linear_rows(L.o, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
       // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down (or the MoE feed-forward) ----
+      const FfnBufs bufs{x, h, q8, dx, xs, gu, st.scratch + sp.route, st.scratch + sp.moe_out, mine + sp.g_norm,
+                         reinterpret_cast<int8_t*>(mine + sp.g_q8), mine + sp.g_dx, mine + sp.g_xs, kmax, ldb,
+                         w.act_q8};
       if (L.moe.n_experts) {
-        bool quant = L.moe.shared_ffn && (L.moe.sh_gate.int4 || L.moe.sh_up.int4);
-        for (int64_t e = 0; e < L.moe.n_experts; ++e)
-          quant = quant || L.moe.experts[3 * e].int4 || L.moe.experts[3 * e + 1].int4;
-        norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, quant, w.act_q8);
-        const MoeBufs bufs{x, h, q8, dx, xs, gu, st.scratch + sp.route, st.scratch + sp.moe_out, mine + sp.g_norm,
-                           reinterpret_cast<int8_t*>(mine + sp.g_q8), mine + sp.g_dx, mine + sp.g_xs, kmax, ldb,
-                           w.act_q8};
+        norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.moe.int4_in, w.act_q8);
         moe_ffn(w, L.moe, normed, M, bufs);
         continue;
       }
       norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
-#pragma omp for schedule(guided)
-      for (int64_t c = 0; c < (F + 31) / 32; ++c) {
-        const int64_t f0 = 32 * c, f1 = std::min(F, f0 + 32);
-        linear_rows(L.gate, f0, f1, normed, M, gu + f0, 2 * F, false);
-        linear_rows(L.up, f0, f1, normed, M, gu + F + f0, 2 * F, false);
-        for (int64_t m = 0; m < M; ++m) {
-          const float* g = gu + m * 2 * F;
-          float* hr = h + m * kmax;
-          int64_t f = f0;
-          for (; f + N <= f1; f += N) {
-            const V gv = vload(g + f);
-            vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(g + F + f)));
-          }
-          for (; f < f1; ++f) hr[f] = g[f] / (1.f + std::exp(-g[f])) * g[F + f];
-          if (L.down.int4) prep_blocks(hr, F / 32, c, c + 1, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
-        }
-      }
+      swiglu_rows(L.gate, L.up, L.down, normed, M, bufs);
 #pragma omp for schedule(guided)
       for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
         linear_rows(L.down, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);

@@ -48,6 +48,7 @@ struct DecodeLinear {
 struct DecodeMoE {
   int64_t n_experts = 0, top_k = 0, shared_ffn = 0;
   bool norm_topk = true;
+  bool int4_in = false;                 // some gate/up is int4: the normalised rows need their int4 form
   const float* router = nullptr;        // (n_experts, D)
   const DecodeLinear* experts = nullptr;  // 3 per expert: gate, up, down
   const float* shared_gate = nullptr;   // (D,)
