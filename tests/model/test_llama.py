@@ -212,3 +212,10 @@ def test_partial_rotary_refused(tmp_path, where):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="partial_rotary_factor"):
         load_hf(tmp_path)
+
+
+def test_unsupported_rope_scaling_raises_when_the_config_is_built():
+    with pytest.raises(ValueError, match="not supported"):
+        ModelConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(ValueError, match="factor"):
+        ModelConfig(rope_scaling={"rope_type": "linear", "factor": -1.0})

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .ggml_quants import FORMATS, dequantize, quantize
-from .gguf_rope import FREQS, read_rope_scaling, write_rope_scaling
+from .gguf_rope import FREQS, f32_metadata as _f32, read_rope_scaling, write_rope_scaling
 
 QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
 _MIX_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
@@ -351,12 +351,6 @@ def _import(path, r):
                                    _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"),
                                    pattern)
     return model, tok
-
-
-def _f32(v) -> float:
-    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
-    9.999999747378752e-06): the number the exporter was most likely given."""
-    return float(str(np.float32(v)))
 
 
 def _tensor_array(path, t, dequantize_gguf) -> np.ndarray:

@@ -42,7 +42,7 @@ def load_gguf_int4(path: str):
     import gguf
 
     from ..quant.linear import Int4Linear
-    from .gguf_export import _names, import_gguf, unpermute_rope
+    from .gguf_export import _names, _rope_rows, import_gguf, unpermute_rope
 
     model, tok = import_gguf(path)
     r = gguf.GGUFReader(path)
@@ -50,6 +50,7 @@ def load_gguf_int4(path: str):
     arch = r.fields["general.architecture"].contents()   # only llama's q/k rows are pair-permuted
     cfg = model.cfg
     swapped = 0
+
     def swap(key: str, q: dict, rows: int, cols: int) -> None:
         owner, name = key[: -len(".weight")].rpartition(".")[::2]
         parent = model.get_submodule(owner)
@@ -69,7 +70,7 @@ def load_gguf_int4(path: str):
             continue
         cols, rows = (int(x) for x in t.shape.tolist())
         q = q4_0_to_int4(np.asarray(t.data), rows, cols)
-        if arch == "llama" and (gg.endswith("attn_q.weight") or gg.endswith("attn_k.weight")):
+        if arch == "llama" and _rope_rows(gg):
             nh = cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads
             q = {**q, **{k: unpermute_rope(q[k], nh).contiguous() for k in ("packed", "scales", "zeros")}}
         swap(hf, q, rows, cols)

@@ -19,19 +19,11 @@ import math
 
 import numpy as np
 
-from ..ops.rope import rope_frequencies
+from ..ops.rope import rope_frequencies, scaling_type, yarn_mscale
 
 OURS = "llmforge.rope_scaling"
 FREQS = "rope_freqs.weight"
 LLAMA3_STANDARD = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-
-
-def _kind(sc: dict | None) -> str:
-    return "default" if not sc else sc.get("rope_type", sc.get("type", "default"))
-
-
-def _mscale(factor: float, m: float = 1.0) -> float:
-    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
 
 
 def freq_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
@@ -45,7 +37,7 @@ def write_rope_scaling(w, cfg, arch: str) -> dict:
     """Write cfg.rope_scaling's keys to the GGUFWriter w; the extra tensors it needs, by name."""
     import gguf
 
-    sc, kind = cfg.rope_scaling, _kind(cfg.rope_scaling)
+    sc, kind = cfg.rope_scaling, scaling_type(cfg.rope_scaling)
     if kind == "default":
         return {}
     if kind == "linear":
@@ -69,8 +61,8 @@ def write_rope_scaling(w, cfg, arch: str) -> dict:
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(factor)
         w.add_rope_scaling_orig_ctx_len(int(sc["original_max_position_embeddings"]))
-        if abs(att / _mscale(factor) - 1) > 1e-7:
-            w.add_rope_scaling_attn_factors(att / _mscale(factor))
+        if abs(att / yarn_mscale(factor) - 1) > 1e-7:
+            w.add_rope_scaling_attn_factors(att / yarn_mscale(factor))
         return {}
     raise ValueError(f"rope scaling {kind!r} is not exported (linear, llama3, yarn)")
 
@@ -118,7 +110,7 @@ def _llama3_from_factors(ff: np.ndarray, head_dim: int, theta: float, ours: str 
     candidates.append({"rope_type": "llama3", "factor": float(ff.max()), **LLAMA3_STANDARD})
     candidates.append(_fit_llama3(ff, plain))
     for c in candidates:
-        if not isinstance(c, dict) or _kind(c) != "llama3":
+        if not isinstance(c, dict) or scaling_type(c) != "llama3":
             continue
         try:
             got = freq_factors(head_dim, theta, c)
@@ -148,24 +140,26 @@ def read_rope_scaling(field, number, arch: str, freqs: np.ndarray | None, head_d
             return None
         if not factor > 0:
             raise ValueError(f"{arch}.rope.scaling.factor must be a positive number, got {factor!r}")
-        return {"rope_type": "linear", "factor": _f32(factor)}
+        return {"rope_type": "linear", "factor": f32_metadata(factor)}
     if kind == "yarn":
         if not factor > 0:
             raise ValueError(f"{arch}.rope.scaling.factor must be a positive number, got {factor!r}")
-        factor = _f32(factor)
+        factor = f32_metadata(factor)
         orig = number(f"{arch}.rope.scaling.original_context_length", number(f"{arch}.context_length"))
         log_mul = number(f"{arch}.rope.scaling.yarn_log_multiplier", 0.0)
-        att = _mscale(factor) / _mscale(factor, log_mul) if log_mul else _mscale(factor)
+        att = yarn_mscale(factor) / yarn_mscale(factor, log_mul) if log_mul else yarn_mscale(factor)
         att *= number(f"{arch}.rope.scaling.attn_factor", 1.0)
         out = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(orig),
                "attention_factor": att}
         for key in ("beta_fast", "beta_slow"):
             v = number(f"{arch}.rope.scaling.yarn_{key}", 0.0)
             if v:
-                out[key] = _f32(v)
+                out[key] = f32_metadata(v)
         return out
     raise ValueError(f"rope scaling {kind!r} is not supported (linear, yarn, llama3 via {FREQS})")
 
 
-def _f32(v) -> float:
+def f32_metadata(v) -> float:
+    """A float32 metadata value as the shortest decimal that rounds to it (1e-05, not
+    9.999999747378752e-06): the number the exporter was most likely given."""
     return float(str(np.float32(v)))

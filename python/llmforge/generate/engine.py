@@ -19,6 +19,8 @@ import torch
 
 from .cache import KVCache
 from .native import NativeDecoder, native_decoder
+from .sampling import SamplingParams, sample
+from .stop import TextStream, text_decoder
 
 # Prompts from this length on, for dense float32 models, are prefilled by the Python forward (GEMMs)
 # and its cache handed to the native step. bench decode, 2-vCPU Sapphire Rapids, 256 tokens: float32
@@ -33,8 +35,6 @@ def _python_prefill(model, n: int) -> bool:
 
     return n >= PYTHON_PREFILL_MIN and not model.cfg.n_experts and \
         not any(isinstance(m, Int4Linear) for m in model.modules())
-from .sampling import SamplingParams, sample
-from .stop import TextStream, text_decoder
 
 
 @dataclass

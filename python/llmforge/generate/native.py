@@ -10,7 +10,8 @@ this path has none.
     logits = dec.forward_paged(ids, positions, seqs, block_table, k_pools, v_pools)   # batched, paged cache
 
 Runs CPU float32 Llama models, dense or MoE (top-k routing, optional shared expert: Mixtral,
-Qwen3-MoE, Qwen2-MoE), whose projections and output head are nn.Linear or Int4Linear (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
+Qwen3-MoE, Qwen2-MoE), whose projections and output head are nn.Linear or Int4Linear
+(quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
 results are the Python forward's up to float summation order. forward() runs one sequence on its own

@@ -8,7 +8,6 @@ from ..config_check import check_config
 
 
 HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
-ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
@@ -144,10 +143,8 @@ class ModelConfig:
 
             if not isinstance(self.rope_scaling, dict):
                 raise ValueError(f"rope_scaling must be a dict or None, got {self.rope_scaling!r}")
-            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
-            if kind not in ROPE_TYPES:
-                raise ValueError(f"unsupported rope_scaling type {kind!r} ({', '.join(ROPE_TYPES)})")
-            rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)   # its parameters, checked now
+            # its type (ops.rope.SCALINGS) and parameters, checked now
+            rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
 
     def n_params(self, embeddings: bool = True) -> int:
         d, h, kv, hd, f = self.dim, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim

@@ -90,8 +90,9 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
     from safetensors.torch import load_file
 
     path = os.fspath(path)
+    raw = _read_config(path)
     try:
-        cfg = ModelConfig.from_hf(_read_config(path))
+        cfg = ModelConfig.from_hf(raw)
     except (KeyError, TypeError, ValueError) as e:
         msg = str(e) if str(e).startswith(path) else f"{path}: config.json: {type(e).__name__}: {e}"
         raise ValueError(msg) from None
@@ -105,7 +106,7 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
             raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
-    if _read_config(path).get("model_type") == "phi3":
+    if raw.get("model_type") == "phi3":
         state = _unfuse_phi3(state, cfg)
     expected = model.state_dict()
     ours = {hf_key(cfg, k): k for k in expected}

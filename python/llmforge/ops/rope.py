@@ -37,6 +37,18 @@ STYLES = ("neox", "norm")
 SCALINGS = ("default", "linear", "llama3", "yarn")
 
 
+def scaling_type(scaling: dict | None) -> str:
+    """The kind of a Hugging Face rope scaling dict ("rope_type", or the older "type"; None or no
+    key: "default")."""
+    return scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+
+
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    """YaRN's attention scale for a context extended `factor` times: 0.1 m ln(factor) + 1 (1 when
+    factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
 def _number(s: dict, key: str, default=None) -> float:
     v = s.get(key, default)
     require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
@@ -87,13 +99,10 @@ def _yarn_inv_freq(head_dim: int, base: float, s: dict) -> tuple[Tensor, float]:
     freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     inv_freq = freq * (1 - ramp) + (freq / factor) * ramp
 
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
     att = s.get("attention_factor")
     if att is None:
         m, m_all = s.get("mscale"), s.get("mscale_all_dim")
-        att = mscale(factor, m) / mscale(factor, m_all) if (m and m_all) else mscale(factor)
+        att = yarn_mscale(factor, m) / yarn_mscale(factor, m_all) if (m and m_all) else yarn_mscale(factor)
     return inv_freq, _number({"attention_factor": att}, "attention_factor")
 
 
@@ -112,7 +121,7 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, scaling: dict | None 
     if not scaling:
         return freq, 1.0
     require(isinstance(scaling, dict), f"rope scaling must be a dict, got {type(scaling).__name__}")
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = scaling_type(scaling)
     if kind == "default":
         return freq, 1.0
     if kind == "linear":
