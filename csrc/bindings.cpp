@@ -19,6 +19,7 @@
 #include "attention.h"
 #include "cross_entropy.h"
 #include "bpe.h"
+#include "spm_bpe.h"
 #include "pretokenize.h"
 #include "gemm.h"
 #include "rmsnorm_gemm.h"
@@ -322,6 +323,39 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_merges", &lf::tok::BpeModel::num_merges)
       .def_property_readonly("cache_size", &lf::tok::BpeModel::cache_size)
       .def_property_readonly("pattern", [](const lf::tok::BpeModel& self) { return std::string(lf::tok::pattern_name(self.pattern())); });
+  py::class_<lf::tok::SpmModel>(m, "SpmModel",
+                                "SentencePiece-style BPE model (csrc/spm_bpe.h); use llmforge.tokenizer.SpmTokenizer.")
+      .def(py::init([](const std::vector<py::bytes>& pieces, const std::vector<uint8_t>& char_ok,
+                       const std::vector<std::tuple<int32_t, int32_t, int32_t, int32_t>>& merges,
+                       const std::vector<int32_t>& byte_ids, int32_t unk_id, bool fuse_unk) {
+             std::vector<std::string> ps;
+             ps.reserve(pieces.size());
+             for (const auto& t : pieces) ps.emplace_back(bytes_view(t));
+             std::vector<lf::tok::SpmMerge> ms;
+             ms.reserve(merges.size());
+             for (const auto& [a, b, r, k] : merges) ms.push_back({a, b, r, k});
+             py::gil_scoped_release nogil;
+             return std::make_unique<lf::tok::SpmModel>(std::move(ps), char_ok, ms, byte_ids, unk_id, fuse_unk);
+           }),
+           py::arg("pieces"), py::arg("char_ok"), py::arg("merges"), py::arg("byte_ids"), py::arg("unk_id"),
+           py::arg("fuse_unk"))
+      .def("encode_batch",
+           [](const lf::tok::SpmModel& self, const std::vector<py::bytes>& texts, bool split, int threads) {
+             std::vector<std::string_view> views;
+             views.reserve(texts.size());
+             for (const auto& t : texts) views.push_back(bytes_view(t));
+             std::vector<std::vector<int32_t>> ids;
+             {
+               py::gil_scoped_release nogil;
+               self.encode_batch(views, split, ids, threads);
+             }
+             py::list out(ids.size());
+             for (size_t i = 0; i < ids.size(); ++i) out[i] = ids_to_list(ids[i]);
+             return out;
+           },
+           py::arg("texts"), py::arg("split") = false, py::arg("threads") = 1)
+      .def_property_readonly("vocab_size", &lf::tok::SpmModel::vocab_size)
+      .def_property_readonly("num_pairs", &lf::tok::SpmModel::num_pairs);
   py::class_<lf::tok::BpeTrainer>(m, "BpeTrainer", "Byte-level BPE trainer (csrc/bpe.h).")
       .def(py::init([](const std::string& pattern, const std::vector<py::bytes>& specials) {
              std::vector<std::string> sp;

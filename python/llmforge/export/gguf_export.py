@@ -350,6 +350,16 @@ def _import(path, r):
         tok = _tokenizer_from_gguf(Tokenizer, toks, merges or [], ttypes or [], _field(r, "tokenizer.ggml.bos_token_id"),
                                    _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"),
                                    pattern)
+    elif _field(r, "tokenizer.ggml.model") == "llama" and toks:   # SentencePiece-style (Llama 2, Mistral)
+        from ..tokenizer import SpmTokenizer
+
+        keys = ("tokens", "scores", "token_type", "bos_token_id", "eos_token_id", "padding_token_id",
+                "unknown_token_id", "add_space_prefix")
+        md = {f"tokenizer.ggml.{k}": _field(r, f"tokenizer.ggml.{k}") for k in keys}
+        try:
+            tok = SpmTokenizer.from_gguf_metadata({k: v for k, v in md.items() if v is not None})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     return model, tok
 
 

@@ -7,12 +7,16 @@
     tok.save("tok.json"); Tokenizer.load("tok.json")             # own format
     tok.to_hf_json("tokenizer.json"); Tokenizer.from_hf_json("tokenizer.json")
     tok.gguf_metadata()                                          # tokenizer.ggml.* for GGUF export
+
+SentencePiece-style BPE (Llama 2, Mistral v0.1-v0.3, Phi-3): Tokenizer.from_hf_json() of their
+tokenizer.json gives an SpmTokenizer (tokenizer/spm.py), with the same encode/decode interface.
 """
 from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA3_PATTERN, LLAMA_CPP_PRE, QWEN2_PATTERN, Tokenizer,
                   TokenizerError,
                   bytes_to_unicode)
+from .spm import SpmTokenizer
 
 BPETokenizer = Tokenizer
 
-__all__ = ["Tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
+__all__ = ["Tokenizer", "SpmTokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
            "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]

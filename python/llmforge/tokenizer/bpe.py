@@ -422,8 +422,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Read a file written by save() (a Hugging Face tokenizer.json is read by from_hf_json)."""
-        return cls.from_dict(_read_json(Path(path)), str(path))
+        """Read a file written by save() (a Hugging Face tokenizer.json is read by from_hf_json); an
+        SpmTokenizer's file gives an SpmTokenizer."""
+        d = _read_json(Path(path))
+        if isinstance(d, dict) and d.get("format") == "llmforge-spm":
+            from .spm import SpmTokenizer
+
+            return SpmTokenizer.from_dict(d, str(path))
+        return cls.from_dict(d, str(path))
 
     # ---- Hugging Face tokenizer.json --------------------------------------------------
     def to_hf_dict(self) -> dict:
@@ -475,8 +481,9 @@ class Tokenizer:
 
     @classmethod
     def from_hf_json(cls, path: str | os.PathLike, bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO) -> "Tokenizer":
-        """Load a byte-level BPE tokenizer.json (file, or a directory holding one). Roles come from the
-        arguments, else a tokenizer_config.json beside it, else well-known special token names."""
+        """Load a tokenizer.json (file, or a directory holding one). Roles come from the arguments, else
+        a tokenizer_config.json beside it, else well-known special token names. A SentencePiece-style
+        file (byte_fallback: Llama 2, Mistral v0.1-v0.3, Phi-3) gives an llmforge.tokenizer.SpmTokenizer."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -507,9 +514,10 @@ class Tokenizer:
         m = d["model"]
         if m.get("type", "BPE") != "BPE":
             raise TokenizerError(f"model type {m.get('type')!r} is not supported (only BPE)")
-        if m.get("byte_fallback"):
-            raise TokenizerError("SentencePiece-style BPE (byte_fallback: Llama 2, Mistral v0.1-v0.3, Phi-3, "
-                                 "Gemma tokenizers) is not supported; only byte-level BPE (GPT-2, Llama 3, Qwen) is")
+        if m.get("byte_fallback") or _spm_style(d):   # Llama 2, Mistral v0.1-v0.3, Phi-3
+            from .spm import SpmTokenizer
+
+            return SpmTokenizer._from_hf_dict(d, roles, cfg)
         if m.get("continuing_subword_prefix") or m.get("end_of_word_suffix") or m.get("dropout"):
             raise TokenizerError("only plain byte-level BPE is supported (subword prefixes/suffixes and "
                                  "dropout are not)")
@@ -602,6 +610,18 @@ class Tokenizer:
             if tid is not None:
                 md[f"tokenizer.ggml.{key}"] = tid
         return md
+
+
+def _spm_style(d: dict) -> bool:
+    """A tokenizer.json that spells spaces as "▁" (Metaspace, or a Replace(" ", "▁") normaliser)."""
+    def has(node, pred) -> bool:
+        if not isinstance(node, dict):
+            return False
+        kids = node.get("normalizers") or node.get("pretokenizers") or []
+        return pred(node) or any(has(k, pred) for k in kids if isinstance(kids, list))
+
+    return has(d.get("pre_tokenizer"), lambda n: n.get("type") == "Metaspace") or has(
+        d.get("normalizer"), lambda n: n.get("type") == "Replace" and n.get("content") == "\u2581")
 
 
 def _hf_normalizer(norm) -> str | None:

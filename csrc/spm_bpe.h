@@ -1,0 +1,68 @@
+// spm_bpe.h — SentencePiece-style BPE (the Llama 2, Mistral v0.1-v0.3 and Phi-3 tokenizers).
+//
+// Input is text that was already normalised (spaces as U+2581 "▁", the prefix added) by
+// llmforge.tokenizer.spm. A word starts as one symbol per UTF-8 character: the piece of
+// that character, else its bytes as the <0xXX> byte-fallback pieces, else the unknown
+// piece (consecutive unknowns fused into one when fuse_unk). Then the adjacent pair of
+// lowest rank merges, leftmost first among equal ranks, until no pair has a rank (Hugging
+// Face's BPE with byte_fallback). Ranks may repeat: a table built from SentencePiece
+// scores gives every split of one piece the same rank (llama.cpp's SPM tokenizer).
+// split: the text is cut before every "▁" first (Metaspace with split=true). Without it the
+// text is still cut before a "▁" where no piece holds the character before it followed by "▁"
+// (no merge can cross such a place, so the ids are the same); this keeps the merge heaps small.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bpe.h"
+
+namespace lf::tok {
+
+struct SpmMerge {
+  int32_t left, right, result, rank;
+};
+
+class SpmModel {
+ public:
+  // pieces[id]: UTF-8 bytes ("▁" as E2 96 81); char_ok[id]: the piece may stand for its
+  // character (false for control / added tokens); byte_ids: 256 ids of <0x00>..<0xFF>
+  // (-1 where absent) or empty; unk_id: -1 for none.
+  SpmModel(std::vector<std::string> pieces, const std::vector<uint8_t>& char_ok, const std::vector<SpmMerge>& merges,
+           const std::vector<int32_t>& byte_ids, int32_t unk_id, bool fuse_unk);
+
+  void encode(std::string_view text, bool split, std::vector<int32_t>& out) const;
+  void encode_batch(const std::vector<std::string_view>& texts, bool split, std::vector<std::vector<int32_t>>& out,
+                    int threads) const;
+  size_t vocab_size() const { return pieces_.size(); }
+  size_t num_pairs() const { return ranks_.size(); }
+
+ private:
+  struct Scratch {
+    std::vector<int32_t> syms;
+    std::vector<int> next, prev;
+    std::vector<uint8_t> alive;
+    struct Cand {
+      int32_t rank, pos, left, right;
+      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::vector<Cand> heap;
+  };
+  void encode_word(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const;
+
+  struct Rank {
+    int32_t rank = -1, result = -1;
+  };
+  std::vector<std::string> pieces_;
+  PairMap<int32_t> char_id_;  // key: (length << 32 | up to 4 bytes) -> id + 1
+  PairMap<Rank> ranks_;
+  bool meta_known_ = false;
+  PairMap<int32_t> glue_;     // characters (char_key) that some piece holds just before a "▁"
+  int32_t byte_id_[256];
+  bool has_bytes_ = false;
+  int32_t unk_ = -1;
+  bool fuse_unk_ = false;
+};
+
+}  // namespace lf::tok
