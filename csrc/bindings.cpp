@@ -340,7 +340,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("pieces"), py::arg("char_ok"), py::arg("merges"), py::arg("byte_ids"), py::arg("unk_id"),
            py::arg("fuse_unk"))
       .def("encode_batch",
-           [](const lf::tok::SpmModel& self, const std::vector<py::bytes>& texts, bool split, int threads) {
+           [](lf::tok::SpmModel& self, const std::vector<py::bytes>& texts, bool split, int threads) {
              std::vector<std::string_view> views;
              views.reserve(texts.size());
              for (const auto& t : texts) views.push_back(bytes_view(t));

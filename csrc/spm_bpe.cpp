@@ -31,6 +31,8 @@ inline uint64_t char_key(const uint8_t* s, size_t len) {
 }
 
 constexpr uint8_t kMeta[3] = {0xE2, 0x96, 0x81};  // U+2581
+constexpr size_t kCacheWord = 64;                 // longer words are not cached
+constexpr size_t kCacheEntries = size_t(1) << 18;  // the cache is cleared when it holds more
 
 }  // namespace
 
@@ -166,11 +168,36 @@ void SpmModel::encode_word(const uint8_t* s, size_t n, Scratch& sc, std::vector<
     if (alive[i]) out.push_back(syms[i]);
 }
 
-void SpmModel::encode(std::string_view text, bool split, std::vector<int32_t>& out) const {
+void SpmModel::encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const {
+  if (n > kCacheWord) {
+    encode_word(s, n, sc, out);
+    return;
+  }
+  sc.key.assign(reinterpret_cast<const char*>(s), n);
+  auto it = sc.cache.find(sc.key);
+  if (it != sc.cache.end()) {
+    out.insert(out.end(), sc.ids.begin() + it->second.first, sc.ids.begin() + it->second.first + it->second.second);
+    return;
+  }
+  const size_t before = out.size();
+  encode_word(s, n, sc, out);
+  if (sc.cache.size() >= kCacheEntries) {
+    sc.cache.clear();
+    sc.ids.clear();
+  }
+  sc.cache.emplace(sc.key, std::make_pair(uint32_t(sc.ids.size()), uint32_t(out.size() - before)));
+  sc.ids.insert(sc.ids.end(), out.begin() + before, out.end());
+}
+
+void SpmModel::encode(std::string_view text, bool split, std::vector<int32_t>& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  encode_with(scratch_, text, split, out);
+}
+
+void SpmModel::encode_with(Scratch& sc, std::string_view text, bool split, std::vector<int32_t>& out) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
   if (n > (size_t(1) << 30)) throw ValueError("tokenizer: a text of more than 1 GiB cannot be encoded");
-  Scratch sc;
   out.reserve(out.size() + n / 3 + 4);
   // cut before a "▁" when split, or when no piece glues the character before it to a "▁"
   size_t start = 0, prev_at = 0, prev_len = 0;
@@ -179,7 +206,7 @@ void SpmModel::encode(std::string_view text, bool split, std::vector<int32_t>& o
     if (len == 3 && i > start && std::memcmp(s + i, kMeta, 3) == 0) {
       const bool prev_meta = prev_len == 3 && std::memcmp(s + prev_at, kMeta, 3) == 0;
       if (split || (meta_known_ && !prev_meta && !glue_.find(char_key(s + prev_at, prev_len)))) {
-        encode_word(s + start, i - start, sc, out);
+        encode_cached(s + start, i - start, sc, out);
         start = i;
       }
     }
@@ -187,27 +214,34 @@ void SpmModel::encode(std::string_view text, bool split, std::vector<int32_t>& o
     prev_len = len;
     i += len;
   }
-  if (start < n) encode_word(s + start, n - start, sc, out);
+  if (start < n) encode_cached(s + start, n - start, sc, out);
 }
 
 void SpmModel::encode_batch(const std::vector<std::string_view>& texts, bool split,
-                            std::vector<std::vector<int32_t>>& out, int threads) const {
+                            std::vector<std::vector<int32_t>>& out, int threads) {
   out.assign(texts.size(), {});
   size_t total = 0;
   for (auto t : texts) total += t.size();
+  std::lock_guard<std::mutex> lock(mu_);
   if (threads <= 1 || texts.size() < 2 || total < (size_t(1) << 16)) {
-    for (size_t i = 0; i < texts.size(); ++i) encode(texts[i], split, out[i]);
+    for (size_t i = 0; i < texts.size(); ++i) encode_with(scratch_, texts[i], split, out[i]);
     return;
   }
+  if (int(thread_scratch_.size()) < threads - 1) thread_scratch_.resize(threads - 1);
   std::exception_ptr error;
   const int64_t n = int64_t(texts.size());
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
-  for (int64_t i = 0; i < n; ++i) {
-    try {
-      encode(texts[i], split, out[i]);
-    } catch (...) {
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    Scratch& sc = t == 0 ? scratch_ : thread_scratch_[t - 1];
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        encode_with(sc, texts[i], split, out[i]);
+      } catch (...) {
 #pragma omp critical(lf_spm_error)
-      if (!error) error = std::current_exception();
+        if (!error) error = std::current_exception();
+      }
     }
   }
   if (error) std::rethrow_exception(error);

@@ -12,7 +12,9 @@
 // (no merge can cross such a place, so the ids are the same); this keeps the merge heaps small.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <string_view>
 #include <vector>
 
@@ -32,9 +34,11 @@ class SpmModel {
   SpmModel(std::vector<std::string> pieces, const std::vector<uint8_t>& char_ok, const std::vector<SpmMerge>& merges,
            const std::vector<int32_t>& byte_ids, int32_t unk_id, bool fuse_unk);
 
-  void encode(std::string_view text, bool split, std::vector<int32_t>& out) const;
+  // Words up to kCacheWord bytes are cached (one cache for encode(), one per extra thread of
+  // encode_batch(); calls are serialised).
+  void encode(std::string_view text, bool split, std::vector<int32_t>& out);
   void encode_batch(const std::vector<std::string_view>& texts, bool split, std::vector<std::vector<int32_t>>& out,
-                    int threads) const;
+                    int threads);
   size_t vocab_size() const { return pieces_.size(); }
   size_t num_pairs() const { return ranks_.size(); }
 
@@ -48,8 +52,14 @@ class SpmModel {
       bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
     };
     std::vector<Cand> heap;
+    // word cache: bytes -> (offset, count) in ids
+    std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache;
+    std::vector<int32_t> ids;
+    std::string key;
   };
   void encode_word(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const;
+  void encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const;
+  void encode_with(Scratch& sc, std::string_view text, bool split, std::vector<int32_t>& out) const;
 
   struct Rank {
     int32_t rank = -1, result = -1;
@@ -59,6 +69,9 @@ class SpmModel {
   PairMap<Rank> ranks_;
   bool meta_known_ = false;
   PairMap<int32_t> glue_;     // characters (char_key) that some piece holds just before a "▁"
+  std::mutex mu_;
+  Scratch scratch_;
+  std::vector<Scratch> thread_scratch_;
   int32_t byte_id_[256];
   bool has_bytes_ = false;
   int32_t unk_ = -1;

@@ -96,17 +96,14 @@ def quant_ladder_cmd(model_dir: str, text: str, out: str, methods: str | None = 
     """Run llmforge.quant.ladder on an HF-layout model directory (tokenizer beside it). `text`
     (a UTF-8 file) is tokenised and cut into seq_len windows: the first half's windows
     calibrate, the second half's are held out."""
-    import os
-
     import torch
 
     from .model import load_hf
     from .quant.ladder import DEFAULT_METHODS, quant_ladder
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_tokenizer
 
     model = load_hf(model_dir)
-    own = os.path.join(model_dir, "llmforge_tokenizer.json")
-    tok = Tokenizer.load(own) if os.path.exists(own) else Tokenizer.from_hf_json(os.path.join(model_dir, "tokenizer.json"))
+    tok = load_tokenizer(model_dir)
     with open(text, encoding="utf-8") as f:
         ids = torch.tensor(tok.encode(f.read()), dtype=torch.int64)
     seq_len = min(seq_len, model.cfg.max_seq_len)

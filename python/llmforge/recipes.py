@@ -159,7 +159,7 @@ def load_chats(spec: str):
 
 def run_sft(recipe: dict) -> dict:
     from .model import load_hf, save_hf
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_tokenizer
     from .train.lora import merge_lora
     from .train.pretrain import PretrainConfig
     from .train.sft import SFTConfig, sft
@@ -174,8 +174,7 @@ def run_sft(recipe: dict) -> dict:
     train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
     cfg = SFTConfig(**_fields(SFTConfig, s, "sft"), train=train_cfg)
     cfg.out_dir = train_cfg.out_dir
-    tok_file = os.path.join(base, "llmforge_tokenizer.json")
-    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    tok = load_tokenizer(base)
     model = load_hf(base)
     convs = load_chats(chats)
     if max_conversations:
@@ -226,7 +225,7 @@ def run_align(recipe: dict) -> dict:
     from .align.orpo import ORPOConfig, orpo
     from .align.reward import RewardConfig, RewardModel, train_reward_model
     from .model import load_hf, save_hf
-    from .tokenizer import Tokenizer
+    from .tokenizer import load_tokenizer
 
     a = dict(recipe.get("align", {}))
     method, base = a.get("method"), a.get("base")
@@ -243,8 +242,7 @@ def run_align(recipe: dict) -> dict:
     if len(recs) <= held:
         raise ValueError(f"only {len(recs)} preference records for heldout={held}")
     train, evals = recs[:-held], recs[-held:]
-    tok_file = os.path.join(base, "llmforge_tokenizer.json")
-    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    tok = load_tokenizer(base)
     model = load_hf(base)
     cls = {"dpo": DPOConfig, "orpo": ORPOConfig, "kto": KTOConfig, "reward": RewardConfig}[method]
     cfg = cls(**_fields(cls, recipe.get("config", a.get("config", {})), "config"))

@@ -12,69 +12,8 @@ import pytest
 from llmforge.tokenizer import SpmTokenizer, Tokenizer, TokenizerError
 
 spm = pytest.importorskip("sentencepiece")
-hf_tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("tokenizers")
 pytest.importorskip("google.protobuf")
-
-
-def _convert(model_file: str, legacy: bool, out_dir):
-    """tokenizer.json from a SentencePiece model by transformers' LlamaConverter (its merges from
-    transformers' generate_merges, ordered by piece score)."""
-    import transformers.convert_slow_tokenizer as conv
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import BPE
-
-    class Converter(conv.LlamaConverter):
-        def tokenizer(self, proto):  # SpmConverter.tokenizer's BPE branch
-            vocab_scores = self.vocab(proto)
-            vocab = {w: i for i, (w, _) in enumerate(vocab_scores)}
-            merges = conv.generate_merges(vocab, vocab_scores)
-            tk = HFTokenizer(BPE(vocab, merges, unk_token=proto.trainer_spec.unk_piece, fuse_unk=True,
-                                 byte_fallback=True))
-            tk.add_tokens([AddedToken(p.piece, normalized=False, special=p.type == 3)
-                           for p in proto.pieces if p.type in (3, 4)])
-            return tk
-
-    class Original:
-        vocab_file, add_prefix_space = model_file, True
-
-        def __init__(self):
-            self.legacy = legacy
-            self.sp = spm.SentencePieceProcessor(model_file=model_file)
-
-        def convert_ids_to_tokens(self, i):
-            return self.sp.id_to_piece(i)
-
-    out_dir.mkdir()
-    Converter(Original()).converted().save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": legacy, "add_bos_token": True,
-         "add_eos_token": False, "tokenizer_class": "LlamaTokenizer"}))
-    return out_dir
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    from llmforge.data.corpora import peoples_daily, shakespeare_text
-
-    lines = shakespeare_text().splitlines()
-    zh = [d.text for d in peoples_daily(max_lines=400)]
-    cut = int(len(lines) * 0.9)
-    return {"train": lines[:cut] + zh[:300], "held": lines[cut:], "zh": zh[300:]}
-
-
-@pytest.fixture(scope="module")
-def sp_dirs(corpus, tmp_path_factory):
-    d = tmp_path_factory.mktemp("spm")
-    prefix = str(d / "m")
-    # Llama's settings: BPE, byte fallback, identity normalisation, whitespace kept, digits split
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus["train"]), model_prefix=prefix, vocab_size=3000, model_type="bpe",
-        byte_fallback=True, character_coverage=0.995, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-        user_defined_symbols=["<|im_start|>", "<|im_end|>"], num_threads=2, minloglevel=2)
-    return {"model": prefix + ".model", "legacy": _convert(prefix + ".model", True, d / "legacy"),
-            "first": _convert(prefix + ".model", False, d / "first")}
 
 
 def _texts(corpus, seed=0, n_random=300):
@@ -301,3 +240,77 @@ def test_bad_input(sp_dirs, tmp_path):
     (tmp_path / "own.json").write_text(json.dumps({"format": "llmforge-spm", "version": 1, "pieces": [1, 2]}))
     with pytest.raises(TokenizerError, match="own.json"):
         Tokenizer.load(tmp_path / "own.json")
+
+
+def test_native_model_rejects_bad_tables():
+    from llmforge import _C
+
+    pieces = [b"<unk>", b"a", b"b", b"ab", b"<0x41>"]
+    ok = [0, 1, 1, 1, 0]
+    byte_ids = [-1] * 256
+    _C.SpmModel(pieces, ok, [(1, 2, 3, 0)], byte_ids, 0, True)   # a sound table builds
+    bad = {
+        "out of range": dict(merges=[(1, 9, 3, 0)]),
+        "concatenation": dict(merges=[(2, 1, 3, 0)]),
+        "negative rank": dict(merges=[(1, 2, 3, -1)]),
+        "256 ids": dict(byte_ids=[4] * 10),
+        "byte token id": dict(byte_ids=[7] * 256),
+        "unk id": dict(unk=5),
+        "one entry per piece": dict(ok=[1, 1]),
+    }
+    for what, kw in bad.items():
+        with pytest.raises(ValueError, match=what):
+            _C.SpmModel(pieces, kw.get("ok", ok), kw.get("merges", [(1, 2, 3, 0)]), kw.get("byte_ids", byte_ids),
+                        kw.get("unk", 0), True)
+    with pytest.raises(ValueError, match="empty"):
+        _C.SpmModel([], [], [], [], -1, True)
+    m = _C.SpmModel(pieces, ok, [(1, 2, 3, 0)], byte_ids, 0, True)
+    assert m.encode_batch([b"abab", b"", b"xxab\xff"], False, 1) == [[3, 3], [], [0, 3, 0]]
+
+
+def test_sentencepiece_model_file_read_without_sentencepiece(sp_dirs, corpus, tmp_path):
+    """tokenizer.model read by our own protobuf reader: sentencepiece's ids on plain text, and the
+    converted tokenizer.json's ids on everything (control / user-defined pieces as added tokens)."""
+    import shutil
+
+    from llmforge.tokenizer import load_tokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=sp_dirs["model"])
+    tok = SpmTokenizer.from_sentencepiece(sp_dirs["model"])
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == ("<s>", "</s>", "<unk>", None)
+    assert tok.pieces == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    hf = Tokenizer.from_hf_json(sp_dirs["legacy"])
+    for t in _texts(corpus, seed=9):
+        ids = tok.encode(t)
+        assert ids == hf.encode(t), repr(t[:100])
+        if not any(a in t for a in ("<s>", "</s>", "<|im_")):
+            assert ids == sp.encode(t), repr(t[:100])
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(sp_dirs["model"], d / "tokenizer.model")
+    assert load_tokenizer(d).encode("Hello world") == sp.encode("Hello world")
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "nothing")
+
+
+def test_corrupt_sentencepiece_model_files(sp_dirs, tmp_path):
+    import numpy as np
+
+    from tests.damage import spoilt
+
+    raw = open(sp_dirs["model"], "rb").read()
+    rng = np.random.default_rng(0)
+    n_ok = 0
+    for i in range(60):
+        p = tmp_path / f"d{i}.model"
+        p.write_bytes(spoilt(raw, rng))
+        try:
+            SpmTokenizer.from_sentencepiece(p).encode("Hello world \u4e2d")
+            n_ok += 1          # damage inside a piece's text or a score can leave a valid model
+        except ValueError as e:
+            assert str(p) in str(e), e
+    assert n_ok < 50
+    for bad in (b"", b"\x0a\xff\xff\xff\xff\x0f", b"\x08" * 3, b"not a model at all"):
+        (tmp_path / "x.model").write_bytes(bad)
+        with pytest.raises(ValueError, match="x.model"):
+            SpmTokenizer.from_sentencepiece(tmp_path / "x.model")

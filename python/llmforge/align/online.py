@@ -58,10 +58,9 @@ def heldout_reward(model, tokenizer, prompts, reward_fn, max_new_tokens: int, te
 
 
 def _tokenizer(base: str):
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import load_tokenizer
 
-    f = os.path.join(base, "llmforge_tokenizer.json")
-    return Tokenizer.load(f) if os.path.exists(f) else Tokenizer.from_hf_json(os.path.join(base, "tokenizer.json"))
+    return load_tokenizer(base)
 
 
 def run_online(recipe: dict) -> dict:

@@ -211,8 +211,11 @@ def tokenize_chat(messages, tokenizer, template: str = "chatml", add_bos: bool =
             raise TemplateError("add_bos=True but the tokenizer has no bos token")
         ids.append(bos_id)
         labels.append(IGNORE)
-    for text, is_assistant in _segments(messages, template, bos, eos):
-        toks = list(tokenizer.encode(text))
+    from ..tokenizer.spm import SpmTokenizer
+
+    spm = isinstance(tokenizer, SpmTokenizer)   # later segments continue the text: no "▁" in front
+    for k, (text, is_assistant) in enumerate(_segments(messages, template, bos, eos)):
+        toks = list(tokenizer.encode(text, continuation=True) if spm and k else tokenizer.encode(text))
         ids.extend(toks)
         labels.extend(toks if is_assistant else [IGNORE] * len(toks))
     if max_len is not None:

@@ -197,12 +197,11 @@ def evaluate_all(model, tokenizer, cfg: EvalConfig | None = None, out_dir: str |
 def load_model_dir(path: str):
     """(model, tokenizer) from a model directory in the HF layout that llmforge writes."""
     from ..model import load_hf
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import load_tokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory {path} not found")
-    tok_file = os.path.join(path, "llmforge_tokenizer.json")
-    tok = Tokenizer.load(tok_file) if os.path.exists(tok_file) else Tokenizer.from_hf_json(os.path.join(path, "tokenizer.json"))
+    tok = load_tokenizer(path)
     return load_hf(path), tok
 
 

@@ -50,11 +50,10 @@ def load_for_generation(path: str | os.PathLike, quant: str | None = None, dtype
         model = model.to(dtype)
     elif os.path.isdir(path):
         from ..model.hf import load_hf
-        from ..tokenizer import Tokenizer
+        from ..tokenizer import load_tokenizer
 
         model = load_hf(path, dtype=dtype)
-        tj = os.path.join(path, "tokenizer.json")
-        tok = Tokenizer.from_hf_json(tj) if os.path.isfile(tj) else None
+        tok = load_tokenizer(path, required=False)
     else:
         raise FileNotFoundError(f"{path}: no such model directory or GGUF file")
     model.eval()

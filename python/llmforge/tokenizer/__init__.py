@@ -16,7 +16,24 @@ from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA3_PATTERN, LLAMA_CP
                   bytes_to_unicode)
 from .spm import SpmTokenizer
 
+
+def load_tokenizer(model_dir, required: bool = True):
+    """The tokenizer of a model directory: llmforge_tokenizer.json (our own format), else
+    tokenizer.json (Hugging Face), else tokenizer.model (SentencePiece). None when there is none
+    and required=False."""
+    import os
+
+    for name, load in (("llmforge_tokenizer.json", Tokenizer.load), ("tokenizer.json", Tokenizer.from_hf_json),
+                       ("tokenizer.model", SpmTokenizer.from_sentencepiece)):
+        f = os.path.join(model_dir, name)
+        if os.path.isfile(f):
+            return load(f)
+    if required:
+        raise FileNotFoundError(f"{model_dir}: no tokenizer (llmforge_tokenizer.json, tokenizer.json or "
+                                "tokenizer.model)")
+    return None
+
 BPETokenizer = Tokenizer
 
-__all__ = ["Tokenizer", "SpmTokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
+__all__ = ["Tokenizer", "SpmTokenizer", "load_tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
            "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]

@@ -20,6 +20,7 @@ before the one at the start of the text, and not when it already starts with a s
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -180,9 +181,11 @@ class SpmTokenizer:
     # ---- encode ----------------------------------------------------------------------
     def _normalize(self, s: str, offset: int) -> str:
         """What the legacy normaliser / Metaspace pre-tokenizer make of a stretch of text that starts at
-        `offset` in the original text."""
+        `offset` in the original text (offset -1: the start of a continuation, which gets no "▁")."""
         if not s:
             return s
+        if offset < 0:
+            return s.replace(" ", META)
         if self.prefix == "legacy":
             return META + s.replace(" ", META)
         s = s.replace(" ", META)
@@ -210,17 +213,17 @@ class SpmTokenizer:
                 while e < len(text) and text[e] in _WS:
                     e += 1
             if s > pos:
-                out.append((None, text[pos:s], offset + pos))
-            out.append((a["id"], text[s:e], offset + s))
+                out.append((None, text[pos:s], _at(offset, pos)))
+            out.append((a["id"], text[s:e], _at(offset, s)))
             pos = e
         if pos < len(text):
-            out.append((None, text[pos:], offset + pos))
+            out.append((None, text[pos:], _at(offset, pos)))
         return out
 
-    def _words(self, text: str, allow_special: bool) -> list:
+    def _words(self, text: str, allow_special: bool, continuation: bool = False) -> list:
         """The encoding plan of one text: token ids (added tokens) and normalised words (str)."""
         plan = []
-        for tid, s, off in self._split_added(text, self._raw_re if allow_special else None, 0):
+        for tid, s, off in self._split_added(text, self._raw_re if allow_special else None, -1 if continuation else 0):
             if tid is not None:
                 plan.append(tid)
                 continue
@@ -240,9 +243,11 @@ class SpmTokenizer:
         return plan
 
     def encode(self, text: str | bytes, add_bos: bool = False, add_eos: bool = False,
-               allow_special: bool = True) -> list[int]:
-        """Token ids of text. Added tokens in the text become their ids unless allow_special=False."""
-        return self.encode_batch([text], add_bos, add_eos, allow_special, num_threads=1)[0]
+               allow_special: bool = True, continuation: bool = False) -> list[int]:
+        """Token ids of text. Added tokens in the text become their ids unless allow_special=False.
+        continuation=True: text continues earlier text, so no "▁" is put in front of it (encoding a
+        chat turn by turn then gives the ids of the whole)."""
+        return self._encode([text], add_bos, add_eos, allow_special, 1, continuation)[0]
 
     def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
                      allow_special: bool = True, num_threads: int | None = None) -> list[list[int]]:
@@ -256,31 +261,55 @@ class SpmTokenizer:
             num_threads = torch.get_num_threads()
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
-        plans, words = [], []
+        return self._encode(texts, add_bos, add_eos, allow_special, num_threads, False)
+
+    def _encode(self, texts, add_bos, add_eos, allow_special, num_threads, continuation) -> list[list[int]]:
+        if add_bos and self.bos_id is None:
+            raise ValueError("add_bos=True but this tokenizer has no bos token")
+        if add_eos and self.eos_id is None:
+            raise ValueError("add_eos=True but this tokenizer has no eos token")
+        raw_rx = self._raw_re[0] if allow_special and self._raw_re is not None else None
+        one_word = self._norm_re is None or not allow_special
+        start = -1 if continuation else 0
+        plans, words = [], []   # plan None: the text is one word
         for i, t in enumerate(texts):
-            s = _text_bytes(t, f"text {i}").decode("utf-8", "surrogateescape") if not isinstance(t, str) else t
-            _text_bytes(s, f"text {i}")  # rejects lone surrogates that stand for no byte
-            plan = self._words(s, allow_special)
-            for item in plan:
-                if isinstance(item, str):
-                    words.append(item.encode("utf-8", "surrogateescape"))
+            s = t if isinstance(t, str) else _text_bytes(t, f"text {i}").decode("utf-8", "surrogateescape")
+            try:
+                if one_word and (raw_rx is None or raw_rx.search(s) is None):
+                    w = self._normalize(s, start)
+                    plans.append(None if w else [])
+                    if w:
+                        words.append(w.encode("utf-8", "surrogateescape"))
+                    continue
+                plan = self._words(s, allow_special, continuation)
+                words.extend(item.encode("utf-8", "surrogateescape") for item in plan if isinstance(item, str))
+            except UnicodeEncodeError as e:
+                _text_bytes(s, f"text {i}")   # raises the lone-surrogate error
+                raise ValueError(f"text {i}: {e}") from None
             plans.append(plan)
-        encoded = iter(self._model.encode_batch(words, self.split, num_threads))
-        out = []
-        for plan in plans:
-            ids = [self.bos_id] if add_bos else []
-            if add_bos and self.bos_id is None:
-                raise ValueError("add_bos=True but this tokenizer has no bos token")
-            for item in plan:
-                if isinstance(item, str):
-                    ids.extend(next(encoded))
+        gc_was_on = gc.isenabled()
+        gc.disable()   # a collection per few hundred new id lists costs more than the encoding
+        try:
+            encoded = iter(self._model.encode_batch(words, self.split, num_threads))
+            out = []
+            for plan in plans:
+                if plan is None:
+                    ids = next(encoded)
                 else:
-                    ids.append(item)
-            if add_eos:
-                if self.eos_id is None:
-                    raise ValueError("add_eos=True but this tokenizer has no eos token")
-                ids.append(self.eos_id)
-            out.append(ids)
+                    ids = []
+                    for item in plan:
+                        if isinstance(item, str):
+                            ids.extend(next(encoded))
+                        else:
+                            ids.append(item)
+                if add_bos:
+                    ids.insert(0, self.bos_id)
+                if add_eos:
+                    ids.append(self.eos_id)
+                out.append(ids)
+        finally:
+            if gc_was_on:
+                gc.enable()
         return out
 
     # ---- decode ----------------------------------------------------------------------
@@ -448,6 +477,40 @@ class SpmTokenizer:
         except (KeyError, TypeError, ValueError) as e:
             raise TokenizerError(f"corrupt GGUF tokenizer metadata ({type(e).__name__}: {e})") from None
 
+    @classmethod
+    def from_sentencepiece(cls, path: str | os.PathLike) -> "SpmTokenizer":
+        """A SentencePiece BPE model file (the tokenizer.model of Llama 2 / Mistral checkpoints), read
+        without sentencepiece: pieces merge by score; control pieces are special added tokens and
+        user-defined ones plain added tokens (as transformers' converter makes them)."""
+        from .sentencepiece_model import read_sentencepiece_model
+
+        info = read_sentencepiece_model(path)
+        tr, nm = info["trainer"], info["normalizer"]
+        kinds = {1: "unigram", 2: "BPE", 3: "word", 4: "char"}
+        if tr["model_type"] != 2:
+            raise TokenizerError(f"{path}: a {kinds.get(tr['model_type'], tr['model_type'])} SentencePiece model; "
+                                 "only BPE ones (Llama 2, Mistral) are supported")
+        if nm["precompiled_charsmap"] or nm["name"] not in ("identity", ""):
+            raise TokenizerError(f"{path}: normalization rule {nm['name']!r} is not supported (only identity, "
+                                 "as Llama 2 and Mistral use)")
+        if nm["remove_extra_whitespaces"] or not nm["escape_whitespaces"] or tr["treat_whitespace_as_suffix"]:
+            raise TokenizerError(f"{path}: remove_extra_whitespaces, escape_whitespaces=false and "
+                                 "treat_whitespace_as_suffix are not supported")
+        pieces, types = info["pieces"], info["types"]
+        added = [{"id": i, "content": p, "special": t == TT_CONTROL, "normalized": False}
+                 for i, (p, t) in enumerate(zip(pieces, types)) if t in (TT_CONTROL, TT_USER_DEFINED)]
+        names = {a["content"] for a in added}
+
+        def piece(i, any_piece=False):
+            return pieces[i] if 0 <= i < len(pieces) and (any_piece or pieces[i] in names) else None
+
+        try:
+            return cls(pieces, types, None, info["scores"], added, "legacy" if nm["add_dummy_prefix"] else "never",
+                       False, piece(tr["bos_id"]), piece(tr["eos_id"]), piece(tr["pad_id"]),
+                       piece(tr["unk_id"], True), fuse_unk=True, strip_leading_space=nm["add_dummy_prefix"])
+        except ValueError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+
     # ---- Hugging Face tokenizer.json ---------------------------------------------------
     @classmethod
     def _from_hf_dict(cls, d: dict, roles: dict, cfg: dict) -> "SpmTokenizer":
@@ -614,6 +677,11 @@ class SpmTokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SpmTokenizer":
         return cls.from_dict(_read_json(Path(path)), str(path))
+
+
+def _at(offset: int, pos: int) -> int:
+    """Offset of position pos of a stretch that starts at offset (-1: a continuation's start, 1 past it)."""
+    return offset + pos if offset >= 0 else (-1 if pos == 0 else pos)
 
 
 def _word_char(c: str) -> bool:
