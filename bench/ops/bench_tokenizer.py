@@ -11,6 +11,11 @@ TOKENIZERS_PARALLELISM=false, set before it is imported). Cases:
   encode <MB> lines          encode_batch of its lines, num_threads=1 (HF: encode_batch, then .ids);
                              plus llmforge on torch.get_num_threads() threads
   ... lines, qwen2 + NFC     the same with Qwen2/Qwen3's pre-tokenizer and NFC normalizer
+  spm encode ...             SentencePiece-style BPE (Llama 2 / Mistral form): a SentencePiece BPE
+                             model (vocab 8192, byte fallback, Llama's settings) trained here on the
+                             text, read by SpmTokenizer.from_sentencepiece; HF tokenizers on its
+                             tokenizer.json (to_hf_json, legacy Prepend + Replace normaliser), and
+                             sentencepiece itself (encode of the string / the list of lines)
 Throughput (text MB/s) is printed below the table (the harness's GB/s column is for memory traffic).
 """
 from __future__ import annotations
@@ -113,7 +118,46 @@ def run(device: str = "cpu", quick: bool = False):
         assert fq() == hfq(), f"{case}: llmforge and tokenizers disagree"
         rows.append(row(case, "HF tokenizers (1 thread)", time_fn(hfq, warmup=1, iters=2 if quick else 3,
                                                                    min_time_s=0)))
+    rows += _spm_rows(text, lines, mb, quick, HFTokenizer)
     for r in rows:
         r.extra["MB/s"] = round(nbytes / (r.ms * 1e-3) / 1e6, 2)
         print(f"{r.case:32s} {r.impl:26s} {r.extra['MB/s']:8.2f} MB/s of text")
     return finish(rows, baseline="HF tokenizers (1 thread)")
+
+
+def _spm_rows(text: str, lines: list[str], mb: str, quick: bool, HFTokenizer) -> list:
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        warnings.warn("sentencepiece is not installed: no SentencePiece-style cases")
+        return []
+    from llmforge.tokenizer import SpmTokenizer
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        prefix = os.path.join(d, "m")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines[::4] if quick else lines), model_prefix=prefix, vocab_size=VOCAB,
+            model_type="bpe", byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True, num_threads=2,
+            minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+        tok = SpmTokenizer.from_sentencepiece(prefix + ".model")
+        hf = HFTokenizer.from_file(str(tok.to_hf_json(os.path.join(d, "tokenizer.json")))) if HFTokenizer else None
+    cases = {
+        f"spm encode {mb} one string": (lambda: tok.encode(text), lambda: sp.encode(text),
+                                        hf and (lambda: hf.encode(text, add_special_tokens=False).ids)),
+        f"spm encode {mb} lines": (lambda: tok.encode_batch(lines, num_threads=1), lambda: sp.encode(lines),
+                                   hf and (lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)])),
+    }
+    for case, (ours, theirs, hff) in cases.items():
+        want = ours()
+        assert theirs() == want, f"{case}: llmforge and sentencepiece disagree"
+        if hff is not None:
+            assert hff() == want, f"{case}: llmforge and tokenizers disagree"
+        rows.append(row(case, "llmforge", time_fn(ours, warmup=1, iters=5, min_time_s=0)))
+        rows.append(row(case, "sentencepiece (1 thread)", time_fn(theirs, warmup=1, iters=3, min_time_s=0)))
+        if hff is not None:
+            rows.append(row(case, "HF tokenizers (1 thread)", time_fn(hff, warmup=0, iters=1 if quick else 2,
+                                                                       min_time_s=0)))
+    return rows
