@@ -111,3 +111,24 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(llama2_dir, corpus, tmp_
     assert isinstance(tok2, SpmTokenizer) and (tok2.bos_token, tok2.eos_token) == ("<s>", "</s>")
     for t in corpus["held"][:100] + corpus["zh"][:20]:
         assert tok2.encode(t) == tok.encode(t)
+
+
+def test_lora_sft_with_llama2_template(llama2_dir, tmp_path):
+    """LoRA SFT of the Llama-2-style directory on chitchat with Llama 2's chat template: the
+    held-out assistant loss falls, and the saved model's tokenizer files reload to the same ids."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from llmforge.recipes import run_sft
+    from llmforge.tokenizer import load_tokenizer
+
+    d, _, tok = llama2_dir
+    out = tmp_path / "sft"
+    s = run_sft({"sft": {"base": str(d), "chats": "chitchat", "max_conversations": 120, "heldout": 16,
+                         "template": LLAMA2_CHAT, "seq_len": 128, "lora_r": 8, "lora_alpha": 16},
+                 "train": {"out_dir": str(out), "steps": 30, "batch_size": 4, "lr": 1e-2, "warmup": 3,
+                           "eval_every": 30, "eval_batches": 2, "progress": False}})
+    assert s["eval_loss"] < s["eval_loss_before"] - 0.1, s
+    again = load_tokenizer(out / "model")
+    hf = HFTokenizer.from_file(str(out / "model" / "tokenizer.json"))
+    for t in ["[INST] Hello there [/INST] Hi! </s>", "\u4e2d\u6587 and \U0001F600"]:
+        assert again.encode(t) == tok.encode(t) == hf.encode(t, add_special_tokens=False).ids
