@@ -96,8 +96,10 @@ def pretrain_from_docs(recipe: dict, train_docs: list[str], held_docs: list[str]
     seq_len = int(data_cfg.get("seq_len", 256))
     t0 = time.perf_counter()
     tok_path = os.path.join(out, "tokenizer.json")
-    if tok_cfg.get("path"):
-        tok = Tokenizer.load(tok_cfg["path"])
+    if tok_cfg.get("path"):   # our own file, a tokenizer.json, a SentencePiece .model, or a model directory
+        from .tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tok_cfg["path"])
     elif os.path.exists(tok_path):
         tok = Tokenizer.load(tok_path)
     else:

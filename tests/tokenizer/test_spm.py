@@ -289,6 +289,9 @@ def test_sentencepiece_model_file_read_without_sentencepiece(sp_dirs, corpus, tm
     d.mkdir()
     shutil.copy(sp_dirs["model"], d / "tokenizer.model")
     assert load_tokenizer(d).encode("Hello world") == sp.encode("Hello world")
+    tok.save(d / "own.json")
+    for f in (d / "tokenizer.model", d / "own.json", sp_dirs["legacy"] / "tokenizer.json"):   # single files
+        assert load_tokenizer(f).encode("Hello world") == sp.encode("Hello world"), f
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "nothing")
 

@@ -17,23 +17,34 @@ from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA3_PATTERN, LLAMA_CP
 from .spm import SpmTokenizer
 
 
-def load_tokenizer(model_dir, required: bool = True):
-    """The tokenizer of a model directory: llmforge_tokenizer.json (our own format), else
-    tokenizer.json (Hugging Face), else tokenizer.model (SentencePiece). None when there is none
-    and required=False."""
+def load_tokenizer(path, required: bool = True):
+    """A tokenizer from a file (our own format, a Hugging Face tokenizer.json, or a SentencePiece
+    .model) or a model directory (llmforge_tokenizer.json, else tokenizer.json, else tokenizer.model).
+    None for a directory without one when required=False."""
+    import json
     import os
 
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()[:1]
+        if head != b"{":   # not JSON: a SentencePiece model (protobuf)
+            return SpmTokenizer.from_sentencepiece(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                fmt = json.load(f).get("format")
+        except (ValueError, AttributeError):
+            fmt = None
+        return Tokenizer.load(path) if fmt in ("llmforge-bpe", "llmforge-spm") else Tokenizer.from_hf_json(path)
     for name, load in (("llmforge_tokenizer.json", Tokenizer.load), ("tokenizer.json", Tokenizer.from_hf_json),
                        ("tokenizer.model", SpmTokenizer.from_sentencepiece)):
-        f = os.path.join(model_dir, name)
+        f = os.path.join(path, name)
         if os.path.isfile(f):
             return load(f)
-    if required:
-        raise FileNotFoundError(f"{model_dir}: no tokenizer (llmforge_tokenizer.json, tokenizer.json or "
-                                "tokenizer.model)")
+    if required or not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no tokenizer (a tokenizer file, or a directory with "
+                                "llmforge_tokenizer.json, tokenizer.json or tokenizer.model)")
     return None
 
-BPETokenizer = Tokenizer
 
 __all__ = ["Tokenizer", "SpmTokenizer", "load_tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
            "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]
