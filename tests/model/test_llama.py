@@ -198,15 +198,18 @@ def test_phi3_fused_rows_checked(tmp_path):
             load_hf(tmp_path)
 
 
-@pytest.mark.parametrize("where", ["top", "rope_parameters"])
+@pytest.mark.parametrize("where", ["top", "rope_parameters", "rope_scaling"])
 def test_partial_rotary_refused(tmp_path, where):
-    """RoPE over part of each head (Phi-4-mini's partial_rotary_factor 0.75) is refused, in either
+    """RoPE over part of each head (Phi-4-mini's partial_rotary_factor 0.75) is refused, in any
     place config.json may hold it, rather than loaded with full rotation."""
     model = Transformer(_cfg())
     save_hf(model, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     if where == "top":
         cfg["partial_rotary_factor"] = 0.75
+    elif where == "rope_scaling":
+        cfg.pop("rope_parameters", None)
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.75}
     else:
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}
     (tmp_path / "config.json").write_text(json.dumps(cfg))

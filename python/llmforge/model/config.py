@@ -14,8 +14,9 @@ def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) of a config.json: the `rope_parameters` dict transformers 5
     writes (theta and scaling in one), or the older top-level rope_theta / rope_scaling."""
     rp = cfg.get("rope_parameters")
-    for where in (cfg, rp if isinstance(rp, dict) else {}):   # Phi-4-mini, StableLM: RoPE on part of each head
-        if where.get("partial_rotary_factor", 1.0) not in (1, 1.0, None):
+    # Phi-4-mini, StableLM: RoPE on part of each head (top level, in rope_parameters or in rope_scaling)
+    for where in (cfg, rp, cfg.get("rope_scaling")):
+        if isinstance(where, dict) and where.get("partial_rotary_factor", 1.0) not in (1, 1.0, None):
             raise ValueError(f"partial_rotary_factor {where['partial_rotary_factor']} (RoPE on part of each head) "
                              "is not supported")
     if rp is None:
@@ -33,9 +34,7 @@ def _hf_scaling(scaling: dict | None, cfg: dict) -> dict | None:
     takes max_position_embeddings / original_max_position_embeddings (DeepSeek-V3's way)."""
     if not isinstance(scaling, dict):
         return scaling
-    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 (RoPE on part of each head) is not supported")
-    scaling = {k: v for k, v in scaling.items() if k != "partial_rotary_factor"}
+    scaling = {k: v for k, v in scaling.items() if k != "partial_rotary_factor"}   # 1 (_hf_rope checked it)
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "yarn" and scaling.get("factor") is None and scaling.get("original_max_position_embeddings"):
         scaling["factor"] = cfg.get("max_position_embeddings", 2048) / scaling["original_max_position_embeddings"]
