@@ -20,7 +20,6 @@ before the one at the start of the text, and not when it already starts with a s
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .. import _C
-from .bpe import _AUTO, _ROLE_GUESSES, TokenizerError, _read_json, _text_bytes, _write_json
+from .bpe import _AUTO, _ROLE_GUESSES, TokenizerError, _read_json, _text_bytes, _write_json, no_gc
 
 META = "\u2581"
 PREFIX_MODES = ("legacy", "always", "first", "never")
@@ -287,9 +286,7 @@ class SpmTokenizer:
                 _text_bytes(s, f"text {i}")   # raises the lone-surrogate error
                 raise ValueError(f"text {i}: {e}") from None
             plans.append(plan)
-        gc_was_on = gc.isenabled()
-        gc.disable()   # a collection per few hundred new id lists costs more than the encoding
-        try:
+        with no_gc():
             encoded = iter(self._model.encode_batch(words, self.split, num_threads))
             out = []
             for plan in plans:
@@ -307,9 +304,6 @@ class SpmTokenizer:
                 if add_eos:
                     ids.append(self.eos_id)
                 out.append(ids)
-        finally:
-            if gc_was_on:
-                gc.enable()
         return out
 
     # ---- decode ----------------------------------------------------------------------
