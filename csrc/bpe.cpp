@@ -5,11 +5,12 @@
 #include <climits>
 #include <cstring>
 #include <exception>
-#include <queue>
+#include <functional>
 
 #include <omp.h>
 
 #include "tensor.h"
+#include "tok_parallel.h"
 
 namespace lf::tok {
 namespace {
@@ -111,32 +112,40 @@ void BpeModel::State::clear() {
   vals.clear();
 }
 
-void BpeModel::bpe_long(std::vector<int32_t>& syms) const {
+void merge_by_rank(std::vector<int32_t>& syms, const PairMap<MergeRank>& ranks, MergeScratch& sc) {
   const int n = int(syms.size());
-  std::vector<int> prev(n), next(n);
+  if (n < 2) return;
+  auto &next = sc.next, &prev = sc.prev;
+  next.resize(n);
+  prev.resize(n);
+  sc.alive.assign(n, 1);
   for (int i = 0; i < n; ++i) {
     prev[i] = i - 1;
     next[i] = i + 1 < n ? i + 1 : -1;
   }
-  struct Cand {
-    int32_t rank, pos, left, right;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-  };
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> pq;
+  using Cand = MergeScratch::Cand;
+  auto& heap = sc.heap;
+  heap.clear();
+  const std::greater<Cand> later;
+  for (int i = 0; i + 1 < n; ++i)
+    if (const MergeRank* r = ranks.find(pair_key(syms[i], syms[i + 1]))) heap.push_back({r->rank, i, syms[i], syms[i + 1]});
+  std::make_heap(heap.begin(), heap.end(), later);
   auto push = [&](int i) {
     if (i < 0 || next[i] < 0) return;
-    if (const Rank* r = ranks_.find(pair_key(syms[i], syms[next[i]]))) pq.push({r->rank, i, syms[i], syms[next[i]]});
+    if (const MergeRank* r = ranks.find(pair_key(syms[i], syms[next[i]]))) {
+      heap.push_back({r->rank, i, syms[i], syms[next[i]]});
+      std::push_heap(heap.begin(), heap.end(), later);
+    }
   };
-  for (int i = 0; i + 1 < n; ++i) push(i);
-  std::vector<uint8_t> alive(n, 1);
-  while (!pq.empty()) {
-    Cand c = pq.top();
-    pq.pop();
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), later);
+    const Cand c = heap.back();
+    heap.pop_back();
     const int i = c.pos;
-    if (!alive[i] || syms[i] != c.left || next[i] < 0 || syms[next[i]] != c.right) continue;
+    if (!sc.alive[i] || syms[i] != c.left || next[i] < 0 || syms[next[i]] != c.right) continue;
     const int j = next[i];
-    syms[i] = ranks_.find(pair_key(c.left, c.right))->result;
-    alive[j] = 0;
+    syms[i] = ranks.find(pair_key(c.left, c.right))->result;
+    sc.alive[j] = 0;
     next[i] = next[j];
     if (next[j] >= 0) prev[next[j]] = i;
     push(prev[i]);
@@ -144,8 +153,13 @@ void BpeModel::bpe_long(std::vector<int32_t>& syms) const {
   }
   int w = 0;
   for (int i = 0; i < n; ++i)
-    if (alive[i]) syms[w++] = syms[i];
+    if (sc.alive[i]) syms[w++] = syms[i];
   syms.resize(w);
+}
+
+void BpeModel::bpe_long(std::vector<int32_t>& syms) const {
+  MergeScratch sc;
+  merge_by_rank(syms, ranks_, sc);
 }
 
 void BpeModel::bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) const {
@@ -274,34 +288,14 @@ void BpeModel::encode(std::string_view text, bool match_added, std::vector<int32
 void BpeModel::encode_batch(const std::vector<std::string_view>& texts, bool match_added,
                             std::vector<std::vector<int32_t>>& out, int threads) {
   out.assign(texts.size(), {});
-  size_t total = 0;
-  for (auto t : texts) total += t.size();
   std::lock_guard<std::mutex> lock(mu_);
-  if (threads <= 1 || texts.size() < 2 || total < (size_t(1) << 16)) {
-    for (size_t i = 0; i < texts.size(); ++i) encode_with(state_, texts[i], match_added, out[i]);
-    return;
-  }
-  while (int(thread_states_.size()) < threads - 1) {
-    thread_states_.emplace_back();
-    thread_states_.back().clear();
-  }
-  std::exception_ptr error;
-  const int64_t n = int64_t(texts.size());
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    State& st = t == 0 ? state_ : thread_states_[t - 1];
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t i = 0; i < n; ++i) {
-      try {
-        encode_with(st, texts[i], match_added, out[i]);
-      } catch (...) {
-#pragma omp critical(lf_tok_error)
-        if (!error) error = std::current_exception();
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  for_each_text(texts, threads, state_, thread_states_,
+                [] {
+                  State st;
+                  st.clear();
+                  return st;
+                },
+                [&](State& st, int64_t i) { encode_with(st, texts[i], match_added, out[i]); });
 }
 
 void BpeModel::encode_with(State& st, std::string_view text, bool match_added, std::vector<int32_t>& out) const {

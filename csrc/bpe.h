@@ -89,6 +89,26 @@ class PairMap {
 
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) + 1) << 32 | uint32_t(b); }
 
+// A pair's merge: its rank (lower merges first) and the id it becomes.
+struct MergeRank {
+  int32_t rank = -1, result = -1;
+};
+
+// Buffers of merge_by_rank, kept between calls.
+struct MergeScratch {
+  struct Cand {
+    int32_t rank, pos, left, right;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::vector<int> next, prev;
+  std::vector<uint8_t> alive;
+  std::vector<Cand> heap;
+};
+
+// Merges the adjacent pair of lowest rank (leftmost among equal ranks) until no pair has one,
+// with a heap of candidate pairs: O(n log n) for a word of n symbols. syms is left merged.
+void merge_by_rank(std::vector<int32_t>& syms, const PairMap<MergeRank>& ranks, MergeScratch& sc);
+
 class BpeModel {
  public:
   // tokens[id]: the bytes of each token (for added tokens: their content);
@@ -134,9 +154,7 @@ class BpeModel {
   void bpe(const uint8_t* s, size_t n, std::vector<int32_t>& syms) const;
   void bpe_long(std::vector<int32_t>& syms) const;
 
-  struct Rank {
-    int32_t rank = -1, result = -1;
-  };
+  using Rank = MergeRank;
   std::vector<std::string> tokens_;
   std::vector<uint8_t> is_added_;
   int32_t byte_id_[256];

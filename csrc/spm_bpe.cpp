@@ -5,11 +5,11 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
-#include <functional>
 
 #include <omp.h>
 
 #include "tensor.h"
+#include "tok_parallel.h"
 
 namespace lf::tok {
 namespace {
@@ -122,50 +122,8 @@ void SpmModel::encode_word(const uint8_t* s, size_t n, Scratch& sc, std::vector<
     }
     i += len;
   }
-  const int m = int(syms.size());
-  if (m < 2) {
-    out.insert(out.end(), syms.begin(), syms.end());
-    return;
-  }
-  auto &next = sc.next, &prev = sc.prev;
-  auto& alive = sc.alive;
-  next.resize(m);
-  prev.resize(m);
-  alive.assign(m, 1);
-  for (int i = 0; i < m; ++i) {
-    prev[i] = i - 1;
-    next[i] = i + 1 < m ? i + 1 : -1;
-  }
-  using Cand = Scratch::Cand;
-  auto& heap = sc.heap;
-  heap.clear();
-  const std::greater<Cand> later;
-  auto push = [&](int i) {
-    if (i < 0 || next[i] < 0) return;
-    if (const Rank* r = ranks_.find(pair_key(syms[i], syms[next[i]]))) {
-      heap.push_back({r->rank, i, syms[i], syms[next[i]]});
-      std::push_heap(heap.begin(), heap.end(), later);
-    }
-  };
-  for (int i = 0; i + 1 < m; ++i)
-    if (const Rank* r = ranks_.find(pair_key(syms[i], syms[i + 1]))) heap.push_back({r->rank, i, syms[i], syms[i + 1]});
-  std::make_heap(heap.begin(), heap.end(), later);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), later);
-    const Cand c = heap.back();
-    heap.pop_back();
-    const int i = c.pos;
-    if (!alive[i] || syms[i] != c.left || next[i] < 0 || syms[next[i]] != c.right) continue;
-    const int j = next[i];
-    syms[i] = ranks_.find(pair_key(c.left, c.right))->result;
-    alive[j] = 0;
-    next[i] = next[j];
-    if (next[j] >= 0) prev[next[j]] = i;
-    push(prev[i]);
-    push(i);
-  }
-  for (int i = 0; i < m; ++i)
-    if (alive[i]) out.push_back(syms[i]);
+  merge_by_rank(syms, ranks_, sc.merge);
+  out.insert(out.end(), syms.begin(), syms.end());
 }
 
 void SpmModel::encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const {
@@ -220,31 +178,9 @@ void SpmModel::encode_with(Scratch& sc, std::string_view text, bool split, std::
 void SpmModel::encode_batch(const std::vector<std::string_view>& texts, bool split,
                             std::vector<std::vector<int32_t>>& out, int threads) {
   out.assign(texts.size(), {});
-  size_t total = 0;
-  for (auto t : texts) total += t.size();
   std::lock_guard<std::mutex> lock(mu_);
-  if (threads <= 1 || texts.size() < 2 || total < (size_t(1) << 16)) {
-    for (size_t i = 0; i < texts.size(); ++i) encode_with(scratch_, texts[i], split, out[i]);
-    return;
-  }
-  if (int(thread_scratch_.size()) < threads - 1) thread_scratch_.resize(threads - 1);
-  std::exception_ptr error;
-  const int64_t n = int64_t(texts.size());
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    Scratch& sc = t == 0 ? scratch_ : thread_scratch_[t - 1];
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < n; ++i) {
-      try {
-        encode_with(sc, texts[i], split, out[i]);
-      } catch (...) {
-#pragma omp critical(lf_spm_error)
-        if (!error) error = std::current_exception();
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  for_each_text(texts, threads, scratch_, thread_scratch_, [] { return Scratch{}; },
+                [&](Scratch& sc, int64_t i) { encode_with(sc, texts[i], split, out[i]); });
 }
 
 }  // namespace lf::tok

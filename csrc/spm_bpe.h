@@ -45,13 +45,7 @@ class SpmModel {
  private:
   struct Scratch {
     std::vector<int32_t> syms;
-    std::vector<int> next, prev;
-    std::vector<uint8_t> alive;
-    struct Cand {
-      int32_t rank, pos, left, right;
-      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-    };
-    std::vector<Cand> heap;
+    MergeScratch merge;
     // word cache: bytes -> (offset, count) in ids
     std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> cache;
     std::vector<int32_t> ids;
@@ -61,9 +55,7 @@ class SpmModel {
   void encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const;
   void encode_with(Scratch& sc, std::string_view text, bool split, std::vector<int32_t>& out) const;
 
-  struct Rank {
-    int32_t rank = -1, result = -1;
-  };
+  using Rank = MergeRank;
   std::vector<std::string> pieces_;
   PairMap<int32_t> char_id_;  // key: (length << 32 | up to 4 bytes) -> id + 1
   PairMap<Rank> ranks_;

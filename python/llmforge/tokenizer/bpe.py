@@ -112,7 +112,104 @@ def _text_bytes(text, what: str = "text") -> bytes:
     raise TypeError(f"{what}: expected str or bytes, got {type(text).__name__}")
 
 
-class Tokenizer:
+def _hf_merges(raw, vocab: dict) -> list[tuple[int, int, int]]:
+    """(left, right, result) ids of a tokenizer.json's merges ("a b" strings or [a, b] pairs)."""
+    index = {}
+    for s, i in vocab.items():
+        index.setdefault(s, i)
+    merges = []
+    for k, mg in enumerate(raw or []):
+        parts = mg.split(" ") if isinstance(mg, str) else mg if isinstance(mg, list) else None
+        if not parts or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+            raise TokenizerError(f"merge {k} {mg!r} is not a pair of tokens")
+        a, b = parts
+        if a not in index or b not in index or a + b not in index:
+            raise TokenizerError(f"merge {k} {mg!r} uses a token missing from the vocabulary")
+        merges.append((index[a], index[b], index[a + b]))
+    return merges
+
+
+def _hf_roles(roles: dict, cfg: dict, names: set) -> dict:
+    """bos / eos / pad token names: as given, else tokenizer_config.json's, else a well-known name
+    among the added tokens (or None)."""
+    chosen = {}
+    for role in ("bos", "eos", "pad"):
+        given = roles.get(role, _AUTO)
+        if given is _AUTO:
+            c = cfg.get(f"{role}_token")
+            if isinstance(c, dict):
+                c = c.get("content")
+            given = c if c in names else next((g for g in _ROLE_GUESSES[role] if g in names), None)
+        chosen[role] = given
+    return chosen
+
+
+@contextlib.contextmanager
+def _reading(source: str, what: str):
+    """TokenizerError naming source for what goes wrong in the block (a malformed entry: corrupt what)."""
+    try:
+        yield
+    except TokenizerError as e:
+        raise TokenizerError(f"{source}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TokenizerError(f"{source}: corrupt {what} ({type(e).__name__}: {e})") from None
+
+
+def _check_format(d, fmt: str, version: int, what: str) -> None:
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise TokenizerError(f"not {what} (missing format marker)")
+    if d.get("version") != version:
+        raise TokenizerError(f"unsupported version {d.get('version')!r} (this reads {version})")
+
+
+def _id_triples(merges) -> list:
+    """merges of an own-format file, checked to be [left, right, result] id triples."""
+    if not isinstance(merges, list) or not all(
+            isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m) for m in merges):
+        raise TokenizerError("merges must be a list of [left, right, result] id triples")
+    return merges
+
+
+def _threads(num_threads) -> int:
+    """num_threads of an encode_batch call (None: torch.get_num_threads()), checked."""
+    if num_threads is None:
+        import torch
+
+        num_threads = torch.get_num_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
+    return num_threads
+
+
+class _AddedTokens:
+    """What both tokenizer kinds share about their added tokens (self._added: [{"id", "content",
+    "special", ...}], self._added_ids: content -> id) and the bos / eos / pad roles."""
+
+    def _role(self, role: str, name: str | None) -> str | None:
+        if name is None:
+            return None
+        if name not in self._added_ids:
+            raise TokenizerError(f"{role}_token {name!r} is not one of the special tokens "
+                                 f"{sorted(self._added_ids)}")
+        return name
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {a["content"]: a["id"] for a in self._added if a["special"]}
+
+    @property
+    def added_tokens(self) -> list[dict]:
+        return [dict(a) for a in self._added]
+
+    bos_id = property(lambda self: self._added_ids[self.bos_token] if self.bos_token else None)
+    eos_id = property(lambda self: self._added_ids[self.eos_token] if self.eos_token else None)
+    pad_id = property(lambda self: self._added_ids[self.pad_token] if self.pad_token else None)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
+class Tokenizer(_AddedTokens):
     """A byte-level BPE tokenizer. Build one with train(), load(), from_hf_json() (or the constructor)."""
 
     def __init__(self, tokens: Sequence[bytes], merges: Sequence[tuple[int, int, int]],
@@ -148,14 +245,6 @@ class Tokenizer:
         self.bos_token = self._role("bos", bos_token)
         self.eos_token = self._role("eos", eos_token)
         self.pad_token = self._role("pad", pad_token)
-
-    def _role(self, role: str, name: str | None) -> str | None:
-        if name is None:
-            return None
-        if name not in self._added_ids:
-            raise TokenizerError(f"{role}_token {name!r} is not one of the special tokens "
-                                 f"{sorted(self._added_ids)}")
-        return name
 
     # ---- training ------------------------------------------------------------------
     @classmethod
@@ -292,12 +381,7 @@ class Tokenizer:
         small batches run on one). The ids do not depend on the thread count."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
-        if num_threads is None:
-            import torch
-
-            num_threads = torch.get_num_threads()
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
+        num_threads = _threads(num_threads)
         texts = [self._normalized(_text_bytes(t, f"text {i}"), allow_special) for i, t in enumerate(texts)]
         with no_gc():
             out = self._model.encode_batch(texts, bool(allow_special), num_threads)
@@ -335,24 +419,9 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self._tokens)
 
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {a["content"]: a["id"] for a in self._added if a["special"]}
-
-    @property
-    def added_tokens(self) -> list[dict]:
-        return [dict(a) for a in self._added]
-
     @property
     def merges(self) -> list[tuple[int, int, int]]:
         return list(self._merges)
-
-    bos_id = property(lambda self: self._added_ids[self.bos_token] if self.bos_token else None)
-    eos_id = property(lambda self: self._added_ids[self.eos_token] if self.eos_token else None)
-    pad_id = property(lambda self: self._added_ids[self.pad_token] if self.pad_token else None)
 
     def id_to_token(self, i: int) -> bytes:
         if not 0 <= int(i) < len(self._tokens):
@@ -392,11 +461,8 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "tokenizer") -> "Tokenizer":
-        try:
-            if not isinstance(d, dict) or d.get("format") != FORMAT:
-                raise TokenizerError("not an llmforge tokenizer (missing format marker)")
-            if d.get("version") != FORMAT_VERSION:
-                raise TokenizerError(f"unsupported version {d.get('version')!r} (this reads {FORMAT_VERSION})")
+        with _reading(source, "llmforge tokenizer"):
+            _check_format(d, FORMAT, FORMAT_VERSION, "an llmforge tokenizer")
             added = d["added_tokens"]
             if not isinstance(added, list) or not all(isinstance(a, dict) for a in added):
                 raise TokenizerError("added_tokens must be a list of objects")
@@ -406,17 +472,10 @@ class Tokenizer:
                 raise TokenizerError("tokens must be a list of strings")
             tokens = [t.encode("utf-8") if i in added_ids else _from_unicode(t, f"token {i}")
                       for i, t in enumerate(raw)]
-            merges = d["merges"]
-            if not isinstance(merges, list) or not all(
-                    isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m) for m in merges):
-                raise TokenizerError("merges must be a list of [left, right, result] id triples")
+            merges = _id_triples(d["merges"])
             roles = d.get("roles") or {}
             return cls(tokens, merges, added, d.get("pattern", "gpt2"), roles.get("bos"), roles.get("eos"),
                        roles.get("pad"), bool(d.get("ignore_merges", False)), d.get("normalizer"))
-        except TokenizerError as e:
-            raise TokenizerError(f"{source}: {e}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TokenizerError(f"{source}: corrupt llmforge tokenizer ({type(e).__name__}: {e})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the own format (JSON: version, pattern, tokens, merges, added tokens, roles), atomically."""
@@ -498,12 +557,8 @@ class Tokenizer:
                 cfg = cfg if isinstance(cfg, dict) else {}
             except (OSError, ValueError):
                 cfg = {}
-        try:
+        with _reading(path, "tokenizer.json"):
             return cls._from_hf_dict(d, {"bos": bos_token, "eos": eos_token, "pad": pad_token}, cfg)
-        except TokenizerError as e:
-            raise TokenizerError(f"{path}: {e}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TokenizerError(f"{path}: corrupt tokenizer.json ({type(e).__name__}: {e})") from None
 
     @classmethod
     def from_hf_dict(cls, d: dict, **roles) -> "Tokenizer":
@@ -554,34 +609,8 @@ class Tokenizer:
         missing = [i for i, t in enumerate(tokens) if t is None]
         if missing:
             raise TokenizerError(f"token ids are not contiguous: {len(missing)} missing, first {missing[0]}")
-        index = {}
-        for s, i in vocab.items():
-            index.setdefault(s, i)
-        merges = []
-        for k, mg in enumerate(m.get("merges") or []):
-            if isinstance(mg, str):
-                parts = mg.split(" ")
-            elif isinstance(mg, list):
-                parts = mg
-            else:
-                parts = None
-            if not parts or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-                raise TokenizerError(f"merge {k} {mg!r} is not a pair of tokens")
-            a, b = parts
-            if a not in index or b not in index or a + b not in index:
-                raise TokenizerError(f"merge {k} {mg!r} uses a token missing from the vocabulary")
-            merges.append((index[a], index[b], index[a + b]))
-
-        names = {a["content"] for a in added_by_id.values()}
-        chosen = {}
-        for role in ("bos", "eos", "pad"):
-            given = roles.get(role, _AUTO)
-            if given is _AUTO:
-                c = cfg.get(f"{role}_token")
-                if isinstance(c, dict):
-                    c = c.get("content")
-                given = c if c in names else next((g for g in _ROLE_GUESSES[role] if g in names), None)
-            chosen[role] = given
+        merges = _hf_merges(m.get("merges"), vocab)
+        chosen = _hf_roles(roles, cfg, {a["content"] for a in added_by_id.values()})
         return cls(tokens, merges, sorted(added_by_id.values(), key=lambda a: a["id"]), pattern,
                    chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)), normalizer)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .. import _C
-from .bpe import _AUTO, _ROLE_GUESSES, TokenizerError, _read_json, _text_bytes, _write_json, no_gc
+from .bpe import (TokenizerError, _AddedTokens, _check_format, _hf_merges, _hf_roles, _id_triples, _read_json, _reading,
+                  _text_bytes, _threads, _write_json, no_gc)
 
 META = "\u2581"
 PREFIX_MODES = ("legacy", "always", "first", "never")
@@ -42,7 +43,7 @@ _WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u
       "\u2028\u2029\u202f\u205f\u3000"
 
 
-class SpmTokenizer:
+class SpmTokenizer(_AddedTokens):
     """A SentencePiece-style BPE tokenizer (see the module docstring). Build one with
     Tokenizer.from_hf_json(), SpmTokenizer.from_gguf_metadata() or load()."""
 
@@ -107,7 +108,9 @@ class SpmTokenizer:
                                 "normalized": bool(a.get("normalized", False))})
         self._added_ids = {a["content"]: a["id"] for a in self._added}
         self._added_by_id = {a["id"]: a for a in self._added}
-        self.unk_token = self._role("unk", unk_token, any_piece=True)
+        if unk_token is not None and unk_token not in self._pieces:
+            raise TokenizerError(f"unk_token {unk_token!r} is not a piece of the vocabulary")
+        self.unk_token = unk_token
         unk_id = self._pieces.index(self.unk_token) if self.unk_token is not None else -1
         char_ok = [1 if t in (TT_NORMAL, TT_USER_DEFINED) and i not in self._added_by_id else 0
                    for i, t in enumerate(self._types)]
@@ -133,12 +136,6 @@ class SpmTokenizer:
         self.eos_token = self._role("eos", eos_token)
         self.pad_token = self._role("pad", pad_token)
 
-    def _role(self, role: str, name: str | None, any_piece: bool = False) -> str | None:
-        if name is None:
-            return None
-        if name in self._added_ids or (any_piece and name in self._pieces):
-            return name
-        raise TokenizerError(f"{role}_token {name!r} is not one of the added tokens {sorted(self._added_ids)}")
 
     def _merges_from_scores(self, char_ok: list[int]) -> list[tuple[int, int, int, int]]:
         """Every split (left, right) of a normal piece into two normal pieces, ranked by the piece's
@@ -254,13 +251,7 @@ class SpmTokenizer:
         torch.get_num_threads()). The ids do not depend on the thread count."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
-        if num_threads is None:
-            import torch
-
-            num_threads = torch.get_num_threads()
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"num_threads must be an int >= 1, got {num_threads!r}")
-        return self._encode(texts, add_bos, add_eos, allow_special, num_threads, False)
+        return self._encode(texts, add_bos, add_eos, allow_special, _threads(num_threads), False)
 
     def _encode(self, texts, add_bos, add_eos, allow_special, num_threads, continuation) -> list[list[int]]:
         if add_bos and self.bos_id is None:
@@ -344,17 +335,6 @@ class SpmTokenizer:
     def vocab_size(self) -> int:
         return len(self._pieces)
 
-    def __len__(self) -> int:
-        return len(self._pieces)
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {a["content"]: a["id"] for a in self._added if a["special"]}
-
-    @property
-    def added_tokens(self) -> list[dict]:
-        return [dict(a) for a in self._added]
-
     @property
     def pieces(self) -> list[str]:
         return list(self._pieces)
@@ -367,9 +347,6 @@ class SpmTokenizer:
     def num_merges(self) -> int:
         return self._num_pairs
 
-    bos_id = property(lambda self: self._added_ids[self.bos_token] if self.bos_token else None)
-    eos_id = property(lambda self: self._added_ids[self.eos_token] if self.eos_token else None)
-    pad_id = property(lambda self: self._added_ids[self.pad_token] if self.pad_token else None)
     unk_id = property(lambda self: self._pieces.index(self.unk_token) if self.unk_token else None)
 
     def id_to_token(self, i: int) -> bytes:
@@ -553,28 +530,8 @@ class SpmTokenizer:
                 types.append(TT_BYTE)
             else:
                 types.append(TT_NORMAL)
-        index = {}
-        for s, i in vocab.items():
-            index.setdefault(s, i)
-        merges = []
-        for k, mg in enumerate(m.get("merges") or []):
-            parts = mg.split(" ") if isinstance(mg, str) else mg if isinstance(mg, list) else None
-            if not parts or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-                raise TokenizerError(f"merge {k} {mg!r} is not a pair of tokens")
-            a, b = parts
-            if a not in index or b not in index or a + b not in index:
-                raise TokenizerError(f"merge {k} {mg!r} uses a token missing from the vocabulary")
-            merges.append((index[a], index[b], index[a + b]))
-        names = {a["content"] for a in added_by_id.values()}
-        chosen = {}
-        for role in ("bos", "eos", "pad"):
-            given = roles.get(role, _AUTO)
-            if given is _AUTO:
-                c = cfg.get(f"{role}_token")
-                if isinstance(c, dict):
-                    c = c.get("content")
-                given = c if c in names else next((g for g in _ROLE_GUESSES[role] if g in names), None)
-            chosen[role] = given
+        merges = _hf_merges(m.get("merges"), vocab)
+        chosen = _hf_roles(roles, cfg, {a["content"] for a in added_by_id.values()})
         return cls(pieces, types, merges, None, sorted(added_by_id.values(), key=lambda a: a["id"]), prefix, split,
                    chosen["bos"], chosen["eos"], chosen["pad"], unk, bool(m.get("fuse_unk", False)), strip)
 
@@ -643,26 +600,17 @@ class SpmTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "tokenizer") -> "SpmTokenizer":
-        try:
-            if not isinstance(d, dict) or d.get("format") != FORMAT:
-                raise TokenizerError("not an llmforge SentencePiece-style tokenizer (missing format marker)")
-            if d.get("version") != FORMAT_VERSION:
-                raise TokenizerError(f"unsupported version {d.get('version')!r} (this reads {FORMAT_VERSION})")
+        with _reading(source, "llmforge tokenizer"):
+            _check_format(d, FORMAT, FORMAT_VERSION, "an llmforge SentencePiece-style tokenizer")
             pieces, types = d["pieces"], d["types"]
             if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
                 raise TokenizerError("pieces must be a list of strings")
             merges = d.get("merges")
-            if merges is not None and not (isinstance(merges, list) and all(
-                    isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m) for m in merges)):
-                raise TokenizerError("merges must be a list of [left, right, result] id triples")
+            merges = None if merges is None else _id_triples(merges)
             roles = d.get("roles") or {}
             return cls(pieces, types, merges, d.get("scores"), d.get("added_tokens") or [], d.get("prefix", "legacy"),
                        bool(d.get("split", False)), roles.get("bos"), roles.get("eos"), roles.get("pad"),
                        roles.get("unk"), bool(d.get("fuse_unk", True)), bool(d.get("strip_leading_space", True)))
-        except TokenizerError as e:
-            raise TokenizerError(f"{source}: {e}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TokenizerError(f"{source}: corrupt llmforge tokenizer ({type(e).__name__}: {e})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the own format (JSON), atomically; Tokenizer.load() and SpmTokenizer.load() read it."""
