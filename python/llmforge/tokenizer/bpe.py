@@ -208,6 +208,22 @@ class _AddedTokens:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def to_hf_json(self, path: str | os.PathLike) -> Path:
+        """Write a Hugging Face tokenizer.json. A directory gets tokenizer.json and tokenizer_config.json
+        (the bos / eos / pad / unk roles for transformers' PreTrainedTokenizerFast). Returns the
+        tokenizer.json path."""
+        path = Path(path)
+        if path.is_dir():
+            cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                   **self._hf_config()}
+            for role in ("bos", "eos", "pad", "unk"):
+                if getattr(self, f"{role}_token", None):
+                    cfg[f"{role}_token"] = getattr(self, f"{role}_token")
+            _write_json(path / "tokenizer_config.json", cfg)
+            path = path / "tokenizer.json"
+        _write_json(path, self.to_hf_dict())
+        return path
+
 
 class Tokenizer(_AddedTokens):
     """A byte-level BPE tokenizer. Build one with train(), load(), from_hf_json() (or the constructor)."""
@@ -525,20 +541,8 @@ class Tokenizer(_AddedTokens):
                       "merges": [f"{_to_unicode(tok[a])} {_to_unicode(tok[b])}" for a, b, _ in self._merges]},
         }
 
-    def to_hf_json(self, path: str | os.PathLike) -> Path:
-        """Write a Hugging Face tokenizer.json. A directory gets tokenizer.json and tokenizer_config.json
-        (bos/eos/pad for transformers' PreTrainedTokenizerFast). Returns the tokenizer.json path."""
-        path = Path(path)
-        if path.is_dir():
-            cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                   "model_max_length": 1_000_000_000_000_000_019_884_624_838_656}
-            for role in ("bos", "eos", "pad"):
-                if getattr(self, f"{role}_token"):
-                    cfg[f"{role}_token"] = getattr(self, f"{role}_token")
-            _write_json(path / "tokenizer_config.json", cfg)
-            path = path / "tokenizer.json"
-        _write_json(path, self.to_hf_dict())
-        return path
+    def _hf_config(self) -> dict:
+        return {"model_max_length": 1_000_000_000_000_000_019_884_624_838_656}
 
     @classmethod
     def from_hf_json(cls, path: str | os.PathLike, bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO) -> "Tokenizer":

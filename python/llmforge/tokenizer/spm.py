@@ -575,19 +575,8 @@ class SpmTokenizer(_AddedTokens):
                       "merges": [[self._pieces[a], self._pieces[b]] for a, b, _ in merges]},
         }
 
-    def to_hf_json(self, path: str | os.PathLike) -> Path:
-        """Write a tokenizer.json (a directory also gets a tokenizer_config.json with the roles)."""
-        path = Path(path)
-        if path.is_dir():
-            cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                   "legacy": self.prefix == "legacy", "add_bos_token": True}
-            for role in ("bos", "eos", "pad", "unk"):
-                if getattr(self, f"{role}_token"):
-                    cfg[f"{role}_token"] = getattr(self, f"{role}_token")
-            _write_json(path / "tokenizer_config.json", cfg)
-            path = path / "tokenizer.json"
-        _write_json(path, self.to_hf_dict())
-        return path
+    def _hf_config(self) -> dict:
+        return {"legacy": self.prefix == "legacy", "add_bos_token": True}
 
     # ---- own format --------------------------------------------------------------------
     def to_dict(self) -> dict:
