@@ -140,8 +140,7 @@ def pretrain_from_docs(recipe: dict, train_docs: list[str], held_docs: list[str]
     t_train = time.perf_counter() - t1
     ev = bits_per_byte(model, held, token_byte_lengths(tok), batch_size=train_cfg.batch_size)
     save_hf(model, os.path.join(out, "model"))
-    tok.to_hf_json(os.path.join(out, "model", "tokenizer.json"))
-    tok.save(os.path.join(out, "model", "llmforge_tokenizer.json"))
+    save_tokenizer(tok, os.path.join(out, "model"))
     summary = {"params": model.cfg.n_params(), "tokenizer_s": round(t_tok, 1), "train_s": round(t_train, 1),
                "steps": result["step"], "precision": result["precision"], "heldout": ev,
                "train_tokens": result["step"] * train_cfg.batch_size
@@ -159,11 +158,27 @@ def load_chats(spec: str):
     return chitchat() if spec == "chitchat" else read_chats(spec)
 
 
+def save_tokenizer(tok, model_dir: str, chat_template: str | None = None) -> None:
+    """A trained model's tokenizer beside it: llmforge_tokenizer.json, and tokenizer.json +
+    tokenizer_config.json (roles, and the chat template it was trained with) for transformers."""
+    tok.save(os.path.join(model_dir, "llmforge_tokenizer.json"))
+    tok.to_hf_json(model_dir, chat_template=chat_template)
+
+
+def base_chat_template(model_dir: str) -> str | None:
+    """The chat_template of a model directory's tokenizer_config.json, or None."""
+    from .generate.load import chat_template_for
+
+    t = chat_template_for(model_dir, None)
+    return None if t == "chatml" else t
+
+
 def run_sft(recipe: dict) -> dict:
     from .model import load_hf, save_hf
     from .tokenizer import load_tokenizer
     from .train.lora import merge_lora
     from .train.pretrain import PretrainConfig
+    from .data.chat import template_source
     from .train.sft import SFTConfig, sft
 
     s = dict(recipe.get("sft", {}))
@@ -174,6 +189,8 @@ def run_sft(recipe: dict) -> dict:
     if not base:
         raise ValueError("[sft] needs base = a model directory (HF layout with llmforge_tokenizer.json or tokenizer.json)")
     train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
+    if "template" not in s:   # the base model's own chat template (tokenizer_config.json), else chatml
+        s["template"] = base_chat_template(base) or "chatml"
     cfg = SFTConfig(**_fields(SFTConfig, s, "sft"), train=train_cfg)
     cfg.out_dir = train_cfg.out_dir
     tok = load_tokenizer(base)
@@ -189,9 +206,8 @@ def run_sft(recipe: dict) -> dict:
         save_hf(model, os.path.join(cfg.out_dir, "model"))
     elif cfg.lora_r <= 0:
         save_hf(model, os.path.join(cfg.out_dir, "model"))
-    if os.path.isdir(os.path.join(cfg.out_dir, "model")):
-        tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
-        tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    if os.path.isdir(os.path.join(cfg.out_dir, "model")):   # chat with it as it was trained
+        save_tokenizer(tok, os.path.join(cfg.out_dir, "model"), template_source(cfg.template))
     summary = {k: v for k, v in res.items() if k != "metrics"}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -260,8 +276,7 @@ def run_align(recipe: dict) -> dict:
         rm.save(os.path.join(cfg.out_dir, "model"))
     if method != "reward":
         save_hf(model, os.path.join(cfg.out_dir, "model"))
-    tok.save(os.path.join(cfg.out_dir, "model", "llmforge_tokenizer.json"))
-    tok.to_hf_json(os.path.join(cfg.out_dir, "model", "tokenizer.json"))
+    save_tokenizer(tok, os.path.join(cfg.out_dir, "model"), base_chat_template(base))
     out = {k: v for k, v in res.items() if k in ("before", "after", "accuracy_before", "accuracy_after")}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=2)

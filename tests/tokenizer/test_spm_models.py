@@ -8,24 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from llmforge.data.chat import lint_chat_template, render_chat, tokenize_chat
+from llmforge.data.chat import TEMPLATES, lint_chat_template, render_chat, tokenize_chat
 from llmforge.model import ModelConfig, Transformer
 from llmforge.tokenizer import SpmTokenizer, Tokenizer
 
 pytest.importorskip("sentencepiece")
 
-# Llama 2 chat's template, as its tokenizer_config.json carries it
-LLAMA2_CHAT = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+LLAMA2_CHAT = TEMPLATES["llama2"]   # Llama 2 chat's template, as its tokenizer_config.json carries it
 
 
 @pytest.mark.parametrize("form", ["legacy", "first"])
@@ -50,6 +39,14 @@ def test_chat_masks_encode_the_whole_conversation(sp_dirs, corpus, form):
         learned = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != -100])
         assert learned.count("</s>") == 2 and held[k + 2].strip() in learned and "[INST]" not in learned
     assert lint_chat_template(LLAMA2_CHAT, tok) == []
+    # Mistral Instruct's template (no system role), named
+    conv = [{"role": "user", "content": held[0]}, {"role": "assistant", "content": held[1]},
+            {"role": "user", "content": held[2]}, {"role": "assistant", "content": held[3]}]
+    ex = tokenize_chat(conv, tok, "mistral")
+    assert ex.input_ids == tok.encode(render_chat(conv, "mistral", False, "<s>", "</s>"))
+    ref.chat_template = TEMPLATES["mistral"]
+    assert ex.input_ids == ref.apply_chat_template(conv, tokenize=True, return_dict=False)
+    assert lint_chat_template("mistral", tok) == []
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +75,8 @@ def test_load_and_generate(llama2_dir):
     d, model, tok = llama2_dir
     m2, tok2 = load_for_generation(str(d))
     assert isinstance(tok2, SpmTokenizer) and tok2.encode("Hello world") == tok.encode("Hello world")
-    assert chat_template_for(str(d), None) == LLAMA2_CHAT
-    assert tok2.eos_id in stop_token_ids(tok2, LLAMA2_CHAT)
+    assert chat_template_for(str(d), None) == "llama2"    # tokenizer_config.json's template, known by name
+    assert tok2.eos_id in stop_token_ids(tok2, "llama2")
     ids = tok2.encode("Now is the winter", add_bos=True)
     with torch.no_grad():
         torch.testing.assert_close(m2(torch.tensor([ids])), model(torch.tensor([ids])))
@@ -124,10 +121,13 @@ def test_lora_sft_with_llama2_template(llama2_dir, tmp_path):
     d, _, tok = llama2_dir
     out = tmp_path / "sft"
     s = run_sft({"sft": {"base": str(d), "chats": "chitchat", "max_conversations": 120, "heldout": 16,
-                         "template": LLAMA2_CHAT, "seq_len": 128, "lora_r": 8, "lora_alpha": 16},
+                         "seq_len": 128, "lora_r": 8, "lora_alpha": 16},   # template: the base's own
                  "train": {"out_dir": str(out), "steps": 30, "batch_size": 4, "lr": 1e-2, "warmup": 3,
                            "eval_every": 30, "eval_batches": 2, "progress": False}})
     assert s["eval_loss"] < s["eval_loss_before"] - 0.1, s
+    from llmforge.generate.load import chat_template_for
+
+    assert chat_template_for(str(out / "model"), None) == "llama2"   # saved with the template it learned
     again = load_tokenizer(out / "model")
     hf = HFTokenizer.from_file(str(out / "model" / "tokenizer.json"))
     for t in ["[INST] Hello there [/INST] Hi! </s>", "\u4e2d\u6587 and \U0001F600"]:

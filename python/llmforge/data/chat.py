@@ -35,11 +35,31 @@ ALPACA = ("{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}\n\n
           "{% elif m.role == 'user' %}### Instruction:\n{{ m.content }}\n\n"
           "{% else %}### Response:\n{{ m.content }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
           "{% if add_generation_prompt %}### Response:\n{% endif %}")
-TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA}
+# Llama 2 chat's (a system message folded into the first user turn) and Mistral Instruct v0.1's,
+# as their tokenizer_config.json files carry them; both end an assistant turn with eos (</s>).
+LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+          "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+          "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+          "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+          "{% if loop.index0 == 0 and system_message != false %}"
+          "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+          "{% else %}{% set content = message['content'] %}{% endif %}"
+          "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+          "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+          "{% endfor %}")
+MISTRAL = ("{{ bos_token }}{% for message in messages %}"
+           "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+           "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+           "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+           "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA, "llama2": LLAMA2, "mistral": MISTRAL}
 # The token that ends an assistant turn, per template (None: the tokenizer's eos_token).
-END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": None}
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": None, "llama2": None, "mistral": None}
 SPECIAL_TOKENS = {"chatml": ["<|im_start|>", "<|im_end|>"],
-                  "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "alpaca": []}
+                  "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "alpaca": [], "llama2": [],
+                  "mistral": []}
 
 
 class TemplateError(ValueError):
@@ -213,9 +233,25 @@ def tokenize_chat(messages, tokenizer, template: str = "chatml", add_bos: bool =
         labels.append(IGNORE)
     from ..tokenizer.spm import SpmTokenizer
 
-    spm = isinstance(tokenizer, SpmTokenizer)   # later segments continue the text: no "▁" in front
-    for k, (text, is_assistant) in enumerate(_segments(messages, template, bos, eos)):
-        toks = list(tokenizer.encode(text, continuation=True) if spm and k else tokenizer.encode(text))
+    segments = _segments(messages, template, bos, eos)
+    if isinstance(tokenizer, SpmTokenizer):
+        # a "▁" goes in front of text depending on what precedes it, so each segment is read off the
+        # ids of the rendering up to its end: the ids are exactly those of the whole rendering
+        start, text = len(ids), ""
+        for seg, is_assistant in segments:
+            text += seg
+            cur = list(tokenizer.encode(text))
+            keep = 0
+            done = ids[start:]
+            while keep < min(len(done), len(cur)) and done[keep] == cur[keep]:
+                keep += 1
+            new = cur[keep:]
+            del ids[start + keep:], labels[start + keep:]
+            ids.extend(new)
+            labels.extend(new if is_assistant else [IGNORE] * len(new))
+        segments = []
+    for text, is_assistant in segments:
+        toks = list(tokenizer.encode(text))
         ids.extend(toks)
         labels.extend(toks if is_assistant else [IGNORE] * len(toks))
     if max_len is not None:
@@ -242,7 +278,10 @@ def lint_chat_template(template: str, tokenizer, add_bos: bool = False, end_of_t
     try:
         ex = tokenize_chat(sample, tokenizer, template, add_bos=add_bos)
     except TemplateError as e:
-        return problems + [str(e)]
+        try:   # templates without a system role (Mistral's) are checked on the rest
+            ex = tokenize_chat(sample[1:], tokenizer, template, add_bos=add_bos)
+        except TemplateError:
+            return problems + [str(e)]
     if eot_id is not None:
         # every assistant turn's loss span must contain eot
         spans, cur = [], []

@@ -76,8 +76,10 @@ def chat_template_for(path: str | os.PathLike, template: str | None) -> str:
         try:
             with open(cfg, encoding="utf-8") as f:
                 t = json.load(f).get("chat_template")
-            if isinstance(t, str) and t:
-                return t
+            if isinstance(t, str) and t:   # one of ours by name (its end-of-turn token is known), else the source
+                from ..data.chat import TEMPLATES
+
+                return next((name for name, src in TEMPLATES.items() if src == t), t)
         except (OSError, ValueError, AttributeError):
             pass
     return "chatml"

@@ -208,14 +208,16 @@ class _AddedTokens:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def to_hf_json(self, path: str | os.PathLike) -> Path:
+    def to_hf_json(self, path: str | os.PathLike, chat_template: str | None = None) -> Path:
         """Write a Hugging Face tokenizer.json. A directory gets tokenizer.json and tokenizer_config.json
-        (the bos / eos / pad / unk roles for transformers' PreTrainedTokenizerFast). Returns the
-        tokenizer.json path."""
+        (the bos / eos / pad / unk roles for transformers' PreTrainedTokenizerFast, and chat_template
+        when given: the Jinja source a model was fine-tuned with). Returns the tokenizer.json path."""
         path = Path(path)
         if path.is_dir():
             cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                    **self._hf_config()}
+            if chat_template:
+                cfg["chat_template"] = chat_template
             for role in ("bos", "eos", "pad", "unk"):
                 if getattr(self, f"{role}_token", None):
                     cfg[f"{role}_token"] = getattr(self, f"{role}_token")

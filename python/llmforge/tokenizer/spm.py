@@ -177,11 +177,9 @@ class SpmTokenizer(_AddedTokens):
     # ---- encode ----------------------------------------------------------------------
     def _normalize(self, s: str, offset: int) -> str:
         """What the legacy normaliser / Metaspace pre-tokenizer make of a stretch of text that starts at
-        `offset` in the original text (offset -1: the start of a continuation, which gets no "▁")."""
+        `offset` in the original text."""
         if not s:
             return s
-        if offset < 0:
-            return s.replace(" ", META)
         if self.prefix == "legacy":
             return META + s.replace(" ", META)
         s = s.replace(" ", META)
@@ -209,17 +207,17 @@ class SpmTokenizer(_AddedTokens):
                 while e < len(text) and text[e] in _WS:
                     e += 1
             if s > pos:
-                out.append((None, text[pos:s], _at(offset, pos)))
-            out.append((a["id"], text[s:e], _at(offset, s)))
+                out.append((None, text[pos:s], offset + pos))
+            out.append((a["id"], text[s:e], offset + s))
             pos = e
         if pos < len(text):
-            out.append((None, text[pos:], _at(offset, pos)))
+            out.append((None, text[pos:], offset + pos))
         return out
 
-    def _words(self, text: str, allow_special: bool, continuation: bool = False) -> list:
+    def _words(self, text: str, allow_special: bool) -> list:
         """The encoding plan of one text: token ids (added tokens) and normalised words (str)."""
         plan = []
-        for tid, s, off in self._split_added(text, self._raw_re if allow_special else None, -1 if continuation else 0):
+        for tid, s, off in self._split_added(text, self._raw_re if allow_special else None, 0):
             if tid is not None:
                 plan.append(tid)
                 continue
@@ -239,11 +237,9 @@ class SpmTokenizer(_AddedTokens):
         return plan
 
     def encode(self, text: str | bytes, add_bos: bool = False, add_eos: bool = False,
-               allow_special: bool = True, continuation: bool = False) -> list[int]:
-        """Token ids of text. Added tokens in the text become their ids unless allow_special=False.
-        continuation=True: text continues earlier text, so no "▁" is put in front of it (encoding a
-        chat turn by turn then gives the ids of the whole)."""
-        return self._encode([text], add_bos, add_eos, allow_special, 1, continuation)[0]
+               allow_special: bool = True) -> list[int]:
+        """Token ids of text. Added tokens in the text become their ids unless allow_special=False."""
+        return self._encode([text], add_bos, add_eos, allow_special, 1)[0]
 
     def encode_batch(self, texts: Sequence[str | bytes], add_bos: bool = False, add_eos: bool = False,
                      allow_special: bool = True, num_threads: int | None = None) -> list[list[int]]:
@@ -251,27 +247,26 @@ class SpmTokenizer(_AddedTokens):
         torch.get_num_threads()). The ids do not depend on the thread count."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("encode_batch: expected a sequence of texts, got a single text (use encode)")
-        return self._encode(texts, add_bos, add_eos, allow_special, _threads(num_threads), False)
+        return self._encode(texts, add_bos, add_eos, allow_special, _threads(num_threads))
 
-    def _encode(self, texts, add_bos, add_eos, allow_special, num_threads, continuation) -> list[list[int]]:
+    def _encode(self, texts, add_bos, add_eos, allow_special, num_threads) -> list[list[int]]:
         if add_bos and self.bos_id is None:
             raise ValueError("add_bos=True but this tokenizer has no bos token")
         if add_eos and self.eos_id is None:
             raise ValueError("add_eos=True but this tokenizer has no eos token")
         raw_rx = self._raw_re[0] if allow_special and self._raw_re is not None else None
         one_word = self._norm_re is None or not allow_special
-        start = -1 if continuation else 0
         plans, words = [], []   # plan None: the text is one word
         for i, t in enumerate(texts):
             s = t if isinstance(t, str) else _text_bytes(t, f"text {i}").decode("utf-8", "surrogateescape")
             try:
                 if one_word and (raw_rx is None or raw_rx.search(s) is None):
-                    w = self._normalize(s, start)
+                    w = self._normalize(s, 0)
                     plans.append(None if w else [])
                     if w:
                         words.append(w.encode("utf-8", "surrogateescape"))
                     continue
-                plan = self._words(s, allow_special, continuation)
+                plan = self._words(s, allow_special)
                 words.extend(item.encode("utf-8", "surrogateescape") for item in plan if isinstance(item, str))
             except UnicodeEncodeError as e:
                 _text_bytes(s, f"text {i}")   # raises the lone-surrogate error
@@ -608,11 +603,6 @@ class SpmTokenizer(_AddedTokens):
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SpmTokenizer":
         return cls.from_dict(_read_json(Path(path)), str(path))
-
-
-def _at(offset: int, pos: int) -> int:
-    """Offset of position pos of a stretch that starts at offset (-1: a continuation's start, 1 past it)."""
-    return offset + pos if offset >= 0 else (-1 if pos == 0 else pos)
 
 
 def _word_char(c: str) -> bool:
