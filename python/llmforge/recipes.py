@@ -4,11 +4,14 @@ that runs it). Every section maps onto a config dataclass:
     [data]       corpus = "shakespeare" | "peoples_daily" | files = [...]; heldout = 0.1; seq_len = 256;
                  doc_mask = true (false: attend across documents, GPT-style continuous stream);
                  fim_rate = 0.0 (fill-in-the-middle share of training documents), fim_spm_rate
-    [tokenizer]  vocab_size = 4096 (trained on the training split) or path = "tokenizer.json"
+    [tokenizer]  vocab_size = 4096 (trained on the training split) or path = a tokenizer file (ours,
+                 tokenizer.json, a SentencePiece tokenizer.model) or a model directory
     [model]      ModelConfig fields (vocab_size and max_seq_len are filled in)
     [train]      PretrainConfig fields
     [sft]        SFTConfig fields (lora_r, template, ...), base = "runs/x/model", chats = "chitchat" | path,
-                 heldout = 64 conversations, max_conversations = all
+                 heldout = 64 conversations, max_conversations = all; template: a name (chatml, llama3,
+                 llama2, mistral, alpaca) or Jinja, default the base model's own (tokenizer_config.json),
+                 else chatml; the fine-tuned model is saved with the template it was trained with
 
 Runs are cached by out_dir: re-running resumes from the latest checkpoint.
 """
