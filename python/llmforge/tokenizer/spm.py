@@ -136,7 +136,6 @@ class SpmTokenizer(_AddedTokens):
         self.eos_token = self._role("eos", eos_token)
         self.pad_token = self._role("pad", pad_token)
 
-
     def _merges_from_scores(self, char_ok: list[int]) -> list[tuple[int, int, int, int]]:
         """Every split (left, right) of a normal piece into two normal pieces, ranked by the piece's
         score (equal scores share a rank: leftmost first, as in llama.cpp)."""
