@@ -197,6 +197,22 @@ def test_llama_cpp_tokenizes_like_us(sp_dirs, corpus, tmp_path):
     assert llm.tokenize(b"Hello world", add_bos=True, special=True) == tok.encode("Hello world", add_bos=True)
     ids = tok.encode("\n".join(corpus["held"][:50]) + " \u4e2d\U0001F600")
     assert b"".join(llm.detokenize([i]) for i in ids) == tok.decode_bytes(ids)
+    # Gemma's form: a Replace(" ", "▁") normaliser and no "▁" in front (add_space_prefix = false)
+    from tokenizers import Tokenizer as HFTokenizer
+
+    d = json.loads((sp_dirs["legacy"] / "tokenizer.json").read_text())
+    d["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    d["decoder"]["decoders"] = d["decoder"]["decoders"][:3]   # no Strip
+    (tmp_path / "never.json").write_text(json.dumps(d))
+    hf, tok = HFTokenizer.from_file(str(tmp_path / "never.json")), Tokenizer.from_hf_json(tmp_path / "never.json")
+    assert tok.prefix == "never" and not tok.strip_leading_space
+    assert tok.gguf_metadata()["tokenizer.ggml.add_space_prefix"] is False
+    _write_vocab_gguf(tok, tmp_path / "never.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "never.gguf"), vocab_only=True, verbose=False)
+    for t in texts:
+        ids = hf.encode(t, add_special_tokens=False).ids
+        assert tok.encode(t) == ids == llm.tokenize(t.encode("utf-8"), add_bos=False, special=True), repr(t[:100])
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
 
 
 def test_bad_input(sp_dirs, tmp_path):
