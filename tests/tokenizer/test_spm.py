@@ -143,6 +143,25 @@ def test_added_token_options_match_hf(sp_dirs, corpus, tmp_path):
             assert tok.encode(t) == hf.encode(t, add_special_tokens=False).ids, (form, repr(t[:100]))
 
 
+def test_unk_listed_as_added_token_like_llama2(sp_dirs, corpus, tmp_path):
+    """Llama 2's tokenizer.json lists <unk> among its added (special) tokens: "<unk>" in text is then
+    the unknown token, in HF tokenizers as here, and llama.cpp agrees on it."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    d = json.loads((sp_dirs["legacy"] / "tokenizer.json").read_text())
+    d["added_tokens"].insert(0, {"id": 0, "content": "<unk>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    path = tmp_path / "llama2.json"
+    path.write_text(json.dumps(d))
+    hf, tok = HFTokenizer.from_file(str(path)), Tokenizer.from_hf_json(path)
+    assert tok.unk_id == 0 and tok.special_tokens["<unk>"] == 0
+    for t in ["a <unk> b", "<unk><unk>", "x<unk>"] + _texts(corpus, seed=10, n_random=100):
+        ids = tok.encode(t)
+        assert ids == hf.encode(t, add_special_tokens=False).ids, repr(t[:100])
+        assert tok.decode(ids, skip_special=True) == hf.decode(ids, skip_special_tokens=True)
+    assert tok.gguf_metadata()["tokenizer.ggml.token_type"][0] == 2   # still the unknown token for llama.cpp
+
+
 def test_metaspace_split_matches_hf(sp_dirs, corpus, tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
 
