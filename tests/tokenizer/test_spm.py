@@ -228,10 +228,13 @@ def test_llama_cpp_tokenizes_like_us(sp_dirs, corpus, tmp_path):
     assert tok.gguf_metadata()["tokenizer.ggml.add_space_prefix"] is False
     _write_vocab_gguf(tok, tmp_path / "never.gguf")
     llm = llama_cpp.Llama(model_path=str(tmp_path / "never.gguf"), vocab_only=True, verbose=False)
+    back = SpmTokenizer.from_gguf_metadata(tok.gguf_metadata())   # and read back from GGUF metadata
+    assert back.prefix == "never" and not back.strip_leading_space
     for t in texts:
         ids = hf.encode(t, add_special_tokens=False).ids
         assert tok.encode(t) == ids == llm.tokenize(t.encode("utf-8"), add_bos=False, special=True), repr(t[:100])
-        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
+        assert back.encode(t) == ids
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False) == back.decode(ids)
 
 
 def test_bad_input(sp_dirs, tmp_path):

@@ -436,7 +436,8 @@ class SpmTokenizer(_AddedTokens):
                 unk = next((pieces[i] for i, t in enumerate(types) if t == TT_UNKNOWN), None)
             prefix = "legacy" if md.get("tokenizer.ggml.add_space_prefix", True) else "never"
             return cls(pieces, types, None, scores, added, prefix, False, role("bos_token_id"),
-                       role("eos_token_id"), role("padding_token_id"), unk, fuse_unk=True)
+                       role("eos_token_id"), role("padding_token_id"), unk, fuse_unk=True,
+                       strip_leading_space=prefix != "never")
         except TokenizerError:
             raise
         except (KeyError, TypeError, ValueError) as e:
