@@ -723,3 +723,27 @@ def test_llama_cpp_splits_llama3_and_qwen2_like_us(train_files, heldout, tmp_pat
               for _ in range(200)]
     for t in texts:
         assert llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == tok.encode(t), repr(t[:200])
+
+
+def test_add_bos_token_from_post_processor_and_config(tok, tmp_path):
+    """A bare prompt starts with bos where the model's tokenizer adds it: Llama 3's tokenizer.json
+    post-processor (TemplateProcessing putting <|begin_of_text|> first), or tokenizer_config.json's
+    add_bos_token, which wins; kept through our own format and GGUF metadata."""
+    from llmforge.generate.load import prompt_ids
+
+    assert tok.add_bos_token is False and prompt_ids(tok, "to be") == tok.encode("to be")
+    d = tok.to_hf_dict()
+    d["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": tok.bos_token, "type_id": 0}},
+                                                  {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [], "special_tokens": {}}]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tokenizer.json").write_text(json.dumps(d))
+    t2 = Tokenizer.from_hf_json(tmp_path / "a")
+    assert t2.add_bos_token and prompt_ids(t2, "to be") == [t2.bos_id] + t2.encode("to be")
+    assert t2.gguf_metadata()["tokenizer.ggml.add_bos_token"] is True
+    t2.save(tmp_path / "own.json")
+    assert Tokenizer.load(tmp_path / "own.json").add_bos_token
+    (tmp_path / "a" / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+    assert Tokenizer.from_hf_json(tmp_path / "a").add_bos_token is False

@@ -34,7 +34,7 @@ def test_encode_decode_match_hf_tokenizers(sp_dirs, corpus, form):
 
     hf = HFTokenizer.from_file(str(sp_dirs[form] / "tokenizer.json"))
     tok = Tokenizer.from_hf_json(sp_dirs[form])
-    assert isinstance(tok, SpmTokenizer) and tok.prefix == form
+    assert isinstance(tok, SpmTokenizer) and tok.prefix == form and tok.add_bos_token
     assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
     for t in _texts(corpus):
         ids = tok.encode(t)

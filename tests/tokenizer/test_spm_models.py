@@ -77,6 +77,9 @@ def test_load_and_generate(llama2_dir):
     assert isinstance(tok2, SpmTokenizer) and tok2.encode("Hello world") == tok.encode("Hello world")
     assert chat_template_for(str(d), None) == "llama2"    # tokenizer_config.json's template, known by name
     assert tok2.eos_id in stop_token_ids(tok2, "llama2")
+    from llmforge.generate.load import prompt_ids
+
+    assert tok2.add_bos_token and prompt_ids(tok2, "Now is the winter") == tok.encode("Now is the winter", add_bos=True)
     ids = tok2.encode("Now is the winter", add_bos=True)
     with torch.no_grad():
         torch.testing.assert_close(m2(torch.tensor([ids])), model(torch.tensor([ids])))

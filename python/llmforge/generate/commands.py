@@ -102,7 +102,7 @@ def _fit(model, n_prompt: int, max_tokens: int) -> int:
 
 def generate_cmd(a) -> int:
     from .beam import beam_search
-    from .load import stop_token_ids
+    from .load import prompt_ids, stop_token_ids
     from .serving_engine import Engine
 
     prompts = list(a.prompt)
@@ -115,7 +115,7 @@ def generate_cmd(a) -> int:
         raise SystemExit("no prompts: pass -p TEXT, --prompt-file FILE or lines on stdin")
     model, tok, template = _load(a)
     stop_ids = stop_token_ids(tok, template if a.chat else None)
-    ids = [_chat_ids(tok, template, [{"role": "user", "content": p}]) if a.chat else list(tok.encode(p))
+    ids = [_chat_ids(tok, template, [{"role": "user", "content": p}]) if a.chat else prompt_ids(tok, p)
            for p in prompts]
     if any(not x for x in ids):
         raise SystemExit("a prompt encodes to no tokens")

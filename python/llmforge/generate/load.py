@@ -85,6 +85,14 @@ def chat_template_for(path: str | os.PathLike, template: str | None) -> str:
     return "chatml"
 
 
+def prompt_ids(tok, text: str) -> list[int]:
+    """A bare prompt's ids, starting with bos where the model's tokenizer adds it (Llama 2, Mistral,
+    Llama 3: add_bos_token), as transformers and llama.cpp do."""
+    add = bool(getattr(tok, "add_bos_token", False)) and getattr(tok, "bos_id", None) is not None
+    ids = list(tok.encode(text))
+    return [tok.bos_id] + ids if add and ids[:1] != [tok.bos_id] else ids
+
+
 def stop_token_ids(tok, template: str | None = None) -> set[int]:
     """The tokenizer's eos id plus the named template's end-of-turn token, where they exist."""
     from ..data.chat import END_OF_TURN

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..data.chat import ROLES, render_chat, validate_conversation
-from .load import stop_token_ids
+from .load import prompt_ids, stop_token_ids
 from .sampling import SamplingParams
 from .serving_engine import Engine
 from .stop import normalize_stop
@@ -394,7 +394,7 @@ class OpenAIServer:
             raise APIError(400, f"at most {self.worker.max_queue} prompts per request", param="prompt")
         ids = []
         for x in prompts:
-            t = list(self.tokenizer.encode(x)) if isinstance(x, str) else list(x)
+            t = prompt_ids(self.tokenizer, x) if isinstance(x, str) else list(x)
             if not t:
                 raise APIError(400, "a prompt encodes to no tokens", param="prompt")
             if any(not 0 <= i < self.engine.cfg.vocab_size for i in t):

@@ -162,6 +162,21 @@ def _check_format(d, fmt: str, version: int, what: str) -> None:
         raise TokenizerError(f"unsupported version {d.get('version')!r} (this reads {version})")
 
 
+def _hf_adds_bos(d: dict, cfg: dict, bos: str | None, default: bool) -> bool:
+    """tokenizer_config.json's add_bos_token, else whether the tokenizer.json post-processor puts
+    bos first (Llama 3's TemplateProcessing), else default."""
+    if isinstance(cfg.get("add_bos_token"), bool):
+        return cfg["add_bos_token"]
+    post = d.get("post_processor")
+    procs = (post.get("processors") or []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    for pp in procs:
+        if isinstance(pp, dict) and pp.get("type") == "TemplateProcessing":
+            single = pp.get("single") or []
+            first = single[0] if single and isinstance(single[0], dict) else {}
+            return bos is not None and (first.get("SpecialToken") or {}).get("id") == bos
+    return default
+
+
 def _id_triples(merges) -> list:
     """merges of an own-format file, checked to be [left, right, result] id triples."""
     if not isinstance(merges, list) or not all(
@@ -183,7 +198,13 @@ def _threads(num_threads) -> int:
 
 class _AddedTokens:
     """What both tokenizer kinds share about their added tokens (self._added: [{"id", "content",
-    "special", ...}], self._added_ids: content -> id) and the bos / eos / pad roles."""
+    "special", ...}], self._added_ids: content -> id) and the bos / eos / pad roles.
+
+    add_bos_token: whether a bare prompt for generation starts with bos, as the model's own
+    tokenizer does it (tokenizer_config.json's add_bos_token, a tokenizer.json post-processor that
+    adds bos, GGUF's tokenizer.ggml.add_bos_token); encode() itself adds bos only when asked."""
+
+    add_bos_token = False
 
     def _role(self, role: str, name: str | None) -> str | None:
         if name is None:
@@ -475,6 +496,7 @@ class Tokenizer(_AddedTokens):
             "merges": [list(m) for m in self._merges],
             "added_tokens": [dict(a) for a in self._added],
             "roles": {"bos": self.bos_token, "eos": self.eos_token, "pad": self.pad_token},
+            "add_bos_token": self.add_bos_token,
         }
 
     @classmethod
@@ -492,8 +514,10 @@ class Tokenizer(_AddedTokens):
                       for i, t in enumerate(raw)]
             merges = _id_triples(d["merges"])
             roles = d.get("roles") or {}
-            return cls(tokens, merges, added, d.get("pattern", "gpt2"), roles.get("bos"), roles.get("eos"),
-                       roles.get("pad"), bool(d.get("ignore_merges", False)), d.get("normalizer"))
+            tok = cls(tokens, merges, added, d.get("pattern", "gpt2"), roles.get("bos"), roles.get("eos"),
+                      roles.get("pad"), bool(d.get("ignore_merges", False)), d.get("normalizer"))
+            tok.add_bos_token = bool(d.get("add_bos_token", False))
+            return tok
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the own format (JSON: version, pattern, tokens, merges, added tokens, roles), atomically."""
@@ -544,7 +568,7 @@ class Tokenizer(_AddedTokens):
         }
 
     def _hf_config(self) -> dict:
-        return {"model_max_length": 1_000_000_000_000_000_019_884_624_838_656}
+        return {"model_max_length": 1_000_000_000_000_000_019_884_624_838_656, "add_bos_token": self.add_bos_token}
 
     @classmethod
     def from_hf_json(cls, path: str | os.PathLike, bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO) -> "Tokenizer":
@@ -617,12 +641,16 @@ class Tokenizer(_AddedTokens):
             raise TokenizerError(f"token ids are not contiguous: {len(missing)} missing, first {missing[0]}")
         merges = _hf_merges(m.get("merges"), vocab)
         chosen = _hf_roles(roles, cfg, {a["content"] for a in added_by_id.values()})
-        return cls(tokens, merges, sorted(added_by_id.values(), key=lambda a: a["id"]), pattern,
-                   chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)), normalizer)
+        tok = cls(tokens, merges, sorted(added_by_id.values(), key=lambda a: a["id"]), pattern,
+                  chosen["bos"], chosen["eos"], chosen["pad"], bool(m.get("ignore_merges", False)), normalizer)
+        tok.add_bos_token = _hf_adds_bos(d, cfg, tok.bos_token, False)
+        return tok
 
     # ---- GGUF -----------------------------------------------------------------------
-    def gguf_metadata(self, add_bos: bool = False, add_eos: bool = False) -> dict:
-        """The tokenizer.ggml.* keys a GGUF file needs for llama.cpp to tokenize exactly like this."""
+    def gguf_metadata(self, add_bos: bool | None = None, add_eos: bool = False) -> dict:
+        """The tokenizer.ggml.* keys a GGUF file needs for llama.cpp to tokenize exactly like this
+        (add_bos: default this tokenizer's add_bos_token)."""
+        add_bos = self.add_bos_token if add_bos is None else add_bos
         added = {a["id"]: a for a in self._added}
         tokens, types = [], []
         for i, t in enumerate(self._tokens):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .. import _C
-from .bpe import (TokenizerError, _AddedTokens, _check_format, _hf_merges, _hf_roles, _id_triples, _read_json, _reading,
+from .bpe import (TokenizerError, _AddedTokens, _check_format, _hf_adds_bos, _hf_merges, _hf_roles, _id_triples, _read_json, _reading,
                   _text_bytes, _threads, _write_json, no_gc)
 
 META = "\u2581"
@@ -386,12 +386,13 @@ class SpmTokenizer(_AddedTokens):
                 out.append(0.0)
         return out
 
-    def gguf_metadata(self, add_bos: bool = True, add_eos: bool = False) -> dict:
+    def gguf_metadata(self, add_bos: bool | None = None, add_eos: bool = False) -> dict:
         """The tokenizer.ggml.* keys for llama.cpp's SPM tokenizer ("llama" model). llama.cpp puts a
         space before the text after every control token ("legacy" prefix); "first" tokenizers
         (Mistral v0.3) differ from it there, as every GGUF of them does."""
         if self.split:
             raise TokenizerError("llama.cpp's SPM tokenizer has no Metaspace split=true mode")
+        add_bos = self.add_bos_token if add_bos is None else add_bos
         md = {
             "tokenizer.ggml.model": "llama",
             "tokenizer.ggml.tokens": list(self._pieces),
@@ -435,9 +436,11 @@ class SpmTokenizer(_AddedTokens):
             if unk is None:
                 unk = next((pieces[i] for i, t in enumerate(types) if t == TT_UNKNOWN), None)
             prefix = "legacy" if md.get("tokenizer.ggml.add_space_prefix", True) else "never"
-            return cls(pieces, types, None, scores, added, prefix, False, role("bos_token_id"),
-                       role("eos_token_id"), role("padding_token_id"), unk, fuse_unk=True,
-                       strip_leading_space=prefix != "never")
+            tok = cls(pieces, types, None, scores, added, prefix, False, role("bos_token_id"),
+                      role("eos_token_id"), role("padding_token_id"), unk, fuse_unk=True,
+                      strip_leading_space=prefix != "never")
+            tok.add_bos_token = bool(md.get("tokenizer.ggml.add_bos_token", True)) and tok.bos_token is not None
+            return tok
         except TokenizerError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -471,9 +474,11 @@ class SpmTokenizer(_AddedTokens):
             return pieces[i] if 0 <= i < len(pieces) and (any_piece or pieces[i] in names) else None
 
         try:
-            return cls(pieces, types, None, info["scores"], added, "legacy" if nm["add_dummy_prefix"] else "never",
-                       False, piece(tr["bos_id"]), piece(tr["eos_id"]), piece(tr["pad_id"]),
-                       piece(tr["unk_id"], True), fuse_unk=True, strip_leading_space=nm["add_dummy_prefix"])
+            tok = cls(pieces, types, None, info["scores"], added, "legacy" if nm["add_dummy_prefix"] else "never",
+                      False, piece(tr["bos_id"]), piece(tr["eos_id"]), piece(tr["pad_id"]),
+                      piece(tr["unk_id"], True), fuse_unk=True, strip_leading_space=nm["add_dummy_prefix"])
+            tok.add_bos_token = tok.bos_token is not None
+            return tok
         except ValueError as e:
             raise TokenizerError(f"{path}: {e}") from None
 
@@ -527,8 +532,10 @@ class SpmTokenizer(_AddedTokens):
                 types.append(TT_NORMAL)
         merges = _hf_merges(m.get("merges"), vocab)
         chosen = _hf_roles(roles, cfg, {a["content"] for a in added_by_id.values()})
-        return cls(pieces, types, merges, None, sorted(added_by_id.values(), key=lambda a: a["id"]), prefix, split,
-                   chosen["bos"], chosen["eos"], chosen["pad"], unk, bool(m.get("fuse_unk", False)), strip)
+        tok = cls(pieces, types, merges, None, sorted(added_by_id.values(), key=lambda a: a["id"]), prefix, split,
+                  chosen["bos"], chosen["eos"], chosen["pad"], unk, bool(m.get("fuse_unk", False)), strip)
+        tok.add_bos_token = _hf_adds_bos(d, cfg, tok.bos_token, tok.bos_token is not None)   # LlamaTokenizer: yes
+        return tok
 
     def to_hf_dict(self) -> dict:
         """A tokenizer.json that Hugging Face's tokenizers reads to the same ids (merges from the
@@ -571,7 +578,7 @@ class SpmTokenizer(_AddedTokens):
         }
 
     def _hf_config(self) -> dict:
-        return {"legacy": self.prefix == "legacy", "add_bos_token": True}
+        return {"legacy": self.prefix == "legacy", "add_bos_token": self.add_bos_token}
 
     # ---- own format --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -580,7 +587,7 @@ class SpmTokenizer(_AddedTokens):
                 "scores": self._scores, "added_tokens": self.added_tokens, "prefix": self.prefix,
                 "split": self.split, "fuse_unk": self.fuse_unk, "strip_leading_space": self.strip_leading_space,
                 "roles": {"bos": self.bos_token, "eos": self.eos_token, "pad": self.pad_token,
-                          "unk": self.unk_token}}
+                          "unk": self.unk_token}, "add_bos_token": self.add_bos_token}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "tokenizer") -> "SpmTokenizer":
@@ -592,9 +599,11 @@ class SpmTokenizer(_AddedTokens):
             merges = d.get("merges")
             merges = None if merges is None else _id_triples(merges)
             roles = d.get("roles") or {}
-            return cls(pieces, types, merges, d.get("scores"), d.get("added_tokens") or [], d.get("prefix", "legacy"),
-                       bool(d.get("split", False)), roles.get("bos"), roles.get("eos"), roles.get("pad"),
-                       roles.get("unk"), bool(d.get("fuse_unk", True)), bool(d.get("strip_leading_space", True)))
+            tok = cls(pieces, types, merges, d.get("scores"), d.get("added_tokens") or [], d.get("prefix", "legacy"),
+                      bool(d.get("split", False)), roles.get("bos"), roles.get("eos"), roles.get("pad"),
+                      roles.get("unk"), bool(d.get("fuse_unk", True)), bool(d.get("strip_leading_space", True)))
+            tok.add_bos_token = bool(d.get("add_bos_token", tok.bos_token is not None))
+            return tok
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the own format (JSON), atomically; Tokenizer.load() and SpmTokenizer.load() read it."""
