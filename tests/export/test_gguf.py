@@ -106,6 +106,7 @@ def test_qwen_archs_export_and_import(tmp_path, model_and_tok, kw, arch):
     assert again.cfg == model.cfg
     text = "Whether 'tis 12345 nobler\n\n  in the mind"
     assert tok2.pattern == tok.pattern and tok2.encode(text) == tok.encode(text)
+    assert tok2.add_bos_token == tok.add_bos_token   # tokenizer.ggml.add_bos_token round trip
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
     rep = verify_gguf(model, tok, path, ["Whether 'tis nobler in the mind", "Outrageous slings!"])

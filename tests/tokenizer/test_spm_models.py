@@ -109,6 +109,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(llama2_dir, corpus, tmp_
     assert np.abs(lc - ref).max() < 1e-3
     m2, tok2 = import_gguf(str(path))
     assert isinstance(tok2, SpmTokenizer) and (tok2.bos_token, tok2.eos_token) == ("<s>", "</s>")
+    assert tok2.add_bos_token
     for t in corpus["held"][:100] + corpus["zh"][:20]:
         assert tok2.encode(t) == tok.encode(t)
 

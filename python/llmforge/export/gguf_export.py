@@ -350,6 +350,7 @@ def _import(path, r):
         tok = _tokenizer_from_gguf(Tokenizer, toks, merges or [], ttypes or [], _field(r, "tokenizer.ggml.bos_token_id"),
                                    _field(r, "tokenizer.ggml.eos_token_id"), _field(r, "tokenizer.ggml.padding_token_id"),
                                    pattern)
+        tok.add_bos_token = bool(_field(r, "tokenizer.ggml.add_bos_token", False)) and tok.bos_token is not None
     elif _field(r, "tokenizer.ggml.model") == "llama" and toks:   # SentencePiece-style (Llama 2, Mistral)
         from ..tokenizer import SpmTokenizer
 
