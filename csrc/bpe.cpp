@@ -80,23 +80,10 @@ BpeModel::BpeModel(std::vector<std::string> tokens, const std::vector<Merge>& me
   }
   for (size_t r = 0; r < merges.size(); ++r) {
     const Merge& m = merges[r];
-    for (int32_t x : {m.left, m.right, m.result}) {
-      if (x < 0 || x >= V)
-        throw ValueError("tokenizer: merge " + std::to_string(r) + " uses id " + id_msg(x) + " out of range");
-      if (is_added_[x])
+    for (int32_t x : {m.left, m.right, m.result})
+      if (x >= 0 && x < V && is_added_[x])
         throw ValueError("tokenizer: merge " + std::to_string(r) + " uses added token " + id_msg(x));
-    }
-    const std::string& a = tokens_[m.left];
-    const std::string& b = tokens_[m.right];
-    const std::string& c = tokens_[m.result];
-    if (c.size() != a.size() + b.size() || c.compare(0, a.size(), a) != 0 || c.compare(a.size(), b.size(), b) != 0)
-      throw ValueError("tokenizer: merge " + std::to_string(r) + " (" + id_msg(m.left) + ", " + id_msg(m.right) +
-                       ") -> " + id_msg(m.result) + ": the result is not the concatenation of its parts");
-    Rank& slot = ranks_[pair_key(m.left, m.right)];
-    if (slot.rank < 0) {  // a repeated pair keeps its first (lowest) rank
-      slot.rank = int32_t(r);
-      slot.result = m.result;
-    }
+    add_merge(ranks_, tokens_, r, m.left, m.right, m.result, int32_t(r));
   }
   num_merges_ = merges.size();
   if (ignore_merges_)
@@ -110,6 +97,24 @@ void BpeModel::State::clear() {
   used = 0;
   keys.clear();
   vals.clear();
+}
+
+void add_merge(PairMap<MergeRank>& ranks, const std::vector<std::string>& tokens, size_t r, int32_t left,
+               int32_t right, int32_t result, int32_t rank) {
+  const int64_t V = int64_t(tokens.size());
+  for (int32_t x : {left, right, result})
+    if (x < 0 || x >= V)
+      throw ValueError("tokenizer: merge " + std::to_string(r) + " uses id " + id_msg(x) + " out of range");
+  if (rank < 0) throw ValueError("tokenizer: merge " + std::to_string(r) + " has a negative rank");
+  const std::string &a = tokens[left], &b = tokens[right], &c = tokens[result];
+  if (c.size() != a.size() + b.size() || c.compare(0, a.size(), a) != 0 || c.compare(a.size(), b.size(), b) != 0)
+    throw ValueError("tokenizer: merge " + std::to_string(r) + " (" + id_msg(left) + ", " + id_msg(right) + ") -> " +
+                     id_msg(result) + ": the result is not the concatenation of its parts");
+  MergeRank& slot = ranks[pair_key(left, right)];
+  if (slot.rank < 0 || rank < slot.rank) {
+    slot.rank = rank;
+    slot.result = result;
+  }
 }
 
 void merge_by_rank(std::vector<int32_t>& syms, const PairMap<MergeRank>& ranks, MergeScratch& sc) {

@@ -94,6 +94,12 @@ struct MergeRank {
   int32_t rank = -1, result = -1;
 };
 
+// Checks merge r (left, right) -> result against tokens (ids in range, the result the concatenation
+// of its parts) and enters it in ranks with the given rank; a pair seen again keeps its lowest rank.
+// Throws ValueError naming the merge.
+void add_merge(PairMap<MergeRank>& ranks, const std::vector<std::string>& tokens, size_t r, int32_t left,
+               int32_t right, int32_t result, int32_t rank);
+
 // Buffers of merge_by_rank, kept between calls.
 struct MergeScratch {
   struct Cand {

@@ -4,9 +4,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <exception>
-
-#include <omp.h>
 
 #include "tensor.h"
 #include "tok_parallel.h"
@@ -62,23 +59,8 @@ SpmModel::SpmModel(std::vector<std::string> pieces, const std::vector<uint8_t>& 
       has_bytes_ = true;
     }
   }
-  for (size_t r = 0; r < merges.size(); ++r) {
-    const SpmMerge& m = merges[r];
-    for (int32_t x : {m.left, m.right, m.result})
-      if (x < 0 || x >= V)
-        throw ValueError("tokenizer: merge " + std::to_string(r) + " uses id " + std::to_string(x) + " out of range");
-    if (m.rank < 0) throw ValueError("tokenizer: merge " + std::to_string(r) + " has a negative rank");
-    const std::string &a = pieces_[m.left], &b = pieces_[m.right], &c = pieces_[m.result];
-    if (c.size() != a.size() + b.size() || c.compare(0, a.size(), a) != 0 || c.compare(a.size(), b.size(), b) != 0)
-      throw ValueError("tokenizer: merge " + std::to_string(r) + " (" + std::to_string(m.left) + ", " +
-                       std::to_string(m.right) + ") -> " + std::to_string(m.result) +
-                       ": the result is not the concatenation of its parts");
-    Rank& slot = ranks_[pair_key(m.left, m.right)];
-    if (slot.rank < 0 || m.rank < slot.rank) {  // a repeated pair keeps its lowest rank
-      slot.rank = m.rank;
-      slot.result = m.result;
-    }
-  }
+  for (size_t r = 0; r < merges.size(); ++r)
+    add_merge(ranks_, pieces_, r, merges[r].left, merges[r].right, merges[r].result, merges[r].rank);
   meta_known_ = char_id_.find(char_key(kMeta, 3)) != nullptr;  // else unknown "▁"s could fuse across a cut
   for (const std::string& p : pieces_) {
     const auto* q = reinterpret_cast<const uint8_t*>(p.data());
@@ -145,11 +127,6 @@ void SpmModel::encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vecto
   }
   sc.cache.emplace(sc.key, std::make_pair(uint32_t(sc.ids.size()), uint32_t(out.size() - before)));
   sc.ids.insert(sc.ids.end(), out.begin() + before, out.end());
-}
-
-void SpmModel::encode(std::string_view text, bool split, std::vector<int32_t>& out) {
-  std::lock_guard<std::mutex> lock(mu_);
-  encode_with(scratch_, text, split, out);
 }
 
 void SpmModel::encode_with(Scratch& sc, std::string_view text, bool split, std::vector<int32_t>& out) const {

@@ -34,9 +34,8 @@ class SpmModel {
   SpmModel(std::vector<std::string> pieces, const std::vector<uint8_t>& char_ok, const std::vector<SpmMerge>& merges,
            const std::vector<int32_t>& byte_ids, int32_t unk_id, bool fuse_unk);
 
-  // Words up to kCacheWord bytes are cached (one cache for encode(), one per extra thread of
-  // encode_batch(); calls are serialised).
-  void encode(std::string_view text, bool split, std::vector<int32_t>& out);
+  // out[i] = ids of texts[i]. Words up to kCacheWord bytes are cached (one cache per thread, kept
+  // between calls; calls are serialised).
   void encode_batch(const std::vector<std::string_view>& texts, bool split, std::vector<std::vector<int32_t>>& out,
                     int threads);
   size_t vocab_size() const { return pieces_.size(); }
@@ -55,10 +54,9 @@ class SpmModel {
   void encode_cached(const uint8_t* s, size_t n, Scratch& sc, std::vector<int32_t>& out) const;
   void encode_with(Scratch& sc, std::string_view text, bool split, std::vector<int32_t>& out) const;
 
-  using Rank = MergeRank;
   std::vector<std::string> pieces_;
   PairMap<int32_t> char_id_;  // key: (length << 32 | up to 4 bytes) -> id + 1
-  PairMap<Rank> ranks_;
+  PairMap<MergeRank> ranks_;
   bool meta_known_ = false;
   PairMap<int32_t> glue_;     // characters (char_key) that some piece holds just before a "▁"
   std::mutex mu_;

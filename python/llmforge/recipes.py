@@ -168,14 +168,6 @@ def save_tokenizer(tok, model_dir: str, chat_template: str | None = None) -> Non
     tok.to_hf_json(model_dir, chat_template=chat_template)
 
 
-def base_chat_template(model_dir: str) -> str | None:
-    """The chat_template of a model directory's tokenizer_config.json, or None."""
-    from .generate.load import chat_template_for
-
-    t = chat_template_for(model_dir, None)
-    return None if t == "chatml" else t
-
-
 def run_sft(recipe: dict) -> dict:
     from .model import load_hf, save_hf
     from .tokenizer import load_tokenizer
@@ -193,7 +185,9 @@ def run_sft(recipe: dict) -> dict:
         raise ValueError("[sft] needs base = a model directory (HF layout with llmforge_tokenizer.json or tokenizer.json)")
     train_cfg = PretrainConfig(**_fields(PretrainConfig, recipe.get("train", {}), "train"))
     if "template" not in s:   # the base model's own chat template (tokenizer_config.json), else chatml
-        s["template"] = base_chat_template(base) or "chatml"
+        from .generate.load import chat_template_for
+
+        s["template"] = chat_template_for(base, None)
     cfg = SFTConfig(**_fields(SFTConfig, s, "sft"), train=train_cfg)
     cfg.out_dir = train_cfg.out_dir
     tok = load_tokenizer(base)
@@ -279,7 +273,9 @@ def run_align(recipe: dict) -> dict:
         rm.save(os.path.join(cfg.out_dir, "model"))
     if method != "reward":
         save_hf(model, os.path.join(cfg.out_dir, "model"))
-    save_tokenizer(tok, os.path.join(cfg.out_dir, "model"), base_chat_template(base))
+    from .generate.load import model_chat_template
+
+    save_tokenizer(tok, os.path.join(cfg.out_dir, "model"), model_chat_template(base))
     out = {k: v for k, v in res.items() if k in ("before", "after", "accuracy_before", "accuracy_after")}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=2)

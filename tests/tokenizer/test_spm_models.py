@@ -131,7 +131,10 @@ def test_lora_sft_with_llama2_template(llama2_dir, tmp_path):
     assert s["eval_loss"] < s["eval_loss_before"] - 0.1, s
     from llmforge.generate.load import chat_template_for
 
-    assert chat_template_for(str(out / "model"), None) == "llama2"   # saved with the template it learned
+    assert chat_template_for(str(out / "model"), None) == "llama2"   # saved with the template it learned,
+    from llmforge.generate.load import model_chat_template
+
+    assert model_chat_template(out / "model") == LLAMA2_CHAT          # as Jinja source, for transformers
     again = load_tokenizer(out / "model")
     hf = HFTokenizer.from_file(str(out / "model" / "tokenizer.json"))
     for t in ["[INST] Hello there [/INST] Hi! </s>", "\u4e2d\u6587 and \U0001F600"]:

@@ -65,7 +65,8 @@ def _tokenizer(base: str):
 
 def run_online(recipe: dict) -> dict:
     from ..model import load_hf, save_hf
-    from ..recipes import _fields, base_chat_template, save_tokenizer
+    from ..generate.load import model_chat_template
+    from ..recipes import _fields, save_tokenizer
     from .grpo import GRPOConfig, grpo
     from .ppo import PPOConfig, ppo
     from .rejection import RejectionConfig, as_preferences, as_sft, rejection_sample
@@ -128,7 +129,7 @@ def run_online(recipe: dict) -> dict:
         res = (grpo if method == "grpo" else ppo)(model, tok, train, reward_fn, cfg)
         after = ev()
         save_hf(model, os.path.join(out_dir, "model"))
-        save_tokenizer(tok, os.path.join(out_dir, "model"), base_chat_template(base))
+        save_tokenizer(tok, os.path.join(out_dir, "model"), model_chat_template(base))
         summary = {"before": before, "after": after, "train_reward_first": res["reward_first"],
                    "train_reward_last": res["reward_last"], "steps": res["steps"],
                    "train_seconds": round(res["seconds"], 1), "out_dir": out_dir}

@@ -71,18 +71,26 @@ def chat_template_for(path: str | os.PathLike, template: str | None) -> str:
             with open(template, encoding="utf-8") as f:
                 return f.read()
         return template
+    t = model_chat_template(path)
+    if t is None:
+        return "chatml"
+    from ..data.chat import TEMPLATES   # one of ours by name (its end-of-turn token is known), else the source
+
+    return next((name for name, src in TEMPLATES.items() if src == t), t)
+
+
+def model_chat_template(path: str | os.PathLike) -> str | None:
+    """The chat_template (Jinja source) of tokenizer_config.json in a model directory, or None."""
     cfg = os.path.join(os.fspath(path), "tokenizer_config.json")
     if os.path.isdir(path) and os.path.isfile(cfg):
         try:
             with open(cfg, encoding="utf-8") as f:
                 t = json.load(f).get("chat_template")
-            if isinstance(t, str) and t:   # one of ours by name (its end-of-turn token is known), else the source
-                from ..data.chat import TEMPLATES
-
-                return next((name for name, src in TEMPLATES.items() if src == t), t)
+            if isinstance(t, str) and t:
+                return t
         except (OSError, ValueError, AttributeError):
             pass
-    return "chatml"
+    return None
 
 
 def prompt_ids(tok, text: str) -> list[int]:

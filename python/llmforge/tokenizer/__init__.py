@@ -12,29 +12,26 @@ SentencePiece-style BPE (Llama 2, Mistral v0.1-v0.3, Phi-3): Tokenizer.from_hf_j
 tokenizer.json gives an SpmTokenizer (tokenizer/spm.py), with the same encode/decode interface.
 """
 from .bpe import (DEFAULT_SPECIAL_TOKENS, GPT2_PATTERN, LLAMA3_PATTERN, LLAMA_CPP_PRE, QWEN2_PATTERN, Tokenizer,
-                  TokenizerError,
-                  bytes_to_unicode)
+                  TokenizerError, _from_own, _read_json, bytes_to_unicode, is_own_format)
 from .spm import SpmTokenizer
+
+BPETokenizer = Tokenizer
 
 
 def load_tokenizer(path, required: bool = True):
     """A tokenizer from a file (our own format, a Hugging Face tokenizer.json, or a SentencePiece
     .model) or a model directory (llmforge_tokenizer.json, else tokenizer.json, else tokenizer.model).
     None for a directory without one when required=False."""
-    import json
     import os
+    from pathlib import Path
 
     if os.path.isfile(path):
         with open(path, "rb") as f:
             head = f.read(64).lstrip()[:1]
         if head != b"{":   # not JSON: a SentencePiece model (protobuf)
             return SpmTokenizer.from_sentencepiece(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                fmt = json.load(f).get("format")
-        except (ValueError, AttributeError):
-            fmt = None
-        return Tokenizer.load(path) if fmt in ("llmforge-bpe", "llmforge-spm") else Tokenizer.from_hf_json(path)
+        d = _read_json(Path(path))   # read once: our own format, else a Hugging Face tokenizer.json
+        return _from_own(d, str(path)) if is_own_format(d) else Tokenizer._from_hf_file(Path(path), d)
     for name, load in (("llmforge_tokenizer.json", Tokenizer.load), ("tokenizer.json", Tokenizer.from_hf_json),
                        ("tokenizer.model", SpmTokenizer.from_sentencepiece)):
         f = os.path.join(path, name)
@@ -46,5 +43,5 @@ def load_tokenizer(path, required: bool = True):
     return None
 
 
-__all__ = ["Tokenizer", "SpmTokenizer", "load_tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS", "GPT2_PATTERN", "LLAMA3_PATTERN",
-           "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]
+__all__ = ["Tokenizer", "SpmTokenizer", "load_tokenizer", "BPETokenizer", "TokenizerError", "DEFAULT_SPECIAL_TOKENS",
+           "GPT2_PATTERN", "LLAMA3_PATTERN", "QWEN2_PATTERN", "LLAMA_CPP_PRE", "bytes_to_unicode"]

@@ -527,12 +527,7 @@ class Tokenizer(_AddedTokens):
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
         """Read a file written by save() (a Hugging Face tokenizer.json is read by from_hf_json); an
         SpmTokenizer's file gives an SpmTokenizer."""
-        d = _read_json(Path(path))
-        if isinstance(d, dict) and d.get("format") == "llmforge-spm":
-            from .spm import SpmTokenizer
-
-            return SpmTokenizer.from_dict(d, str(path))
-        return cls.from_dict(d, str(path))
+        return _from_own(_read_json(Path(path)), str(path))
 
     # ---- Hugging Face tokenizer.json --------------------------------------------------
     def to_hf_dict(self) -> dict:
@@ -578,7 +573,11 @@ class Tokenizer(_AddedTokens):
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
-        d = _read_json(path)
+        return cls._from_hf_file(path, _read_json(path), bos_token, eos_token, pad_token)
+
+    @classmethod
+    def _from_hf_file(cls, path: Path, d, bos_token=_AUTO, eos_token=_AUTO, pad_token=_AUTO) -> "Tokenizer":
+        """from_hf_json of the already read tokenizer.json d at path (tokenizer_config.json beside it)."""
         cfg = {}
         cfg_path = path.parent / "tokenizer_config.json"
         if cfg_path.is_file():
@@ -675,6 +674,22 @@ class Tokenizer(_AddedTokens):
             if tid is not None:
                 md[f"tokenizer.ggml.{key}"] = tid
         return md
+
+
+def _from_own(d, source: str):
+    """A tokenizer from our own format's dict: byte-level (FORMAT) or SentencePiece-style."""
+    from .spm import FORMAT as SPM_FORMAT, SpmTokenizer
+
+    if isinstance(d, dict) and d.get("format") == SPM_FORMAT:
+        return SpmTokenizer.from_dict(d, source)
+    return Tokenizer.from_dict(d, source)
+
+
+def is_own_format(d) -> bool:
+    """Whether a JSON document is one of our own tokenizer files (else, say, a tokenizer.json)."""
+    from .spm import FORMAT as SPM_FORMAT
+
+    return isinstance(d, dict) and d.get("format") in (FORMAT, SPM_FORMAT)
 
 
 def _spm_style(d: dict) -> bool:
