@@ -99,6 +99,8 @@ def gguf_arch(cfg) -> str:
     """The llama.cpp architecture a model exports as: qwen3 (query/key norms), qwen2 (q/k/v
     biases) or llama; with experts, qwen3moe (query/key norms) or llama (Mixtral's layout).
     ValueError for what none of them holds."""
+    if cfg.hf_model_type().startswith("gemma"):
+        raise ValueError("Gemma models are not exported to GGUF yet")
     if cfg.qk_norm and cfg.attention_bias:
         raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
     if cfg.n_experts:

@@ -94,6 +94,12 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
+        gemma = [what for what, on in (("GeGLU", cfg.hidden_act != "silu"), ("embedding scale", cfg.embed_scale),
+                                       ("sandwich norms", cfg.sandwich_norm), ("attention scale", cfg.attn_scale),
+                                       ("attention soft-cap", cfg.attn_softcap), ("logit soft-cap", cfg.final_softcap),
+                                       ("sliding-layer RoPE", cfg.local_rope_theta)) if on]
+        if gemma:
+            raise NotSupported(f"Gemma parts the native step does not run: {', '.join(gemma)}")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)
         if not 0 < max_len <= cfg.max_seq_len:
             raise ValueError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")

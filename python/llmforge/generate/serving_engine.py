@@ -30,9 +30,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from ..model.llama import apply_rope, rope_cos_sin
+from ..model.llama import apply_rope, rope_cos_sin, softcap_attention
+from ..ops.paged_kv import paged_kv_gather
 from .paged_cache import OutOfBlocksError, PagedKVCache
 from .sampling import SamplingParams, sample
 from .stop import TextStream, text_decoder
@@ -107,6 +107,22 @@ class Engine:
         return r.rid
 
     # ---- model pieces ------------------------------------------------------------------
+    def _ropes(self, positions: torch.Tensor, dtype) -> list:
+        """(cos, sin) for the positions, once for all layers: [global] or [global, local] (Gemma 3)."""
+        return [rope_cos_sin(self.cfg, positions, dtype, local) for local in (False, True)
+                if not local or self.cfg.local_rope_theta is not None]
+
+    def _decode_attention(self, layer: int, attn, step, q: torch.Tensor) -> torch.Tensor:
+        """Decode attention of q (B, n_heads, hd) over the pages (this step's tokens included): the
+        paged kernel, or for soft-capped scores (Gemma 2) the gathered keys / values in torch ops."""
+        if self.cfg.attn_softcap is None:
+            return self.cache.attention(layer, step, q, attn.scale)
+        k = paged_kv_gather(self.cache.k_pools[layer], step.block_table, step.new_lens).transpose(1, 2)
+        v = paged_kv_gather(self.cache.v_pools[layer], step.block_table, step.new_lens).transpose(1, 2)
+        valid = torch.arange(k.shape[2], device=q.device)[None] < step.new_lens.long()[:, None]   # (B, L)
+        y = softcap_attention(q[:, :, None], k, v, attn.scale, self.cfg.attn_softcap, valid[:, None, None])
+        return y[:, :, 0]
+
     def _qkv(self, attn, x, cos, sin):
         c = self.cfg
         B, T, _ = x.shape
@@ -142,15 +158,15 @@ class Engine:
         m, c = self.model, self.cfg
         T = len(req.prompt)
         step = self.cache.prepare([req.rid], T)
-        x = m.model.embed_tokens(torch.tensor([req.prompt]))
-        cos, sin = rope_cos_sin(c, torch.arange(T)[None], x.dtype)   # once for all layers
+        x = m.embed(torch.tensor([req.prompt]))
+        ropes = self._ropes(torch.arange(T)[None], x.dtype)
         for i, layer in enumerate(m.model.layers):
             h = layer.input_layernorm(x)
-            q, k, v = self._qkv(layer.self_attn, h, cos, sin)
+            q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=c.n_kv_heads != c.n_heads)
-            x = x + layer.self_attn.o_proj(y.transpose(1, 2).reshape(1, T, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            y = layer.self_attn.attend(q, k, v)
+            x = layer.attn_residual(x, layer.self_attn.o_proj(y.transpose(1, 2).reshape(1, T, -1)))
+            x = layer.mlp_residual(x, layer.mlp_norm(x))
         self.cache.commit(step)
         return m.logits(m.model.norm(x[:, -1:]))[0, 0]
 
@@ -163,15 +179,15 @@ class Engine:
             logits = self._native_step(step, [[r.out[-1]] for r in reqs])
             self.cache.commit(step)
             return logits
-        x = m.model.embed_tokens(torch.tensor([[r.out[-1]] for r in reqs]))
-        cos, sin = rope_cos_sin(self.cfg, step.seq_lens.long()[:, None], x.dtype)   # once for all layers
+        x = m.embed(torch.tensor([[r.out[-1]] for r in reqs]))
+        ropes = self._ropes(step.seq_lens.long()[:, None], x.dtype)
         for i, layer in enumerate(m.model.layers):
             h = layer.input_layernorm(x)
-            q, k, v = self._qkv(layer.self_attn, h, cos, sin)
+            q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
-            y = self.cache.attention(i, step, q[:, :, 0].contiguous())          # (B, n_heads, hd)
-            x = x + layer.self_attn.o_proj(y.reshape(len(reqs), 1, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            y = self._decode_attention(i, layer.self_attn, step, q[:, :, 0].contiguous())   # (B, n_heads, hd)
+            x = layer.attn_residual(x, layer.self_attn.o_proj(y.reshape(len(reqs), 1, -1)))
+            x = layer.mlp_residual(x, layer.mlp_norm(x))
         self.cache.commit(step)
         return m.logits(m.model.norm(x))[:, 0]
 

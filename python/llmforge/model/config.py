@@ -7,7 +7,68 @@ from dataclasses import asdict, dataclass, field
 from ..config_check import check_config
 
 
-HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3")
+HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3",
+                  "gemma", "gemma2", "gemma3_text")
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
+ACTIVATIONS = ("silu", "gelu_tanh")     # SwiGLU; GeGLU with tanh-approximated GELU (Gemma)
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _hf_act(cfg: dict, mtype: str) -> str:
+    """The FFN activation: hidden_activation (Gemma 2 / 3) or hidden_act. Gemma's legacy "gelu" means
+    the tanh approximation (its reference implementation), as transformers reads it."""
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or ("gelu_pytorch_tanh" if mtype in GEMMA_TYPES
+                                                                     else "silu")
+    if act in ("gelu_pytorch_tanh", "gelu_tanh") or (act == "gelu" and mtype in GEMMA_TYPES):
+        return "gelu_tanh"
+    if act != "silu":
+        raise ValueError(f"unsupported hidden_act {act!r}")
+    return act
+
+
+def _hf_gemma(cfg: dict, mtype: str) -> dict:
+    """Gemma's fields: GeGLU, embeddings x sqrt(dim), norms stored as w for the scale 1 + w; Gemma 2
+    and 3 add norms on the attention and FFN outputs, the query_pre_attn_scalar attention scale and
+    sliding-window layers; Gemma 2 tanh soft-caps attention scores and logits; Gemma 3 has query /
+    key norms and its own RoPE base for the sliding layers."""
+    if mtype not in GEMMA_TYPES:
+        return {}
+    if cfg.get("use_bidirectional_attention"):
+        raise ValueError("use_bidirectional_attention (Gemma as an encoder) is not supported")
+    g = dict(embed_scale=True, norm_plus_one=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+    if mtype == "gemma":
+        return g
+    n = cfg["num_hidden_layers"]
+    every = 2 if mtype == "gemma2" else cfg.get("sliding_window_pattern", 6)
+    types_ = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention"
+                                        for i in range(n)]
+    g.update(sandwich_norm=True, attn_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
+             attn_softcap=cfg.get("attn_logit_softcapping", 50.0 if mtype == "gemma2" else None),
+             final_softcap=cfg.get("final_logit_softcapping", 30.0 if mtype == "gemma2" else None),
+             sliding_window=cfg.get("sliding_window", 4096), layer_types=list(types_))
+    if mtype == "gemma3_text":
+        g.update(qk_norm=True)
+    return g
+
+
+def _gemma3_rope(cfg: dict) -> tuple[float, dict | None, float]:
+    """Gemma 3's RoPE: (theta, scaling) of the full-attention layers and the sliding layers' theta,
+    from transformers 5's per-layer-type rope_parameters or the older rope_theta / rope_scaling /
+    rope_local_base_freq."""
+    rp = cfg.get("rope_parameters")
+    if isinstance(rp, dict) and isinstance(rp.get("full_attention"), dict):
+        full, local = rp["full_attention"], rp.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(f"rope scaling on the sliding layers is not supported: {local!r}")
+        kind = full.get("rope_type", full.get("type", "default"))
+        scaling = None if kind == "default" else {k: v for k, v in full.items() if k != "rope_theta"}
+        return (float(full.get("rope_theta", 1_000_000.0)), scaling,
+                float(local.get("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))))
+    if rp is not None:
+        theta, scaling = _hf_rope(cfg)
+    else:
+        theta, scaling = float(cfg.get("rope_theta", 1_000_000.0)), cfg.get("rope_scaling")
+    return theta, scaling, float(cfg.get("rope_local_base_freq", 10_000.0))
 
 
 def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
@@ -47,7 +108,8 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
     n = cfg.get("max_position_embeddings", 2048)
     window = cfg.get("sliding_window")
-    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3"))   # no switch: a window is used
+    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3", "gemma2", "gemma3_text"))
+    # (no switch: a window is used; Gemma 2 / 3 configs without layer_types alternate sliding layers)
     if isinstance(cfg.get("layer_types"), list):
         used = used or "sliding_attention" in cfg["layer_types"]
     if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
@@ -88,6 +150,18 @@ class ModelConfig:
     layers, as Mixtral's) joins the training loss. moe_shared_ffn_dim > 0 adds Qwen2-MoE's shared
     expert (a SwiGLU MLP every token goes through, scaled by a sigmoid gate of its input).
     Hugging Face layouts: Mixtral, Qwen3-MoE, Qwen2-MoE (q/k/v biases and a shared expert).
+    Gemma (model_type gemma, gemma2, gemma3_text): hidden_act "gelu_tanh" (GeGLU), embed_scale
+    (embeddings x sqrt(dim), rounded to the activations' dtype first), norm_plus_one (checkpoints store
+    every RMSNorm weight as w for the scale 1 + w; in memory the model holds the scale 1 + w itself, so
+    everything that multiplies by a norm's weight -- AWQ / SmoothQuant folding, the native step, GGUF --
+    needs no special case; hf.py adds and subtracts the 1), sandwich_norm (Gemma 2 / 3: RMSNorm on the
+    attention output and on the FFN output too: post_attention_layernorm, pre_feedforward_layernorm,
+    post_feedforward_layernorm as Hugging Face names them), attn_scale (query_pre_attn_scalar ** -0.5;
+    None = head_dim ** -0.5), attn_softcap / final_softcap (cap * tanh(x / cap) on attention scores /
+    logits), sliding_window with layer_types ("sliding_attention" / "full_attention" per layer) and
+    local_rope_theta (Gemma 3: RoPE base of the sliding layers, no scaling). Sliding-window layers
+    are exact only up to the window: max_seq_len may not exceed sliding_window (within the window
+    they are causal attention; from_hf caps max_seq_len there).
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
     """
     vocab_size: int = 4096
@@ -109,6 +183,16 @@ class ModelConfig:
     moe_aux_coef: float = 0.01
     moe_norm_topk: bool = True
     moe_shared_ffn_dim: int = 0
+    hidden_act: str = "silu"
+    embed_scale: bool = False
+    norm_plus_one: bool = False
+    sandwich_norm: bool = False
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    layer_types: list | None = None
+    local_rope_theta: float | None = None
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -121,7 +205,22 @@ class ModelConfig:
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0):
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
-        check_config(self, positive=("rope_theta", "norm_eps"), signed=("bos_id", "eos_id", "pad_id"))
+        check_config(self, positive=("rope_theta", "norm_eps", "attn_scale", "attn_softcap", "final_softcap",
+                                     "sliding_window", "local_rope_theta"), signed=("bos_id", "eos_id", "pad_id"))
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.n_layers or any(t not in LAYER_TYPES for t in self.layer_types):
+                raise ValueError(f"layer_types must name {self.n_layers} layers, each one of {LAYER_TYPES}, "
+                                 f"got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types:
+                if self.sliding_window is None:
+                    raise ValueError("sliding_attention layers need sliding_window")
+                if self.max_seq_len > self.sliding_window:
+                    raise ValueError(f"max_seq_len {self.max_seq_len} exceeds sliding_window {self.sliding_window}: "
+                                     "sliding-window layers are only exact up to the window here")
+        if self.local_rope_theta is not None and "sliding_attention" not in (self.layer_types or ()):
+            raise ValueError("local_rope_theta needs sliding_attention layers (it is their RoPE base)")
         if self.head_dim is None:
             if self.dim % self.n_heads:
                 raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}; give head_dim")
@@ -150,13 +249,49 @@ class ModelConfig:
         attn = d * h * hd * 2 + d * kv * hd * 2 + (h * hd + 2 * kv * hd if self.attention_bias else 0)
         ffn = 3 * d * f * max(1, self.n_experts) + (d * self.n_experts if self.n_experts else 0)
         ffn += 3 * d * self.moe_shared_ffn_dim + d if self.moe_shared_ffn_dim else 0
-        per_layer = attn + ffn + 2 * d + (2 * hd if self.qk_norm else 0)
+        per_layer = attn + ffn + (4 if self.sandwich_norm else 2) * d + (2 * hd if self.qk_norm else 0)
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
 
     # ---- Hugging Face config.json ---------------------------------------------------------
+    def is_sliding(self, layer: int) -> bool:
+        """Is layer a sliding-window layer (Gemma 2 / 3's local layers)?"""
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
+
+    def layer_rope_theta(self, layer: int) -> tuple[float, dict | None]:
+        """(RoPE base, scaling) of a layer: Gemma 3's sliding layers have their own base, unscaled."""
+        if self.local_rope_theta is not None and self.is_sliding(layer):
+            return self.local_rope_theta, None
+        return self.rope_theta, self.rope_scaling
+
+    def _gemma_type(self) -> str | None:
+        """gemma / gemma2 / gemma3_text when the config has Gemma's parts, None for the Llama family;
+        ValueError for a mix no Hugging Face layout holds."""
+        gemma = (self.hidden_act != "silu", self.embed_scale, self.norm_plus_one, self.sandwich_norm,
+                 self.attn_scale is not None, self.attn_softcap is not None, self.final_softcap is not None,
+                 self.layer_types is not None, self.local_rope_theta is not None)
+        if not any(gemma):
+            return None
+        base = self.hidden_act == "gelu_tanh" and self.embed_scale and self.norm_plus_one
+        if not base or self.n_experts or self.attention_bias:
+            raise ValueError("a GeGLU / scaled-embedding / (1 + w)-norm model saves as Gemma, which has all three "
+                             "(hidden_act='gelu_tanh', embed_scale, norm_plus_one) and no MoE or q/k/v biases")
+        if not self.sandwich_norm:
+            if any(gemma[4:]) or self.qk_norm:
+                raise ValueError("Gemma (1) has no attention scale, soft-capping, sliding layers or query/key "
+                                 "norms: those need sandwich_norm (Gemma 2 / 3)")
+            return "gemma"
+        if self.qk_norm:
+            return "gemma3_text"
+        if self.local_rope_theta is not None:
+            raise ValueError("local_rope_theta (Gemma 3) needs qk_norm")
+        return "gemma2"
+
     def hf_model_type(self) -> str:
         """The Hugging Face model_type this model saves as; ValueError where none holds it."""
+        gemma = self._gemma_type()
+        if gemma:
+            return gemma
         if self.n_experts:
             if self.attention_bias or self.moe_shared_ffn_dim:
                 if not (self.attention_bias and self.moe_shared_ffn_dim) or self.qk_norm:
@@ -174,6 +309,7 @@ class ModelConfig:
     def to_hf(self) -> dict:
         mtype = self.hf_model_type()
         arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
                 "qwen2_moe": "Qwen2MoeForCausalLM"}[mtype]
         cfg = {
@@ -188,6 +324,8 @@ class ModelConfig:
             "bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id,
             "torch_dtype": "float32", "use_cache": True,
         }
+        if mtype in GEMMA_TYPES:
+            self._gemma_hf(cfg, mtype)
         if mtype == "mixtral":
             cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, sliding_window=None,
@@ -201,17 +339,40 @@ class ModelConfig:
                 cfg.update(shared_expert_intermediate_size=self.moe_shared_ffn_dim, qkv_bias=True)
         return cfg
 
+    def _gemma_hf(self, cfg: dict, mtype: str) -> None:
+        """config.json's Gemma fields, in place."""
+        cfg.update(hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh")
+        del cfg["mlp_bias"]
+        if mtype == "gemma":
+            return
+        qpas = (self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5) ** -2
+        cfg.update(query_pre_attn_scalar=round(qpas) if abs(qpas - round(qpas)) < 1e-6 * qpas else qpas,
+                   attn_logit_softcapping=self.attn_softcap, final_logit_softcapping=self.final_softcap,
+                   sliding_window=self.sliding_window,
+                   layer_types=list(self.layer_types or ["full_attention"] * self.n_layers))
+        if mtype == "gemma3_text":
+            full = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
+            local = self.local_rope_theta if self.local_rope_theta is not None else self.rope_theta
+            cfg.update(rope_parameters={"full_attention": full,
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": local}},
+                       rope_local_base_freq=local)
+
     @classmethod
     def from_hf(cls, cfg: dict) -> "ModelConfig":
         mtype = cfg.get("model_type")
         if mtype not in HF_MODEL_TYPES:
             raise ValueError(f"unsupported model_type {mtype!r} ({', '.join(HF_MODEL_TYPES)})")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {cfg.get('hidden_act')!r}")
+        act = _hf_act(cfg, mtype)
         if cfg.get("mlp_bias"):
             raise ValueError("mlp_bias=True is not supported")
+        if mtype in GEMMA_TYPES and cfg.get("attention_bias"):
+            raise ValueError("Gemma with attention_bias=True is not supported")
         eos = cfg.get("eos_token_id")
-        theta, scaling = _hf_rope(cfg)
+        local_theta = None
+        if mtype == "gemma3_text":
+            theta, scaling, local_theta = _gemma3_rope(cfg)
+        else:
+            theta, scaling = _hf_rope(cfg)
         kw = dict(
             vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
             n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
@@ -222,9 +383,12 @@ class ModelConfig:
             attention_bias=bool(cfg.get("qkv_bias", True) if mtype == "qwen2_moe" else
                                 cfg.get("attention_bias", mtype == "qwen2")), qk_norm=mtype in ("qwen3", "qwen3_moe"),
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
-            pad_id=cfg.get("pad_token_id"),
+            pad_id=cfg.get("pad_token_id"), hidden_act=act,
         )
-        return cls(**{**kw, **_hf_moe(cfg, mtype)})
+        gemma = _hf_gemma(cfg, mtype)
+        if local_theta is not None and "sliding_attention" in gemma["layer_types"]:
+            gemma["local_rope_theta"] = local_theta
+        return cls(**{**kw, **_hf_moe(cfg, mtype), **gemma})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -84,7 +84,7 @@ def _unfuse_phi3(state: dict, cfg: ModelConfig) -> dict:
 
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
     """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral / Phi-3 / Mixtral / Qwen3-MoE /
-    Qwen2-MoE checkpoint directory (config.json as transformers 4 or 5 writes it; see
+    Qwen2-MoE / Gemma / Gemma 2 / Gemma 3 (text) checkpoint directory (config.json as transformers 4 or 5 writes it; see
     ModelConfig.from_hf). Phi-3's fused qkv_proj / gate_up_proj are split on load."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -119,8 +119,15 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
     for k, v in expected.items():
         if state[k].shape != v.shape:
             raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+    if cfg.norm_plus_one:   # Gemma stores w, the model holds the scale 1 + w (added in float32)
+        state = {k: v.float() + 1 if _is_norm(k) else v for k, v in state.items()}
     model.load_state_dict({k: state[k].to(dtype) for k in expected}, assign=True)
     return model
+
+
+def _is_norm(key: str) -> bool:
+    """Is a state-dict key an RMSNorm weight (input_layernorm, q_norm, model.norm, ...)?"""
+    return key.endswith(("norm.weight", "layernorm.weight"))
 
 
 def save_hf(model: Transformer, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -130,8 +137,10 @@ def save_hf(model: Transformer, path: str | os.PathLike, dtype: torch.dtype | No
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     cfg = model.cfg.to_hf()
-    state = {hf_key(model.cfg, k): (v.to(dtype) if dtype else v).detach().contiguous().cpu()
+    plus_one = model.cfg.norm_plus_one    # Gemma: the checkpoint holds w of the scale 1 + w
+    state = {hf_key(model.cfg, k): ((v.double() - 1).to(v.dtype) if plus_one and _is_norm(k) else v)
              for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in state.items()}
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).replace("torch.", "")
     tmp = os.path.join(path, "model.safetensors.tmp")

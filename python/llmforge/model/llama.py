@@ -68,16 +68,19 @@ def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- RoPE ----------------------------------------------------------------------------------
-def rope_freqs(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+def rope_freqs(cfg: ModelConfig, local: bool = False) -> tuple[torch.Tensor, float]:
     """(inverse frequencies (head_dim/2,) float64, attention factor) with the config's HF-style
     rope_scaling applied (ops.rope_frequencies: linear, llama3, yarn). cos and sin are
-    multiplied by the attention factor (YaRN's; 1 otherwise)."""
+    multiplied by the attention factor (YaRN's; 1 otherwise). local: Gemma 3's sliding layers'
+    RoPE (cfg.local_rope_theta, unscaled)."""
+    if local and cfg.local_rope_theta is not None:
+        return ops.rope_frequencies(cfg.head_dim, cfg.local_rope_theta, None)
     return ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
 
-def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype):
+def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype, local: bool = False):
     """cos/sin of shape (*positions.shape, head_dim) for the half-split (HF) convention."""
-    inv, att = rope_freqs(cfg)
+    inv, att = rope_freqs(cfg, local)
     ang = positions.to(torch.float64)[..., None] * inv.to(positions.device)
     ang = torch.cat([ang, ang], dim=-1)
     return (ang.cos() * att).to(dtype), (ang.sin() * att).to(dtype)
@@ -97,10 +100,11 @@ class Rope:
     """The rotation for one forward pass, applied to (B, T, heads, hd) projections: the fused
     kernel (half-width tables indexed by position) on CPU, the torch formula elsewhere."""
 
-    def __init__(self, cfg: ModelConfig, position_ids: torch.Tensor | None, B: int, T: int, dtype, device):
+    def __init__(self, cfg: ModelConfig, position_ids: torch.Tensor | None, B: int, T: int, dtype, device,
+                 local: bool = False):
         self.kernel = device.type == "cpu" and dtype in KERNEL_DTYPES
         if self.kernel:
-            inv, att = rope_freqs(cfg)
+            inv, att = rope_freqs(cfg, local)
             # under torch.compile every possible position (reading the largest would break the graph)
             rows = (T if position_ids is None else
                     max(T, cfg.max_seq_len) if torch.compiler.is_compiling() else int(position_ids.max()) + 1)
@@ -110,7 +114,7 @@ class Rope:
             self.positions = position_ids
         else:
             pos = torch.arange(T, device=device).expand(B, T) if position_ids is None else position_ids
-            self.cos, self.sin = rope_cos_sin(cfg, pos, dtype)          # (B, T, hd)
+            self.cos, self.sin = rope_cos_sin(cfg, pos, dtype, local)   # (B, T, hd)
 
     def __call__(self, x):  # (B, T, H, hd)
         if self.kernel:
@@ -120,6 +124,9 @@ class Rope:
 
 # ---- blocks --------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight. For Gemma (cfg.norm_plus_one) weight holds the scale 1 + w, not the
+    checkpoint's w (model/hf.py converts), so this module is the same for every model."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -131,10 +138,26 @@ class RMSNorm(nn.Module):
         return rmsnorm(x.contiguous(), self.weight, self.eps)
 
 
+def softcap_attention(q, k, v, scale: float, cap: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gemma 2's attention: scores cap * tanh(scale q.k / cap), then the mask (boolean, True =
+    attend, broadcast to (B, H, Tq, Tk); None = causal, the queries being the last keys), softmax in
+    float32. (B, H, Tq, hd) x (B, Hkv, Tk, hd) -> (B, H, Tq, hd)."""
+    h, kv = q.shape[1], k.shape[1]
+    if kv != h:
+        k, v = k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1)
+    s = torch.tanh((q @ k.transpose(-1, -2)) * (scale / cap)) * cap
+    if mask is None:
+        Tq, Tk = q.shape[2], k.shape[2]
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+    p = s.masked_fill(~mask, float("-inf")).float().softmax(-1).to(v.dtype)
+    return p @ v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5
         h, kv, hd, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         self.q_proj = nn.Linear(d, h * hd, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
@@ -168,14 +191,12 @@ class Attention(nn.Module):
         if isinstance(mask, PackedDocs):  # CUDA: packed documents as one varlen launch, no mask
             y = attention_varlen_fwd(q.transpose(1, 2).reshape(B * T, h, hd), k.transpose(1, 2).reshape(B * T, kv, hd),
                                      v.transpose(1, 2).reshape(B * T, kv, hd), mask.cu_seqlens, mask.cu_seqlens,
-                                     mask.max_len, mask.max_len, True, hd ** -0.5, -1)[0]
+                                     mask.max_len, mask.max_len, True, self.scale, -1)[0]
             return self.o_proj(y.view(B, T, h * hd))
-        if mask is None and (use_kernels(q) or use_cuda_attention(q)):
-            y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True)
-        elif mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h)
-        else:  # packed documents: a block-diagonal mask (the fused kernel has no varlen mode yet)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv != h)
+        if mask is None and self.cfg.attn_softcap is None and (use_kernels(q) or use_cuda_attention(q)):
+            y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, scale=self.scale)
+        else:  # packed documents (a block-diagonal mask: the fused kernel has no varlen mode yet), soft-caps
+            y = self.attend(q, k, v, mask)
         return _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, h * hd))
 
     def _forward_cached(self, x, cos, sin, cache, layer):
@@ -186,19 +207,32 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.append(layer, k, v)                  # (B, kv, L, hd)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask(T), enable_gqa=kv != h)
+        y = self.attend(q, keys, values, cache.mask(T))
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
+
+    def attend(self, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention in torch ops with the model's scale (and soft-cap): (B, h, Tq, hd) queries over
+        (B, kv, Tk, hd) keys / values; mask boolean (True = attend), None = causal."""
+        if self.cfg.attn_softcap is not None:
+            return softcap_attention(q, k, v, self.scale, self.cfg.attn_softcap, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, ffn_dim: int):
+    """SwiGLU (act "silu"), or GeGLU with tanh-approximated GELU (act "gelu_tanh", Gemma)."""
+
+    def __init__(self, dim: int, ffn_dim: int, act: str = "silu"):
         super().__init__()
+        self.act = act
         self.gate_proj = nn.Linear(dim, ffn_dim, bias=False)
         self.up_proj = nn.Linear(dim, ffn_dim, bias=False)
         self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
 
     def forward(self, x):
         gp, up = self.gate_proj, self.up_proj
+        if self.act != "silu":
+            return self.down_proj(F.gelu(_linear(gp, x), approximate="tanh") * _linear(up, x))
         if _fused_cpu(x, gp, up) and (gp.bias is None) == (up.bias is None):  # one GEMM, SwiGLU on [gate | up]
             b = torch.cat([gp.bias, up.bias]) if gp.bias is not None else None
             h = ops.swiglu_packed(ops.linear(x, torch.cat([gp.weight, up.weight]), b))
@@ -220,9 +254,9 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k, self.n, self.norm_topk = cfg.moe_top_k, cfg.n_experts, cfg.moe_norm_topk
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(cfg.dim, cfg.ffn_dim) for _ in range(cfg.n_experts))
+        self.experts = nn.ModuleList(MLP(cfg.dim, cfg.ffn_dim, cfg.hidden_act) for _ in range(cfg.n_experts))
         if cfg.moe_shared_ffn_dim:
-            self.shared_expert = MLP(cfg.dim, cfg.moe_shared_ffn_dim)
+            self.shared_expert = MLP(cfg.dim, cfg.moe_shared_ffn_dim, cfg.hidden_act)
             self.shared_expert_gate = nn.Linear(cfg.dim, 1, bias=False)
         self.balance = None
 
@@ -247,30 +281,57 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Pre-norm decoder layer. Llama: x + attn(input_layernorm(x)), then + mlp(post_attention_layernorm(.)).
+    Gemma 2 / 3 (cfg.sandwich_norm) norm the sublayers' outputs too, under Hugging Face's names:
+    x + post_attention_layernorm(attn(input_layernorm(x))), then
+    + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(.))). `mlp_norm` is the norm in front
+    of the FFN in both layouts; `local_rope` marks Gemma 3's sliding layers, which have their own RoPE."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim)
+        if cfg.sandwich_norm:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim, cfg.hidden_act)
+        self.local_rope = cfg.local_rope_theta is not None and cfg.is_sliding(layer)
+
+    @property
+    def mlp_norm(self) -> RMSNorm:
+        """The RMSNorm whose output the FFN reads."""
+        return self.pre_feedforward_layernorm if hasattr(self, "post_feedforward_layernorm") else \
+            self.post_attention_layernorm
+
+    def attn_residual(self, x, a):
+        """x plus the attention output a (post-normed in the sandwich layout)."""
+        return x + (self.post_attention_layernorm(a) if hasattr(self, "post_feedforward_layernorm") else a)
+
+    def mlp_residual(self, h, y):
+        """h plus the FFN of its normed form y (the FFN output post-normed in the sandwich layout)."""
+        out = self.mlp(y)
+        return h + (self.post_feedforward_layernorm(out) if hasattr(self, "post_feedforward_layernorm") else out)
 
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
         a = self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
-        norm = self.post_attention_layernorm
+        norm = self.mlp_norm
         hooked = norm._forward_hooks or norm._forward_pre_hooks
+        if hasattr(self, "post_feedforward_layernorm"):
+            a = self.post_attention_layernorm(a)
         if use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and not hooked:
             # the residual add fused into the norm: h = x + a, y = norm(h)
             y, h = ops.rmsnorm_residual(a.contiguous(), x.contiguous(), norm.weight, norm.eps)
-            return h + self.mlp(y)
+            return self.mlp_residual(h, y)
         x = x + a
-        return x + self.mlp(norm(x))
+        return self.mlp_residual(x, norm(x))
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
@@ -338,9 +399,19 @@ class Transformer(nn.Module):
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
                 nn.init.normal_(p, std=std * scale)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of tokens (times sqrt(dim), rounded to their dtype, for Gemma)."""
+        x = self.model.embed_tokens(tokens)
+        if self.cfg.embed_scale:
+            x = x * torch.tensor(self.cfg.dim ** 0.5, dtype=x.dtype)
+        return x
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """The output projection (tied to the embeddings, or lm_head, which may carry an adapter)."""
-        return F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        """The output projection (tied to the embeddings, or lm_head, which may carry an adapter),
+        soft-capped for Gemma 2 (cfg.final_softcap)."""
+        out = F.linear(h, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        cap = self.cfg.final_softcap
+        return out if cap is None else torch.tanh(out / cap) * cap
 
     def hidden_states(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, dim)."""
@@ -352,16 +423,21 @@ class Transformer(nn.Module):
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         _check_token_ids(tokens, self.cfg.vocab_size)
-        x = self.model.embed_tokens(tokens)
+        x = self.embed(tokens)
         mask = None
         if position_ids is None:
             position_ids = torch.arange(T, device=tokens.device).expand(B, T)
         else:
             if position_ids.shape != tokens.shape:
                 raise ValueError("position_ids must have the shape of tokens")
-            mask = PackedDocs(position_ids) if _packed_on_cuda(x, self.cfg.head_dim) else document_mask(position_ids)
-        rope = Rope(self.cfg, None if mask is None else position_ids, B, T, x.dtype, x.device)
+            packed = _packed_on_cuda(x, self.cfg.head_dim) and self.cfg.attn_softcap is None
+            mask = PackedDocs(position_ids) if packed else document_mask(position_ids)
+        pos = None if mask is None else position_ids
+        ropes = [Rope(self.cfg, pos, B, T, x.dtype, x.device)]
+        if self.cfg.local_rope_theta is not None:   # Gemma 3's sliding layers
+            ropes.append(Rope(self.cfg, pos, B, T, x.dtype, x.device, local=True))
         for layer in self.model.layers:
+            rope = ropes[layer.local_rope]
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, use_reentrant=False)
             else:
@@ -372,10 +448,11 @@ class Transformer(nn.Module):
     def forward_cached(self, tokens: torch.Tensor, position_ids: torch.Tensor, cache) -> torch.Tensor:
         """Incremental decoding: logits (B, T, vocab) for new tokens whose keys/values are
         appended to `cache` (llmforge.generate.cache.KVCache), attending to everything cached."""
-        x = self.model.embed_tokens(tokens)
-        cos, sin = rope_cos_sin(self.cfg, position_ids, x.dtype)
+        x = self.embed(tokens)
+        ropes = [rope_cos_sin(self.cfg, position_ids, x.dtype, local) for local in (False, True)
+                 if not local or self.cfg.local_rope_theta is not None]
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, (cos, sin), None, cache, i)
+            x = layer(x, ropes[layer.local_rope], None, cache, i)
         cache.advance(tokens.shape[1])
         return self.logits(self.model.norm(x))
 
@@ -417,7 +494,8 @@ class Transformer(nn.Module):
             # the fused CPU kernel on every position's logits, the last one's target ignored:
             # no sliced copy of the logits, no float log-probabilities, no zero-filled gradient
             tgt_all = F.pad(tgt.long(), (0, 1), value=-100).reshape(-1)              # (B * T,)
-            if plain_head and w.dtype == h.dtype and not torch.is_autocast_enabled("cpu"):
+            if plain_head and w.dtype == h.dtype and not torch.is_autocast_enabled("cpu") and \
+                    self.cfg.final_softcap is None:
                 # output GEMMs and loss in one Function
                 total = ops.linear_cross_entropy(h.reshape(-1, h.size(-1)), w, tgt_all)
             else:

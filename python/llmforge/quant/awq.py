@@ -104,7 +104,7 @@ def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64
     chosen = {}
     for bi, block in enumerate(model.model.layers):
         at, mlp = block.self_attn, block.mlp
-        post = block.post_attention_layernorm.weight
+        post = block.mlp_norm.weight
         # (linears sharing one input, the module whose input that is, the norm weight or the rows
         # that produce it, float weights that read it and take s on their columns, tag).
         # down before gate/up: its 1/s folds into up_proj's rows, which must happen before

@@ -17,7 +17,8 @@ flattens the activations and moves their range into the weights. 0.5 is the pape
 
 Where the 1/s goes (exact in floating point, so the fp model's outputs do not change):
 - q/k/v: into input_layernorm's weight (X = rmsnorm(h) * w, so w / s gives X / s).
-- gate/up: into post_attention_layernorm's weight.
+- gate/up: into the norm in front of the FFN (block.mlp_norm: post_attention_layernorm, Gemma 2 / 3's
+  pre_feedforward_layernorm).
 - o_proj: into v_proj's output rows (and bias). Attention output is a convex combination of v
   rows, so scaling v's channels scales o_proj's input channels. With GQA a kv head feeds
   n_heads / n_kv_heads query heads, so s is shared across those heads (the maxima are taken
@@ -140,7 +141,7 @@ def smooth_model(model, act_absmax: dict, alpha: float = 0.5, fold: bool = True)
             s_gu = smooth_scales(act_absmax[mp + "gate_proj"], [l.weight for l in gu], alpha)
             s_d = smooth_scales(act_absmax[mp + "down_proj"], [mlp.down_proj.weight], alpha)
             if fold and not cfg.n_experts:
-                w = block.post_attention_layernorm.weight
+                w = block.mlp_norm.weight
                 w.data.copy_((w.double() / s_gu).to(w.dtype))
                 for l in gu:
                     _scale_cols(l, s_gu)
