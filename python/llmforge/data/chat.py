@@ -54,12 +54,25 @@ MISTRAL = ("{{ bos_token }}{% for message in messages %}"
            "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
            "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
            "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
-TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA, "llama2": LLAMA2, "mistral": MISTRAL}
+# Gemma's turns: <start_of_turn>user / model, contents trimmed, <end_of_turn> and a newline; a system
+# message goes in front of the first user turn, separated by a blank line (Gemma 3's way; Gemma 1
+# and 2 refuse system messages and otherwise render the same).
+GEMMA = ("{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
+         "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+         "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+         "{% for m in turns %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+         "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n' }}"
+         "{% if loop.first %}{{ prefix }}{% endif %}{{ m['content'] | trim }}{{ '<end_of_turn>\n' }}{% endfor %}"
+         "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "alpaca": ALPACA, "llama2": LLAMA2, "mistral": MISTRAL,
+             "gemma": GEMMA}
 # The token that ends an assistant turn, per template (None: the tokenizer's eos_token).
-END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": None, "llama2": None, "mistral": None}
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "alpaca": None, "llama2": None, "mistral": None,
+               "gemma": "<end_of_turn>"}
 SPECIAL_TOKENS = {"chatml": ["<|im_start|>", "<|im_end|>"],
                   "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "alpaca": [], "llama2": [],
-                  "mistral": []}
+                  "mistral": [], "gemma": ["<start_of_turn>", "<end_of_turn>"]}
 
 
 class TemplateError(ValueError):
