@@ -37,7 +37,7 @@ def gemma_dir(sp_dirs, tmp_path_factory):
     cfg = ModelConfig(vocab_size=len(tok), dim=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=24, ffn_dim=96,
                       max_seq_len=256, norm_eps=1e-6, hidden_act="gelu_tanh", embed_scale=True, norm_plus_one=True,
                       tie_embeddings=True, sandwich_norm=True, attn_scale=24 ** -0.5, attn_softcap=50.0,
-                      final_softcap=30.0, sliding_window=256,
+                      final_softcap=30.0, sliding_window=24,   # generation runs past it
                       layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                       bos_id=tok.bos_id, eos_id=tok.eos_id)
     torch.manual_seed(0)
@@ -100,6 +100,7 @@ def test_greedy_generation_equals_transformers(gemma_dir, corpus):
     rids = [eng.submit(p, max_new_tokens=20, params=greedy) for p in prompts]
     served = eng.run()
     for p, rid in zip(prompts, rids):
+        assert len(p) + 20 > m2.cfg.sliding_window
         ref = hf.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=None,
                           pad_token_id=0)[0, len(p):].tolist()
         assert generate(m2, [p], 20, greedy).tokens[0] == ref

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.llama import apply_rope, rope_cos_sin, softcap_attention
+from ..model.llama import apply_rope, rope_cos_sin
 from ..ops.paged_kv import paged_kv_gather
 from .paged_cache import OutOfBlocksError, PagedKVCache
 from .sampling import SamplingParams, sample
@@ -114,14 +114,17 @@ class Engine:
 
     def _decode_attention(self, layer: int, attn, step, q: torch.Tensor) -> torch.Tensor:
         """Decode attention of q (B, n_heads, hd) over the pages (this step's tokens included): the
-        paged kernel, or for soft-capped scores (Gemma 2) the gathered keys / values in torch ops."""
-        if self.cfg.attn_softcap is None:
+        paged kernel, or for soft-capped scores (Gemma 2) and sliding-window layers (Gemma 2 / 3) the
+        gathered keys / values in torch ops."""
+        if self.cfg.attn_softcap is None and attn.window is None:
             return self.cache.attention(layer, step, q, attn.scale)
         k = paged_kv_gather(self.cache.k_pools[layer], step.block_table, step.new_lens).transpose(1, 2)
         v = paged_kv_gather(self.cache.v_pools[layer], step.block_table, step.new_lens).transpose(1, 2)
-        valid = torch.arange(k.shape[2], device=q.device)[None] < step.new_lens.long()[:, None]   # (B, L)
-        y = softcap_attention(q[:, :, None], k, v, attn.scale, self.cfg.attn_softcap, valid[:, None, None])
-        return y[:, :, 0]
+        j, n = torch.arange(k.shape[2], device=q.device)[None], step.new_lens.long()[:, None]
+        valid = j < n                                                       # (B, L): the query is at n - 1
+        if attn.window is not None:
+            valid &= j > n - 1 - attn.window
+        return attn.attend(q[:, :, None], k, v, valid[:, None, None], band=False)[:, :, 0]
 
     def _qkv(self, attn, x, cos, sin):
         c = self.cfg

@@ -107,9 +107,10 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     sliding-window attention is plain causal attention, so every length the model accepts
     gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
     n = cfg.get("max_position_embeddings", 2048)
+    if mtype in GEMMA_TYPES:    # their sliding layers are modelled (ModelConfig.layer_types)
+        return n
     window = cfg.get("sliding_window")
-    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3", "gemma2", "gemma3_text"))
-    # (no switch: a window is used; Gemma 2 / 3 configs without layer_types alternate sliding layers)
+    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3"))   # no switch: a window is used
     if isinstance(cfg.get("layer_types"), list):
         used = used or "sliding_attention" in cfg["layer_types"]
     if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
@@ -159,9 +160,9 @@ class ModelConfig:
     post_feedforward_layernorm as Hugging Face names them), attn_scale (query_pre_attn_scalar ** -0.5;
     None = head_dim ** -0.5), attn_softcap / final_softcap (cap * tanh(x / cap) on attention scores /
     logits), sliding_window with layer_types ("sliding_attention" / "full_attention" per layer) and
-    local_rope_theta (Gemma 3: RoPE base of the sliding layers, no scaling). Sliding-window layers
-    are exact only up to the window: max_seq_len may not exceed sliding_window (within the window
-    they are causal attention; from_hf caps max_seq_len there).
+    local_rope_theta (Gemma 3: RoPE base of the sliding layers, no scaling). A sliding layer's query
+    sees the sliding_window keys up to itself (Hugging Face's convention). (Mistral / Qwen-style
+    configs that use one window for every layer load with max_seq_len capped at the window instead.)
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
     """
     vocab_size: int = 4096
@@ -213,12 +214,8 @@ class ModelConfig:
             if len(self.layer_types) != self.n_layers or any(t not in LAYER_TYPES for t in self.layer_types):
                 raise ValueError(f"layer_types must name {self.n_layers} layers, each one of {LAYER_TYPES}, "
                                  f"got {self.layer_types!r}")
-            if "sliding_attention" in self.layer_types:
-                if self.sliding_window is None:
-                    raise ValueError("sliding_attention layers need sliding_window")
-                if self.max_seq_len > self.sliding_window:
-                    raise ValueError(f"max_seq_len {self.max_seq_len} exceeds sliding_window {self.sliding_window}: "
-                                     "sliding-window layers are only exact up to the window here")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("sliding_attention layers need sliding_window")
         if self.local_rope_theta is not None and "sliding_attention" not in (self.layer_types or ()):
             raise ValueError("local_rope_theta needs sliding_attention layers (it is their RoPE base)")
         if self.head_dim is None:

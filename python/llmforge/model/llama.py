@@ -153,11 +153,20 @@ def softcap_attention(q, k, v, scale: float, cap: float, mask: torch.Tensor | No
     return p @ v
 
 
+def window_mask(Tq: int, Tk: int, window: int, device) -> torch.Tensor:
+    """(Tq, Tk) boolean: causal sliding-window attention of the last Tq of Tk positions, query i
+    (position Tk - Tq + i) seeing the `window` keys up to itself (Hugging Face's sliding_window)."""
+    i = torch.arange(Tk - Tq, Tk, device=device)[:, None]
+    j = torch.arange(Tk, device=device)[None, :]
+    return (j <= i) & (j > i - window)
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5
+        self.window = cfg.sliding_window if cfg.is_sliding(layer) else None   # Gemma 2 / 3 local layers
         h, kv, hd, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         self.q_proj = nn.Linear(d, h * hd, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
@@ -191,10 +200,12 @@ class Attention(nn.Module):
         if isinstance(mask, PackedDocs):  # CUDA: packed documents as one varlen launch, no mask
             y = attention_varlen_fwd(q.transpose(1, 2).reshape(B * T, h, hd), k.transpose(1, 2).reshape(B * T, kv, hd),
                                      v.transpose(1, 2).reshape(B * T, kv, hd), mask.cu_seqlens, mask.cu_seqlens,
-                                     mask.max_len, mask.max_len, True, self.scale, -1)[0]
+                                     mask.max_len, mask.max_len, True, self.scale,
+                                     -1 if self.window is None else self.window - 1)[0]
             return self.o_proj(y.view(B, T, h * hd))
         if mask is None and self.cfg.attn_softcap is None and (use_kernels(q) or use_cuda_attention(q)):
-            y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, scale=self.scale)
+            y = ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, scale=self.scale,
+                              window=-1 if self.window is None else self.window - 1)
         else:  # packed documents (a block-diagonal mask: the fused kernel has no varlen mode yet), soft-caps
             y = self.attend(q, k, v, mask)
         return _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, h * hd))
@@ -210,9 +221,14 @@ class Attention(nn.Module):
         y = self.attend(q, keys, values, cache.mask(T))
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
 
-    def attend(self, q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention in torch ops with the model's scale (and soft-cap): (B, h, Tq, hd) queries over
-        (B, kv, Tk, hd) keys / values; mask boolean (True = attend), None = causal."""
+    def attend(self, q, k, v, mask: torch.Tensor | None = None, band: bool = True) -> torch.Tensor:
+        """Attention in torch ops with the model's scale (and soft-cap): (B, h, Tq, hd) queries, the
+        last Tq of the (B, kv, Tk, hd) keys / values; mask boolean (True = attend), None = causal.
+        A sliding-window layer also masks keys more than its window behind each query (band=False:
+        the mask already does)."""
+        if band and self.window is not None and k.shape[2] > self.window:
+            band = window_mask(q.shape[2], k.shape[2], self.window, q.device)
+            mask = band if mask is None else mask & band
         if self.cfg.attn_softcap is not None:
             return softcap_attention(q, k, v, self.scale, self.cfg.attn_softcap, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
@@ -290,7 +306,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         if cfg.sandwich_norm:
             self.pre_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
