@@ -58,6 +58,28 @@ def test_folding_leaves_fp_model_unchanged(kw):
     torch.testing.assert_close(act2[name], (act[name] * w).sqrt(), rtol=1e-9, atol=1e-12)
 
 
+GEMMA2 = dict(hidden_act="gelu_tanh", embed_scale=True, norm_plus_one=True, tie_embeddings=True, sandwich_norm=True,
+              attn_scale=0.3, attn_softcap=20.0, final_softcap=15.0, sliding_window=16,
+              layer_types=["sliding_attention", "full_attention"])
+
+
+def test_folding_gemma2_leaves_fp_model_unchanged():
+    """Gemma 2's FFN reads pre_feedforward_layernorm (the post-norms sit after the sublayers): the
+    gate/up scales fold there, the post-norms stay, and the outputs do not move (past the window)."""
+    model = _model(**GEMMA2).double()
+    calib, probe = _batches(97), _batches(97, n=1, T=31, seed=7)[0]
+    with torch.no_grad():
+        ref = model(probe)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    assert smooth_model(model, calibrate_act_absmax(model, calib), alpha=0.5) == {}
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    for part in ("input_layernorm", "pre_feedforward_layernorm", "v_proj", "o_proj", "up_proj", "down_proj"):
+        assert any(part in n for n in changed), part
+    assert not any("post_" in n for n in changed), changed
+    with torch.no_grad():
+        torch.testing.assert_close(model(probe), ref, rtol=1e-9, atol=1e-9)
+
+
 def test_folding_float32_within_1e5():
     model = _model(seed=3)
     calib, probe = _batches(97), _batches(97, n=1, T=17, seed=8)[0]
