@@ -165,7 +165,8 @@ def test_unsupported_gemma_configs_are_refused(tmp_path):
     cfg = _hf_config("gemma2").to_dict()
     for bad, match in (({"use_bidirectional_attention": True}, "bidirectional"),
                        ({"hidden_activation": "relu"}, "hidden_act"),
-                       ({"model_type": "gemma3"}, "model_type")):
+                       ({"model_type": "gemma3"}, "text_config"),
+                       ({"model_type": "gemma4"}, "model_type")):
         d = {**cfg, **bad}
         (tmp_path / "config.json").write_text(json.dumps(d))
         with pytest.raises(ValueError, match=match):
@@ -191,3 +192,43 @@ def test_fresh_gemma_model_trains_and_checkpoints_load_in_transformers(tmp_path)
     tokens = torch.randint(0, VOCAB, (2, 31))
     with torch.no_grad():
         assert (model.eval()(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+
+
+def test_multimodal_gemma3_loads_its_language_model(tmp_path):
+    """A Gemma 3 image-text checkpoint (Gemma3ForConditionalGeneration: language_model.* weights, a
+    SigLIP tower, a text_config that leans on defaults) loads as its language model: text-only
+    logits equal transformers' multimodal model's, and it saves as a gemma3_text checkpoint."""
+    torch.manual_seed(3)
+    text = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=72, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=20, max_position_embeddings=256, sliding_window=32,
+                query_pre_attn_scalar=20, sliding_window_pattern=2,
+                rope_scaling={"rope_type": "linear", "factor": 8.0})
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    hf = transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+        boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            p.normal_(0.0, 0.3 if n.endswith("norm.weight") else 0.2)
+    hf.save_pretrained(tmp_path / "mm")
+    cfg = json.loads((tmp_path / "mm" / "config.json").read_text())
+    assert cfg["model_type"] == "gemma3" and "vocab_size" in cfg["text_config"]
+    # a released-style text_config: only what differs from Gemma3TextConfig's defaults, pattern not layer_types
+    cfg["text_config"] = {k: v for k, v in cfg["text_config"].items()
+                          if k not in ("pad_token_id", "rms_norm_eps", "tie_word_embeddings", "layer_types")}
+    cfg["text_config"]["sliding_window_pattern"] = 2
+    (tmp_path / "mm" / "config.json").write_text(json.dumps(cfg))
+    model = load_hf(tmp_path / "mm")
+    assert model.cfg.hf_model_type() == "gemma3_text" and model.cfg.tie_embeddings
+    assert model.cfg.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert model.cfg.local_rope_theta == 10_000.0 and model.cfg.rope_scaling["factor"] == 8.0
+    tokens = torch.randint(1, VOCAB - 3, (2, 70))    # text only, past the window
+    with torch.no_grad():
+        ref = hf(input_ids=tokens).logits
+        assert (model(tokens) - ref).abs().max().item() < 1e-4
+    save_hf(model, tmp_path / "text")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text", dtype=torch.float32).eval()
+    assert type(back).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        assert (back(tokens).logits - ref).abs().max().item() < 1e-4

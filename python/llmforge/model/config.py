@@ -26,6 +26,27 @@ def _hf_act(cfg: dict, mtype: str) -> str:
     return act
 
 
+# Gemma3TextConfig's defaults, which Gemma 3's multimodal config.json files lean on: their text_config
+# often lists only the fields that differ (transformers fills the rest from these).
+GEMMA3_TEXT_DEFAULTS = dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                            num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131_072,
+                            rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=4096, tie_word_embeddings=True,
+                            bos_token_id=2, eos_token_id=1, pad_token_id=0)
+
+
+def gemma3_text_config(cfg: dict) -> dict:
+    """The language model's config.json fields of a Gemma 3 multimodal config (model_type "gemma3":
+    text_config, with Gemma3TextConfig's defaults for what it leaves out), as a gemma3_text config."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ValueError("a gemma3 (multimodal) config.json needs a text_config dict")
+    out = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in text.items() if v is not None}, "model_type": "gemma3_text"}
+    for k in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if k not in text and cfg.get(k) is not None:
+            out[k] = cfg[k]
+    return out
+
+
 def _hf_gemma(cfg: dict, mtype: str) -> dict:
     """Gemma's fields: GeGLU, embeddings x sqrt(dim), norms stored as w for the scale 1 + w; Gemma 2
     and 3 add norms on the attention and FFN outputs, the query_pre_attn_scalar attention scale and
@@ -39,7 +60,7 @@ def _hf_gemma(cfg: dict, mtype: str) -> dict:
     if mtype == "gemma":
         return g
     n = cfg["num_hidden_layers"]
-    every = 2 if mtype == "gemma2" else cfg.get("sliding_window_pattern", 6)
+    every = 2 if mtype == "gemma2" else cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
     types_ = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention"
                                         for i in range(n)]
     g.update(sandwich_norm=True, attn_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, gemma3_text_config
 from .llama import Transformer
 
 
@@ -82,16 +82,40 @@ def _unfuse_phi3(state: dict, cfg: ModelConfig) -> dict:
     return out
 
 
+_LANGUAGE_MODEL = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),   # checkpoints
+                   ("model.language_model.", "model."))                      # transformers 5's own names
+_VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def _language_model(state: dict) -> dict:
+    """A Gemma 3 multimodal state dict's language model under Gemma3ForCausalLM's names (the
+    vision tower and projector dropped)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith(_VISION):
+            continue
+        for theirs, ours in _LANGUAGE_MODEL:
+            if k.startswith(theirs):
+                k = ours + k[len(theirs):]
+                break
+        out[k] = v
+    return out
+
+
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Transformer:
     """A Transformer from a local Llama / Qwen2 / Qwen3 / Mistral / Phi-3 / Mixtral / Qwen3-MoE /
-    Qwen2-MoE / Gemma / Gemma 2 / Gemma 3 (text) checkpoint directory (config.json as transformers 4 or 5 writes it; see
-    ModelConfig.from_hf). Phi-3's fused qkv_proj / gate_up_proj are split on load."""
+    Qwen2-MoE / Gemma / Gemma 2 / Gemma 3 checkpoint directory (config.json as transformers 4 or 5
+    writes it; see ModelConfig.from_hf). Phi-3's fused qkv_proj / gate_up_proj are split on load; of a
+    multimodal Gemma 3 (4B and up) the language model is loaded, the vision tower left out."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = os.fspath(path)
     raw = _read_config(path)
+    multimodal = raw.get("model_type") == "gemma3"
     try:
+        if multimodal:   # Gemma 3 4B / 12B / 27B: the language model, the vision tower left out
+            raw = gemma3_text_config(raw)
         cfg = ModelConfig.from_hf(raw)
     except (KeyError, TypeError, ValueError) as e:
         msg = str(e) if str(e).startswith(path) else f"{path}: config.json: {type(e).__name__}: {e}"
@@ -104,6 +128,8 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device:
             state.update(load_file(f, device=device))
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{f}: cannot read safetensors file: {e}") from None
+    if multimodal:
+        state = _language_model(state)
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     if raw.get("model_type") == "phi3":
