@@ -75,6 +75,16 @@ def test_bf16_autocast_and_qk_norm_match_eager():
     _compare(_model(seed=2, qk_norm=True, head_dim=32), torch.randint(0, 301, (3, 29)), bf16=True, rtol=1e-3)
 
 
+def test_gemma3_matches_eager():
+    """Gemma 3's parts: GeGLU, scaled embeddings, sandwich norms, a sliding-window layer (on the fused
+    kernel's window) shorter than the batch, local RoPE, query / key norms. (Gemma 2's soft-caps are
+    plain torch ops.)"""
+    kw = dict(hidden_act="gelu_tanh", embed_scale=True, norm_plus_one=True, tie_embeddings=True, sandwich_norm=True,
+              attn_scale=0.2, sliding_window=16, layer_types=["sliding_attention", "full_attention"], qk_norm=True,
+              local_rope_theta=1e4)
+    _compare(_model(seed=5, **kw), torch.randint(0, 301, (2, 37)))
+
+
 def test_qlora_matches_eager():
     model = _model(seed=3)
     quantize_base_linears(model, group_size=32)
