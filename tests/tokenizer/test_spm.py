@@ -226,6 +226,14 @@ def test_llama_cpp_tokenizes_like_us(sp_dirs, corpus, tmp_path):
     hf, tok = HFTokenizer.from_file(str(tmp_path / "never.json")), Tokenizer.from_hf_json(tmp_path / "never.json")
     assert tok.prefix == "never" and not tok.strip_leading_space
     assert tok.gguf_metadata()["tokenizer.ggml.add_space_prefix"] is False
+    # as transformers' GemmaTokenizer writes it: plus a Split(" ") pre-tokenizer, a no-op after the normaliser
+    d["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                          "invert": False}
+    (tmp_path / "split.json").write_text(json.dumps(d))
+    hf_split = HFTokenizer.from_file(str(tmp_path / "split.json"))
+    tok_split = Tokenizer.from_hf_json(tmp_path / "split.json")
+    for t in texts[:200]:
+        assert tok_split.encode(t) == hf_split.encode(t, add_special_tokens=False).ids == tok.encode(t), repr(t[:100])
     _write_vocab_gguf(tok, tmp_path / "never.gguf")
     llm = llama_cpp.Llama(model_path=str(tmp_path / "never.gguf"), vocab_only=True, verbose=False)
     back = SpmTokenizer.from_gguf_metadata(tok.gguf_metadata())   # and read back from GGUF metadata

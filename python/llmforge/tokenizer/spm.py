@@ -623,6 +623,13 @@ def _is_replace_space(n) -> bool:
             and n.get("content") == META)
 
 
+def _is_split_on_space(p) -> bool:
+    """A Split on the string " " (Gemma's tokenizer.json since transformers' GemmaConverter): after the
+    Replace(' ', '▁') normaliser the text holds no space, so it never splits."""
+    return (isinstance(p, dict) and p.get("type") == "Split" and (p.get("pattern") or {}).get("String") == " "
+            and not p.get("invert", False))
+
+
 def _hf_prefix(norm, pre) -> tuple[str, bool]:
     """(prefix mode, split) from a tokenizer.json's normalizer and pre_tokenizer, or TokenizerError."""
     if norm is not None:
@@ -634,7 +641,7 @@ def _hf_prefix(norm, pre) -> tuple[str, bool]:
                 or (prepends and prepends[0].get("prepend") != META):
             raise TokenizerError(f"unsupported normalizer {json.dumps(norm)[:200]} (supported: Prepend('▁') + "
                                  "Replace(' ', '▁'), or Replace(' ', '▁') alone)")
-        if pre is not None:
+        if pre is not None and not _is_split_on_space(pre):
             raise TokenizerError(f"unsupported pre_tokenizer {json.dumps(pre)[:200]} after a normalizer")
         return ("legacy" if prepends else "never"), False
     if isinstance(pre, dict) and pre.get("type") == "Metaspace" and pre.get("replacement", META) == META:
