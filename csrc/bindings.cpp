@@ -706,7 +706,8 @@ PYBIND11_MODULE(_C, m) {
   // ---- native decode step (one call per token; python/llmforge/generate/native.py) ------
   py::class_<PyDecodeModel>(m, "DecodeModel")
       .def(py::init([](const py::dict& cfg, py::handle embed, py::handle cos, py::handle sin, py::handle final_norm,
-                       const py::dict& output, const py::list& layers, int threads) {
+                       const py::dict& output, const py::list& layers, int threads, py::handle cos_local,
+                       py::handle sin_local) {
              auto self = std::make_unique<PyDecodeModel>();
              auto geti = [&](const char* k) { return cfg[k].cast<int64_t>(); };
              lf::DecodeConfig c{geti("dim"), geti("n_layers"), geti("n_heads"), geti("n_kv_heads"), geti("head_dim"),
@@ -719,10 +720,21 @@ PYBIND11_MODULE(_C, m) {
                c.shared_ffn = cfg.contains("shared_ffn_dim") ? geti("shared_ffn_dim") : 0;
                c.norm_topk = cfg["norm_topk"].cast<bool>();
              }
+             // Gemma's options: absent or None when unused
+             auto getf = [&](const char* k) {
+               return cfg.contains(k) && !cfg[k].is_none() ? cfg[k].cast<double>() : 0.0;
+             };
+             c.gelu = cfg.contains("gelu_tanh") && cfg["gelu_tanh"].cast<bool>();
+             c.embed_scale = getf("embed_scale");
+             c.attn_scale = getf("attn_scale");
+             c.attn_softcap = getf("attn_softcap");
+             c.final_softcap = getf("final_softcap");
              const TensorView* E = self->hold(embed, "embed");
              const TensorView* C = self->hold(cos, "rope_cos");
              const TensorView* S = self->hold(sin, "rope_sin");
              const TensorView* FN = self->hold(final_norm, "final_norm");
+             const TensorView* CL = cos_local.is_none() ? nullptr : self->hold(cos_local, "rope_cos_local");
+             const TensorView* SL = sin_local.is_none() ? nullptr : self->hold(sin_local, "rope_sin_local");
              lf::DecodeLinearViews out = self->linear(output, "output");
              std::vector<lf::DecodeLayerViews> ls;
              for (size_t i = 0; i < layers.size(); ++i) {
@@ -759,13 +771,20 @@ PYBIND11_MODULE(_C, m) {
                for (const char* key : {"q_norm", "k_norm"})
                  if (d.contains(key) && !d[key].is_none())
                    (key[0] == 'q' ? v.q_norm : v.k_norm) = self->hold(d[key], p + key);
+               // Gemma 2/3's norms of the sublayer outputs, Gemma 3's local RoPE: likewise optional
+               for (const char* key : {"post_attn_norm", "post_ffn_norm"})
+                 if (d.contains(key) && !d[key].is_none())
+                   (key[5] == 'a' ? v.post_attn_norm : v.post_ffn_norm) = self->hold(d[key], p + key);
+               v.local_rope = d.contains("local_rope") && d["local_rope"].cast<bool>();
+               v.window = d.contains("window") && !d["window"].is_none() ? d["window"].cast<int64_t>() : 0;
                ls.push_back(v);
              }
-             self->impl = std::make_unique<lf::DecodeModel>(c, *E, *C, *S, *FN, out, ls, threads);
+             self->impl = std::make_unique<lf::DecodeModel>(c, *E, *C, *S, *FN, out, ls, threads, CL, SL);
              return self;
            }),
            py::arg("config"), py::arg("embed"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("final_norm"),
-           py::arg("output"), py::arg("layers"), py::arg("threads"))
+           py::arg("output"), py::arg("layers"), py::arg("threads"), py::arg("rope_cos_local") = py::none(),
+           py::arg("rope_sin_local") = py::none())
       .def("forward",
            [](PyDecodeModel& self, py::handle tokens, py::handle logits, bool all_logits) {
              const std::vector<int64_t> ids = ids_from_seq(tokens, "DecodeModel.forward tokens");

@@ -27,6 +27,14 @@ void check_finite(const std::string& name, const TensorView& t) {
     LF_CHECK(std::isfinite(p[i]), kOp, ": ", name, " has a non-finite value at flat index ", i);
 }
 
+// A float option of the config as float32: 0 (unused), or finite and > 0 (as a float32 too).
+float positive_or_off(const char* name, double v) {
+  const float f = static_cast<float>(v);
+  LF_CHECK(v == 0 || (std::isfinite(f) && f > 0 && std::isnormal(f)), kOp, ": ", name,
+           " must be 0 (unused) or a finite float32 > 0, got ", v);
+  return f;
+}
+
 cpu::DecodeLinear make_linear(const std::string& name, const DecodeLinearViews& v, int64_t N, int64_t K) {
   cpu::DecodeLinear L;
   L.N = N;
@@ -83,7 +91,8 @@ cpu::DecodeLinear make_linear(const std::string& name, const DecodeLinearViews& 
 
 DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const TensorView& rope_cos,
                          const TensorView& rope_sin, const TensorView& final_norm, const DecodeLinearViews& output,
-                         const std::vector<DecodeLayerViews>& layers, int threads)
+                         const std::vector<DecodeLayerViews>& layers, int threads, const TensorView* rope_cos_local,
+                         const TensorView* rope_sin_local)
     : threads_(threads) {
   check_threads(kOp, threads);
   LF_CHECK(c.dim > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0 && c.ffn_dim > 0 &&
@@ -113,6 +122,28 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   check_f32("rope_cos", &rope_cos, {rope_cos.shape[0], c.head_dim / 2});
   check_f32("rope_sin", &rope_sin, {rope_cos.shape[0], c.head_dim / 2});
   w_.rope_len = rope_cos.shape[0];
+  LF_CHECK((rope_cos_local == nullptr) == (rope_sin_local == nullptr), kOp,
+           ": rope_cos_local and rope_sin_local come together");
+  if (rope_cos_local) {
+    check_f32("rope_cos_local", rope_cos_local, {w_.rope_len, c.head_dim / 2});
+    check_f32("rope_sin_local", rope_sin_local, {w_.rope_len, c.head_dim / 2});
+    check_finite("rope_cos_local", *rope_cos_local);
+    check_finite("rope_sin_local", *rope_sin_local);
+  }
+  // Gemma's options
+  w_.gelu = c.gelu;
+  w_.embed_scale = positive_or_off("embed_scale", c.embed_scale);
+  const double scale = positive_or_off("attn_scale", c.attn_scale) > 0 ? c.attn_scale : 0.0;
+  const float cap = positive_or_off("attn_softcap", c.attn_softcap);
+  if (cap > 0) {  // scores cap * tanh(q.k * (scale / cap))
+    const double s = scale > 0 ? scale : 1.0 / std::sqrt(double(c.head_dim));
+    w_.score_scale = positive_or_off("attn_scale / attn_softcap", s / c.attn_softcap);
+    w_.score_cap = cap;
+  } else {
+    w_.score_scale = scale > 0 ? static_cast<float>(scale) : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  }
+  w_.final_cap = positive_or_off("final_softcap", c.final_softcap);
+  if (w_.final_cap > 0) w_.final_inv = positive_or_off("1 / final_softcap", 1.0 / c.final_softcap);
   check_f32("final_norm", &final_norm, {D});
   w_.embed = embed.ptr<float>();
   w_.rope_cos = rope_cos.ptr<float>();
@@ -132,12 +163,25 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
       check_f32(p + "q_norm", v.q_norm, {c.head_dim});
       check_f32(p + "k_norm", v.k_norm, {c.head_dim});
     }
+    for (const auto& [name, t] : {std::pair{"post_attn_norm", v.post_attn_norm}, {"post_ffn_norm", v.post_ffn_norm}})
+      if (t) {
+        check_f32(p + name, t, {D});
+        check_finite(p + name, *t);
+      }
+    LF_CHECK(!v.local_rope || rope_cos_local, kOp, ": ", p, "local_rope needs rope_cos_local / rope_sin_local");
+    LF_CHECK(v.window >= 0, kOp, ": ", p, "window must be >= 0 (0: none), got ", v.window);
     cpu::DecodeLayer L{v.attn_norm->ptr<float>(), v.mlp_norm->ptr<float>(),
                        make_linear(p + "q", v.q, qd, D), make_linear(p + "k", v.k, kvd, D),
                        make_linear(p + "v", v.v, kvd, D), make_linear(p + "o", v.o, D, qd),
                        {}, {}, {}, cache_.data() + 2 * i * per,
                        cache_.data() + (2 * i + 1) * per, v.q_norm ? v.q_norm->ptr<float>() : nullptr,
                        v.k_norm ? v.k_norm->ptr<float>() : nullptr};
+    L.post_attn_norm = v.post_attn_norm ? v.post_attn_norm->ptr<float>() : nullptr;
+    L.post_ffn_norm = v.post_ffn_norm ? v.post_ffn_norm->ptr<float>() : nullptr;
+    w_.post_norms = w_.post_norms || L.post_attn_norm || L.post_ffn_norm;
+    L.rope_cos = v.local_rope ? rope_cos_local->ptr<float>() : w_.rope_cos;
+    L.rope_sin = v.local_rope ? rope_sin_local->ptr<float>() : w_.rope_sin;
+    L.window = v.window < w_.rope_len ? v.window : 0;  // a window as long as every position: no limit
     if (!moe) {
       L.gate = make_linear(p + "gate", v.gate, F, D);
       L.up = make_linear(p + "up", v.up, F, D);

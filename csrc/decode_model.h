@@ -21,6 +21,11 @@ struct DecodeConfig {
   // plus a shared expert of shared_ffn when > 0; ffn_dim is then the wider of the two.
   int64_t n_experts = 0, top_k = 0, expert_ffn = 0, shared_ffn = 0;
   bool norm_topk = true;
+  // Gemma: GeGLU feed-forwards; embeddings times embed_scale; attention scores q.k * attn_scale
+  // (else head_dim^-0.5), soft-capped as attn_softcap * tanh(. / attn_softcap); logits likewise by
+  // final_softcap. The numbers are 0 when unused, else finite and > 0.
+  bool gelu = false;
+  double embed_scale = 0, attn_scale = 0, attn_softcap = 0, final_softcap = 0;
 };
 
 // One linear: a float32 `w` (N, K), or int4 `packed` (N, K/2) u8 + `scales` (N, K/G) f32 or f16 +
@@ -51,13 +56,18 @@ struct DecodeLayerViews {
   const TensorView* q_norm = nullptr;  // (head_dim,) f32: Qwen3's RMSNorm of each query head, or null
   const TensorView* k_norm = nullptr;  // the same for key heads (both or neither)
   DecodeMoEViews moe;                  // used when the config has n_experts (gate/up/down are not)
+  const TensorView* post_attn_norm = nullptr;  // (dim,) f32: RMSNorm of the attention output (Gemma 2/3), or null
+  const TensorView* post_ffn_norm = nullptr;   // the same for the feed-forward output
+  bool local_rope = false;                     // RoPE from the local tables (Gemma 3's sliding layers)
+  int64_t window = 0;                          // > 0: a sliding layer's window (keys t - window + 1 .. t)
 };
 
 class DecodeModel {
  public:
+  // rope_cos_local / rope_sin_local: the tables of layers with local_rope (the shape of rope_cos), or null.
   DecodeModel(const DecodeConfig& cfg, const TensorView& embed, const TensorView& rope_cos, const TensorView& rope_sin,
               const TensorView& final_norm, const DecodeLinearViews& output, const std::vector<DecodeLayerViews>& layers,
-              int threads);
+              int threads, const TensorView* rope_cos_local = nullptr, const TensorView* rope_sin_local = nullptr);
   // Appends tokens (ids in [0, vocab)) at positions length()..; logits (1, vocab) f32 receives the
   // last token's logits, or (len(tokens), vocab) all of them when all_logits.
   void forward(const std::vector<int64_t>& tokens, const TensorView& logits, bool all_logits);

@@ -31,6 +31,56 @@ struct Act {
   bool q8;              // int4 weights multiply the int8 codes (else the floats)
 };
 
+// tanh as Cephes' tanhf: x + x^3 P(x^2) below |x| = 0.625, else 1 - 2 / (e^2|x| + 1) with x's sign;
+// relative error ~3e-7 (vexp's); NaN stays NaN.
+#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__)
+inline V vabs(V x) { return _mm512_abs_ps(x); }
+inline V vcopysign(V mag, V x) {  // mag >= 0 with x's sign
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), sign));
+}
+inline V vselect_lt(V a, float b, V yes, V no) {  // yes where a < b, else no
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, vset1(b), _CMP_LT_OQ), no, yes);
+}
+#else
+inline V vabs(V x) { return _mm256_andnot_ps(vset1(-0.f), x); }
+inline V vcopysign(V mag, V x) { return _mm256_or_ps(mag, _mm256_and_ps(x, vset1(-0.f))); }
+inline V vselect_lt(V a, float b, V yes, V no) {
+  return _mm256_blendv_ps(no, yes, _mm256_cmp_ps(a, vset1(b), _CMP_LT_OQ));
+}
+#endif
+inline V vtanh(V x) {
+  const V a = vabs(x), z = vmul(x, x);
+  V p = vset1(-5.70498872745e-3f);
+  p = vfma(p, z, vset1(2.06390887954e-2f));
+  p = vfma(p, z, vset1(-5.37397155531e-2f));
+  p = vfma(p, z, vset1(1.33314422036e-1f));
+  p = vfma(p, z, vset1(-3.33332819422e-1f));
+  const V small = vfma(vmul(p, z), x, x);
+  const V big = vsub(vset1(1.f), vdiv(vset1(2.f), vadd(vexp(vadd(a, a)), vset1(1.f))));
+  return vselect_lt(a, 0.625f, small, vcopysign(big, x));
+}
+#else
+inline V vtanh(V x) { return std::tanh(x); }
+#endif
+
+// x[i] = cap * tanh(x[i] * mul), i < n (Gemma's soft-caps of attention scores and logits).
+inline void softcap(float* x, int64_t n, float mul, float cap) {
+  int64_t i = 0;
+  for (; i + N <= n; i += N) vstore(x + i, vmul(vtanh(vmul(vload(x + i), vset1(mul))), vset1(cap)));
+  for (; i < n; ++i) x[i] = std::tanh(x[i] * mul) * cap;
+}
+
+// gelu_tanh(g) * u, as x sigmoid(2z) = x (1 + tanh(z)) / 2 with z = sqrt(2/pi) (x + 0.044715 x^3).
+namespace gelu {
+constexpr float c1 = float(2 * 0.79788456080286535588), c3 = float(2 * 0.79788456080286535588 * 0.044715);
+}
+inline V vgeglu(V g, V u) {
+  return vmul(vmul(g, vsigmoid(vmul(g, vfma(vmul(g, g), vset1(gelu::c3), vset1(gelu::c1))))), u);
+}
+inline float geglu(float g, float u) { return g / (1.f + std::exp(-g * (g * g * gelu::c3 + gelu::c1))) * u; }
+
 inline float fp16_round(float x) {  // Q8_0 stores its scale as float16: keep what it keeps
 #if defined(__F16C__)
   return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
@@ -407,6 +457,20 @@ void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, i
   }
 }
 
+// x[m] += RMSNorm(y[m]) * g for rows m < M (a post-norm before the residual add), split over the
+// threads (`omp for`; its barrier ends it).
+void add_normed_rows(float* x, const float* y, const float* g, int64_t D, float eps, int64_t M) {
+#pragma omp for schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const float* yr = y + m * D;
+    double ss = 0.0;
+    for (int64_t i = 0; i < D; ++i) ss += double(yr[i]) * yr[i];
+    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
+    float* xr = x + m * D;
+    for (int64_t i = 0; i < D; ++i) xr[i] += yr[i] * r * g[i];
+  }
+}
+
 // The keys (or values) of one kv head of one sequence: position t at k + t * stride, or, paged,
 // at k + table[t / bs] * block_elems + (t % bs) * stride.
 struct KvSeq {
@@ -417,16 +481,16 @@ struct KvSeq {
   int64_t bs, block_elems;
 
   int64_t offset(int64_t t) const { return table ? table[t / bs] * block_elems + (t % bs) * stride : t * stride; }
-  // fn(keys, values, first position, count) over runs of positions 0..n-1 with the same stride
+  // fn(keys, values, first position, count) over runs of positions lo..n-1 with the same stride
   template <class Fn>
-  void runs(int64_t n, Fn fn) const {
+  void runs(int64_t lo, int64_t n, Fn fn) const {
     if (!table) {
-      fn(k, v, int64_t(0), n);
+      fn(k + lo * stride, v + lo * stride, lo, n - lo);
       return;
     }
-    for (int64_t b = 0; b * bs < n; ++b) {
-      const int64_t off = table[b] * block_elems;
-      fn(k + off, v + off, b * bs, std::min(bs, n - b * bs));
+    for (int64_t b = lo / bs; b * bs < n; ++b) {
+      const int64_t first = std::max(lo, b * bs), off = table[b] * block_elems + (first - b * bs) * stride;
+      fn(k + off, v + off, first, std::min((b + 1) * bs, n) - first);
     }
   }
 };
@@ -463,12 +527,14 @@ void weighted_sum(const float* p, const float* v, int64_t vs, int64_t n, int64_t
   for (int j = 0; j < NV; ++j) vstore(out + c0 + j * N, acc[j]);
 }
 
-// softmax(q_g . k_l * scale) . v_l over positions 0..t of one kv head of one sequence, for the G
-// query heads that share it (q_g = q + g * hd, out likewise; scores of head g at s + g * ls): the
-// keys and values come from memory once and from L1 for the group's other heads.
-void attend(const float* q, int64_t G, const KvSeq& kv, int64_t t, int64_t hd, float scale, float* s, int64_t ls,
-            float* out) {
-  kv.runs(t + 1, [&](const float* kb, const float*, int64_t l0, int64_t n) {
+// softmax(q_g . k_l * scale) . v_l over positions lo..t of one kv head of one sequence (lo > 0: a
+// sliding window), for the G query heads that share it (q_g = q + g * hd, out likewise; scores of
+// head g at s + g * ls, indexed by position): the keys and values come from memory once and from
+// L1 for the group's other heads. cap > 0: the scores are cap * tanh(q . k * scale) (scale then
+// holds the softmax scale / cap).
+void attend(const float* q, int64_t G, const KvSeq& kv, int64_t lo, int64_t t, int64_t hd, float scale, float cap,
+            float* s, int64_t ls, float* out) {
+  kv.runs(lo, t + 1, [&](const float* kb, const float*, int64_t l0, int64_t n) {
     int64_t l = 0;
     for (; l + 4 <= n; l += 4) {
       if (l + 8 <= n)  // the next keys, while these are dotted: a line per 64 bytes of each row
@@ -482,9 +548,14 @@ void attend(const float* q, int64_t G, const KvSeq& kv, int64_t t, int64_t hd, f
   for (int64_t g = 0; g < G; ++g) {
     float* sg = s + g * ls;
     float mx = -INFINITY;
-    for (int64_t l = 0; l <= t; ++l) mx = std::max(mx, sg[l] *= scale);
+    if (cap > 0.f) {
+      softcap(sg + lo, t + 1 - lo, scale, cap);
+      for (int64_t l = lo; l <= t; ++l) mx = std::max(mx, sg[l]);
+    } else {
+      for (int64_t l = lo; l <= t; ++l) mx = std::max(mx, sg[l] *= scale);
+    }
     float sum = 0.f;
-    int64_t l = 0;
+    int64_t l = lo;
     for (; l + N <= t + 1; l += N) {
       const V e = vexp(vsub(vload(sg + l), vset1(mx)));
       vstore(sg + l, e);
@@ -496,11 +567,11 @@ void attend(const float* q, int64_t G, const KvSeq& kv, int64_t t, int64_t hd, f
     }
     // fold 1 / sum into the weights: the value sums come out normalised
     const float inv = 1.f / sum;
-    for (l = 0; l <= t; ++l) sg[l] *= inv;
+    for (l = lo; l <= t; ++l) sg[l] *= inv;
     for (int64_t i = 0; i < hd; ++i) out[g * hd + i] = 0.f;
   }
   const int64_t hv = hd / N * N;  // dims in whole vectors; the rest one by one
-  kv.runs(t + 1, [&](const float*, const float* vb, int64_t l0, int64_t n) {
+  kv.runs(lo, t + 1, [&](const float*, const float* vb, int64_t l0, int64_t n) {
     for (int64_t g = 0; g < G; ++g) {
       const float* p = s + g * ls + l0;
       float* o = out + g * hd;
@@ -563,10 +634,12 @@ struct FfnBufs {
   float* gh; int8_t* gq; float* gdx; float* gxs;  // this thread's gathered normalised rows
   int64_t kmax, ldb;
   bool act_q8;
+  bool gelu;                      // GeGLU instead of SwiGLU
 };
 
-// h[i] = silu(gate) * up for `rows` rows of `in` through (g, u); with d int4, the int4 form of h
-// too. One `omp for` over 32-row chunks of the FFN (its implicit barrier ends it).
+// h[i] = silu(gate) * up (or gelu_tanh(gate) * up) for `rows` rows of `in` through (g, u); with d
+// int4, the int4 form of h too. One `omp for` over 32-row chunks of the FFN (its implicit barrier
+// ends it).
 void swiglu_rows(const DecodeLinear& g, const DecodeLinear& u, const DecodeLinear& d, const Act& in, int64_t rows,
                  const FfnBufs& b) {
   const int64_t F = g.N;
@@ -579,11 +652,16 @@ void swiglu_rows(const DecodeLinear& g, const DecodeLinear& u, const DecodeLinea
       const float* gr = b.gu + m * 2 * F;
       float* hr = b.h + m * b.kmax;
       int64_t f = f0;
-      for (; f + N <= f1; f += N) {
-        const V gv = vload(gr + f);
-        vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(gr + F + f)));
+      if (b.gelu) {
+        for (; f + N <= f1; f += N) vstore(hr + f, vgeglu(vload(gr + f), vload(gr + F + f)));
+        for (; f < f1; ++f) hr[f] = geglu(gr[f], gr[F + f]);
+      } else {
+        for (; f + N <= f1; f += N) {
+          const V gv = vload(gr + f);
+          vstore(hr + f, vmul(vmul(gv, vsigmoid(gv)), vload(gr + F + f)));
+        }
+        for (; f < f1; ++f) hr[f] = gr[f] / (1.f + std::exp(-gr[f])) * gr[F + f];
       }
-      for (; f < f1; ++f) hr[f] = gr[f] / (1.f + std::exp(-gr[f])) * gr[F + f];
       if (d.int4) prep_blocks(hr, F / 32, c, c + 1, b.q8 + m * b.kmax, b.dx + m * b.ldb, b.xs + m * b.ldb, b.act_q8);
     }
   }
@@ -701,7 +779,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
   float* xs = st.scratch + sp.xs;
   float* qkv = st.scratch + sp.qkv;
   float* gu = st.scratch + sp.gu;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  float* y = st.scratch + sp.y;
   const bool head_blocks = hd % 32 == 0;  // attention items can prepare their own blocks of h
   const Act shared{h, q8, dx, xs, kmax, ldb, w.act_q8};
 
@@ -715,7 +793,13 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
     float* scores = mine + sp.scores;
     const Act normed{nh, nq, ndx, nxs, kmax, ldb, w.act_q8};
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) std::memcpy(x + m * D, w.embed + st.tokens[m] * D, sizeof(float) * D);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* e = w.embed + st.tokens[m] * D;
+      if (w.embed_scale > 0.f)
+        for (int64_t i = 0; i < D; ++i) x[m * D + i] = e[i] * w.embed_scale;
+      else
+        std::memcpy(x + m * D, e, sizeof(float) * D);
+    }
 
     for (int64_t li = 0; li < w.n_layers; ++li) {
       const DecodeLayer& L = w.layers[li];
@@ -731,7 +815,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
           if (j < H + KV && L.q_norm) norm_head(v, j < H ? L.q_norm : L.k_norm, hd, w.eps);
-          if (j < H + KV) rope_row(v, w.rope_cos + t * half, w.rope_sin + t * half, half);
+          if (j < H + KV) rope_row(v, L.rope_cos + t * half, L.rope_sin + t * half, half);
           if (j >= H) {
             const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, r0 / hd);
             std::memcpy(const_cast<float*>(j < H + KV ? kv.k : kv.v) + kv.offset(t), v, sizeof(float) * hd);
@@ -745,8 +829,9 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
       for (int64_t i = 0; i < M * per_tok; ++i) {
         const int64_t m = i / per_tok, j = i % per_tok * gs, g = j / grp;
         float* out = h + m * kmax + j * hd;
-        attend(qkv + m * nqkv + j * hd, gs, kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g), st.positions[m], hd,
-               scale, scores, sp.score_ld, out);
+        const int64_t t = st.positions[m], lo = L.window > 0 ? std::max<int64_t>(0, t - L.window + 1) : 0;
+        attend(qkv + m * nqkv + j * hd, gs, kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g), lo, t, hd,
+               w.score_scale, w.score_cap, scores, sp.score_ld, out);
         if (L.o.int4 && head_blocks)
           prep_blocks(h + m * kmax, H * hd / 32, j * hd / 32, (j + gs) * hd / 32, q8 + m * kmax, dx + m * ldb,
                       xs + m * ldb, w.act_q8);
@@ -755,23 +840,35 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
 #pragma omp single
         for (int64_t m = 0; m < M; ++m) prep_row(h + m * kmax, H * hd, q8 + m * kmax, dx + m * ldb, xs + m * ldb, w.act_q8);
       }
+      // the o projection adds into x, or, post-normed (Gemma 2/3), goes to y first
+      float* ao = L.post_attn_norm ? y : x;
 #pragma omp for schedule(guided)
       for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
-        linear_rows(L.o, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
+        linear_rows(L.o, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, ao + kChunk * c, D,
+                    !L.post_attn_norm);
+      if (L.post_attn_norm) add_normed_rows(x, y, L.post_attn_norm, D, w.eps, M);
       // ---- MLP: gate, up and SwiGLU 32 rows at a time, then down (or the MoE feed-forward) ----
-      const FfnBufs bufs{x, h, q8, dx, xs, gu, st.scratch + sp.route, st.scratch + sp.moe_out, mine + sp.g_norm,
+      float* fo = L.post_ffn_norm ? y : x;  // likewise for the FFN output
+      const FfnBufs bufs{fo, h, q8, dx, xs, gu, st.scratch + sp.route, st.scratch + sp.moe_out, mine + sp.g_norm,
                          reinterpret_cast<int8_t*>(mine + sp.g_q8), mine + sp.g_dx, mine + sp.g_xs, kmax, ldb,
-                         w.act_q8};
+                         w.act_q8, w.gelu};
       if (L.moe.n_experts) {
         norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.moe.int4_in, w.act_q8);
+        if (L.post_ffn_norm) {  // the experts add into y
+#pragma omp for schedule(static)
+          for (int64_t m = 0; m < M; ++m) std::memset(y + m * D, 0, sizeof(float) * D);
+        }
         moe_ffn(w, L.moe, normed, M, bufs);
-        continue;
-      }
-      norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4, w.act_q8);
-      swiglu_rows(L.gate, L.up, L.down, normed, M, bufs);
+      } else {
+        norm_rows(x, L.mlp_norm, D, w.eps, nh, 0, M, kmax, nq, ndx, nxs, kmax, ldb, L.gate.int4 || L.up.int4,
+                  w.act_q8);
+        swiglu_rows(L.gate, L.up, L.down, normed, M, bufs);
 #pragma omp for schedule(guided)
-      for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
-        linear_rows(L.down, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, x + kChunk * c, D, true);
+        for (int64_t c = 0; c < (D + kChunk - 1) / kChunk; ++c)
+          linear_rows(L.down, kChunk * c, std::min(D, kChunk * c + kChunk), shared, M, fo + kChunk * c, D,
+                      !L.post_ffn_norm);
+      }
+      if (L.post_ffn_norm) add_normed_rows(x, y, L.post_ffn_norm, D, w.eps, M);
     }
     // ---- output ----
     for (int64_t i = 0; i < st.nout; ++i)  // the rows whose logits are wanted, gathered
@@ -779,9 +876,12 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
                 ndx + i * ldb, nxs + i * ldb, kmax, ldb, w.output.int4, w.act_q8);
     const Act last{nh, nq, ndx, nxs, kmax, ldb, w.act_q8};
 #pragma omp for schedule(guided)
-    for (int64_t c = 0; c < (w.vocab + kChunk - 1) / kChunk; ++c)
-      linear_rows(w.output, kChunk * c, std::min(w.vocab, kChunk * c + kChunk), last, st.nout, st.logits + kChunk * c,
-                  w.vocab, false);
+    for (int64_t c = 0; c < (w.vocab + kChunk - 1) / kChunk; ++c) {
+      const int64_t c0 = kChunk * c, c1 = std::min(w.vocab, c0 + kChunk);
+      linear_rows(w.output, c0, c1, last, st.nout, st.logits + c0, w.vocab, false);
+      if (w.final_cap > 0.f)
+        for (int64_t i = 0; i < st.nout; ++i) softcap(st.logits + i * w.vocab + c0, c1 - c0, w.final_inv, w.final_cap);
+    }
   }
 }
 

@@ -9,6 +9,12 @@
 // the cache (GQA) -> x += o(.) -> h = RMSNorm(x) -> gate,up and silu(gate) * up in chunks of 32 ->
 // x += down(.). Final RMSNorm, output matrix. Five barriers per layer.
 //
+// Gemma's parts, each off unless set: GeGLU (gelu_tanh(gate) * up instead of SwiGLU), embeddings
+// times a scale, per-layer RMSNorms of the attention and FFN outputs before their residual adds
+// (one barrier each), a softmax scale, tanh soft-caps of attention scores and logits
+// (cap * tanh(s / cap)), a second RoPE table for some layers (Gemma 3's sliding layers), and
+// per-layer sliding windows (Gemma 2 / 3).
+//
 // Linear weights are either
 //   int4: our int4 layout (int4_matmul.h: packed (N, K/2) uint8, scales/zeros (N, K/G), G a
 //         multiple of 32); the scales may be float16 and one zero point may serve the whole
@@ -64,6 +70,11 @@ struct DecodeLayer {
   const float* q_norm = nullptr;  // (head_dim,): RMSNorm of each query head before RoPE (Qwen3), or null
   const float* k_norm = nullptr;  // the same for key heads
   DecodeMoE moe;                  // n_experts 0: the dense gate/up/down MLP
+  const float* post_attn_norm = nullptr;  // (D,): RMSNorm of the attention output before x += (Gemma 2/3), or null
+  const float* post_ffn_norm = nullptr;   // the same for the FFN output
+  const float* rope_cos = nullptr;        // this layer's RoPE tables: DecodeWeights' or the local ones
+  const float* rope_sin = nullptr;
+  int64_t window = 0;                     // > 0: position t attends to t - window + 1 .. t only (sliding layers)
 };
 
 struct DecodeWeights {
@@ -78,6 +89,13 @@ struct DecodeWeights {
   DecodeLinear output;      // (vocab, dim)
   const DecodeLayer* layers;
   int64_t n_experts = 0, top_k = 0;  // MoE layers' experts and experts per token (0: no MoE)
+  float score_scale = 0.f;   // attention scores q.k * score_scale (the softmax scale, or scale / cap when capped)
+  float score_cap = 0.f;     // > 0: scores become score_cap * tanh(.) before the softmax
+  float final_cap = 0.f;     // > 0: logits become final_cap * tanh(logits * final_inv)
+  float final_inv = 0.f;
+  float embed_scale = 0.f;   // > 0: embeddings times it after the lookup
+  bool gelu = false;         // feed-forwards are GeGLU (tanh-approximated GELU), not SwiGLU
+  bool post_norms = false;   // some layer has a post_attn_norm / post_ffn_norm (scratch y)
 };
 
 // Where the keys/values of the step's sequences live. table == nullptr: the layers' own contiguous
@@ -107,13 +125,14 @@ struct DecodeStep {
 // Offsets (in floats) of the step's buffers inside one scratch block, each on a 16-float boundary.
 // Shared: x, the residual stream (M, D); h, the attention output / SwiGLU activations (M, kmax) with
 // their int4-kernel form (q8 codes, dx block scales, xs block terms; see prep_row); qkv (M,
-// (H + 2 KV) hd); gu, gate and up (M, 2F). Per thread: the RMSNorm output of the M rows (every
+// (H + 2 KV) hd); gu, gate and up (M, 2F); y, a sublayer's output before its post-norm (M, D),
+// only with post_norms. Per thread: the RMSNorm output of the M rows (every
 // thread normalises them itself, which saves a barrier) in the same four forms; attention scores.
 // MoE (top_k > 0): shared route (per token its top_k expert ids and weights and its shared-expert
 // gate; per expert the start of its (token, weight) list), moe_out (M, D); per thread a gathered
 // copy of one expert's tokens' normalised rows.
 struct DecodeScratch {
-  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, route, moe_out, per_thread, norm, norm_q8, norm_dx, norm_xs, scores,
+  int64_t kmax, ldb, x, h, q8, dx, xs, qkv, gu, y, route, moe_out, per_thread, norm, norm_q8, norm_dx, norm_xs, scores,
       score_ld, g_norm, g_q8, g_dx, g_xs, floats;
   static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
   DecodeScratch(const DecodeWeights& w, int64_t M, int threads) {
@@ -130,6 +149,7 @@ struct DecodeScratch {
     xs = take(M * ldb);
     qkv = take(M * (w.n_heads + 2 * w.n_kv_heads) * w.head_dim);
     gu = take(M * 2 * w.ffn_dim);
+    y = take(w.post_norms ? M * w.dim : 0);
     const int64_t moe_m = w.top_k ? M : 0;
     route = take(moe_m * (4 * w.top_k + 1) + w.n_experts + 1);
     moe_out = take(moe_m * w.dim);

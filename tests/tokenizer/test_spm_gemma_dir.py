@@ -94,7 +94,8 @@ def test_greedy_generation_equals_transformers(gemma_dir, corpus):
     assert tok2.token_to_id("<end_of_turn>") in stop_token_ids(tok2, "gemma")
     hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
                                                            attn_implementation="eager").eval()
-    prompts = [prompt_ids(tok2, corpus["held"][i]) for i in (3, 40)]
+    lines = [t for t in corpus["held"] if len(t) > 25]
+    prompts = [prompt_ids(tok2, lines[i]) for i in (3, 40)]
     greedy = SamplingParams(temperature=0)
     eng = Engine(m2, num_blocks=64, block_size=16, max_batch=4, native=False)
     rids = [eng.submit(p, max_new_tokens=20, params=greedy) for p in prompts]

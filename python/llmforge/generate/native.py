@@ -10,7 +10,9 @@ this path has none.
     logits = dec.forward_paged(ids, positions, seqs, block_table, k_pools, v_pools)   # batched, paged cache
 
 Runs CPU float32 Llama models, dense or MoE (top-k routing, optional shared expert: Mixtral,
-Qwen3-MoE, Qwen2-MoE), whose projections and output head are nn.Linear or Int4Linear
+Qwen3-MoE, Qwen2-MoE), and Gemma / Gemma 2 / Gemma 3 (GeGLU, scaled embeddings, sandwich norms,
+attention scale and soft-caps, the sliding layers' windows and own RoPE), whose projections and
+output head are nn.Linear or Int4Linear
 (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
@@ -60,23 +62,26 @@ def _linear(m: nn.Module, name: str) -> dict:
     return d
 
 
-def _mlp(f: nn.Module, name: str) -> dict:
+def _mlp(f: nn.Module, name: str, act: str) -> dict:
+    """A gated FFN; its activation must be the model's (one flag for every FFN of the step)."""
+    if getattr(f, "act", "silu") != act:
+        raise NotSupported(f"{name}: activation {f.act!r}, the model's is {act!r}")
     return {"gate": _linear(f.gate_proj, f"{name}.gate_proj"), "up": _linear(f.up_proj, f"{name}.up_proj"),
             "down": _linear(f.down_proj, f"{name}.down_proj")}
 
 
-def _moe(f: nn.Module, name: str) -> dict:
+def _moe(f: nn.Module, name: str, act: str) -> dict:
     """An MoE layer: router (float32, kept exact: it decides), experts, and the shared expert."""
     if type(f.router) is not nn.Linear or f.router.weight.dtype != torch.float32 or f.router.bias is not None:
         raise NotSupported(f"{name}.router: expected a float32 nn.Linear without bias")
     d = {"router": f.router.weight.detach().contiguous(),
-         "experts": [_mlp(e, f"{name}.experts.{j}") for j, e in enumerate(f.experts)]}
+         "experts": [_mlp(e, f"{name}.experts.{j}", act) for j, e in enumerate(f.experts)]}
     if hasattr(f, "shared_expert"):
         g = f.shared_expert_gate
         if type(g) is not nn.Linear or g.weight.dtype != torch.float32 or g.bias is not None:
             raise NotSupported(f"{name}.shared_expert_gate: expected a float32 nn.Linear without bias")
         d["shared"] = {"gate_w": g.weight.detach().reshape(-1).contiguous(),
-                       **_mlp(f.shared_expert, f"{name}.shared_expert")}
+                       **_mlp(f.shared_expert, f"{name}.shared_expert", act)}
     return {"moe": d}
 
 
@@ -94,36 +99,39 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
-        gemma = [what for what, on in (("GeGLU", cfg.hidden_act != "silu"), ("embedding scale", cfg.embed_scale),
-                                       ("sandwich norms", cfg.sandwich_norm), ("attention scale", cfg.attn_scale),
-                                       ("attention soft-cap", cfg.attn_softcap), ("logit soft-cap", cfg.final_softcap),
-                                       ("sliding-layer RoPE", cfg.local_rope_theta)) if on]
-        if gemma:
-            raise NotSupported(f"Gemma parts the native step does not run: {', '.join(gemma)}")
+        if cfg.hidden_act not in ("silu", "gelu_tanh"):
+            raise NotSupported(f"hidden_act {cfg.hidden_act!r}: the native step runs silu and gelu_tanh")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)
         if not 0 < max_len <= cfg.max_seq_len:
             raise ValueError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")
-        layers = []
+        layers, act = [], cfg.hidden_act
         for i, blk in enumerate(model.model.layers):
             want = MoE if cfg.n_experts else MLP
             if type(blk.mlp) is not want:
                 raise NotSupported(f"layer {i}: {type(blk.mlp).__name__}, expected {want.__name__}")
             a, f = blk.self_attn, blk.mlp
             p = f"layers.{i}"
+            sandwich = hasattr(blk, "post_feedforward_layernorm")   # Gemma 2 / 3: the sublayer outputs normed
+            mlp_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
             layers.append({"attn_norm": _norm(blk.input_layernorm, f"{p}.input_layernorm"),
-                           "mlp_norm": _norm(blk.post_attention_layernorm, f"{p}.post_attention_layernorm"),
+                           "mlp_norm": _norm(blk.mlp_norm, f"{p}.{mlp_norm}"),
+                           **({"post_attn_norm": _norm(blk.post_attention_layernorm, f"{p}.post_attention_layernorm"),
+                               "post_ffn_norm": _norm(blk.post_feedforward_layernorm,
+                                                      f"{p}.post_feedforward_layernorm")} if sandwich else {}),
+                           "local_rope": bool(blk.local_rope), "window": getattr(a, "window", None),
                            "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
                            "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
-                           **(_moe(f, f"{p}.mlp") if cfg.n_experts else _mlp(f, f"{p}.mlp")),
+                           **(_moe(f, f"{p}.mlp", act) if cfg.n_experts else _mlp(f, f"{p}.mlp", act)),
                            **({"q_norm": _norm(a.q_norm, f"{p}.q_norm"), "k_norm": _norm(a.k_norm, f"{p}.k_norm")}
                               if cfg.qk_norm else {})})
         output = {"weight": emb.detach().contiguous()} if model.lm_head is None else _linear(model.lm_head, "lm_head")
         rounding = {m.act_round for m in model.modules() if isinstance(m, Int4Linear)}
         if len(rounding) > 1:
             raise NotSupported(f"int4 layers mix activation rounding modes {sorted(map(str, rounding))}")
-        # RoPE tables exactly as the Python path builds them: angles in float64, then float32
-        inv, att = rope_freqs(cfg)
-        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv
+        # RoPE tables exactly as the Python path builds them: angles in float64, then float32; Gemma 3's
+        # sliding layers have their own
+        tables = [self._rope(cfg, local) for local in (False, True)
+                  if not local or any(blk.local_rope for blk in model.model.layers)]
         self.cfg, self.max_len = cfg, max_len
         self.threads = torch.get_num_threads() if threads is None else int(threads)
         self.chooser = ThreadChooser(self.threads)   # fewer threads while the machine is oversubscribed
@@ -131,10 +139,19 @@ class NativeDecoder:
             {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
              "head_dim": cfg.head_dim, "ffn_dim": max(cfg.ffn_dim, cfg.moe_shared_ffn_dim), "vocab": cfg.vocab_size,
              "max_len": max_len, "eps": float(cfg.norm_eps), "act_q8": rounding == {"q8_0"},
+             "gelu_tanh": cfg.hidden_act == "gelu_tanh", "embed_scale": cfg.dim ** 0.5 if cfg.embed_scale else None,
+             "attn_scale": cfg.attn_scale, "attn_softcap": cfg.attn_softcap, "final_softcap": cfg.final_softcap,
              **({"n_experts": cfg.n_experts, "top_k": cfg.moe_top_k, "expert_ffn_dim": cfg.ffn_dim,
                  "shared_ffn_dim": cfg.moe_shared_ffn_dim, "norm_topk": cfg.moe_norm_topk} if cfg.n_experts else {})},
-            emb.detach().contiguous(), (ang.cos() * att).float().contiguous(), (ang.sin() * att).float().contiguous(),
-            _norm(model.model.norm, "norm"), output, layers, self.threads)
+            emb.detach().contiguous(), *tables[0], _norm(model.model.norm, "norm"), output, layers, self.threads,
+            *(tables[1] if len(tables) > 1 else (None, None)))
+
+    @staticmethod
+    def _rope(cfg, local: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) (max_seq_len, head_dim / 2) float32: the global RoPE, or the sliding layers'."""
+        inv, att = rope_freqs(cfg, local)
+        ang = torch.arange(cfg.max_seq_len, dtype=torch.float64)[:, None] * inv
+        return (ang.cos() * att).float().contiguous(), (ang.sin() * att).float().contiguous()
 
     def _timed(self, rows: int, fn, *args) -> None:
         """fn(*args) on the thread count the chooser picks for a call of `rows` rows, timed for it."""
