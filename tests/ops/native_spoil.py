@@ -114,8 +114,8 @@ def spoils(a):
 
 def decode_model_spoils():
     """DecodeModel's constructor arguments (config dict, weights, nested layer dicts), one leaf
-    changed or removed at a time, for a float32, an int4, a Qwen3 (query/key norms) and an MoE (two
-    experts and a shared expert, Qwen2-MoE) tiny model."""
+    changed or removed at a time, for a float32, an int4, a Qwen3 (query/key norms), an MoE (two
+    experts and a shared expert, Qwen2-MoE) and a Gemma (every Gemma 2 / 3 part at once) tiny model."""
     from llmforge.generate import native
     from llmforge.generate.load import quantize_for_inference
     from llmforge.model import ModelConfig, Transformer
@@ -123,8 +123,12 @@ def decode_model_spoils():
     cfg = ModelConfig(vocab_size=61, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=32)
     extra = {"qwen3": {"qk_norm": True},
              "moe": {"n_experts": 2, "moe_top_k": 1, "moe_shared_ffn_dim": 96, "attention_bias": True,
-                     "moe_norm_topk": False}}
-    for quant in (None, "int4", "qwen3", "moe"):
+                     "moe_norm_topk": False},
+             "gemma": {"hidden_act": "gelu_tanh", "embed_scale": True, "norm_plus_one": True, "sandwich_norm": True,
+                       "attn_scale": 0.3, "attn_softcap": 20.0, "final_softcap": 15.0, "sliding_window": 8,
+                       "layer_types": ["sliding_attention", "full_attention"], "qk_norm": True,
+                       "local_rope_theta": 1e4}}
+    for quant in (None, "int4", "qwen3", "moe", "gemma"):
         torch.manual_seed(0)
         m = Transformer(ModelConfig(**{**cfg.to_dict(), **extra.get(quant, {})})).eval()
         if quant == "int4":
