@@ -104,6 +104,8 @@ def gguf_arch(cfg) -> str:
     none of them holds."""
     if cfg.hf_model_type() in GEMMA_ARCHS:
         return gemma_arch(cfg)
+    if cfg.hf_model_type().startswith("olmo"):
+        raise ValueError("OLMo 2 / 3 models are not exported to GGUF yet")
     if cfg.qk_norm and cfg.attention_bias:
         raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
     if cfg.n_experts:

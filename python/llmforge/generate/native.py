@@ -99,6 +99,8 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
+        if not cfg.pre_norm or cfg.qk_norm_full:
+            raise NotSupported("OLMo 2 / 3 (no pre-norms, full-width query / key norms): not in the native step")
         if cfg.hidden_act not in ("silu", "gelu_tanh"):
             raise NotSupported(f"hidden_act {cfg.hidden_act!r}: the native step runs silu and gelu_tanh")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)

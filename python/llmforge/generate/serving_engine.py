@@ -164,12 +164,12 @@ class Engine:
         x = m.embed(torch.tensor([req.prompt]))
         ropes = self._ropes(torch.arange(T)[None], x.dtype)
         for i, layer in enumerate(m.model.layers):
-            h = layer.input_layernorm(x)
+            h = layer.attn_input(x)
             q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
             y = layer.self_attn.attend(q, k, v)
             x = layer.attn_residual(x, layer.self_attn.o_proj(y.transpose(1, 2).reshape(1, T, -1)))
-            x = layer.mlp_residual(x, layer.mlp_norm(x))
+            x = layer.mlp_residual(x, layer.mlp_input(x))
         self.cache.commit(step)
         return m.logits(m.model.norm(x[:, -1:]))[0, 0]
 
@@ -185,12 +185,12 @@ class Engine:
         x = m.embed(torch.tensor([[r.out[-1]] for r in reqs]))
         ropes = self._ropes(step.seq_lens.long()[:, None], x.dtype)
         for i, layer in enumerate(m.model.layers):
-            h = layer.input_layernorm(x)
+            h = layer.attn_input(x)
             q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])
             self.cache.append(i, step, k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
             y = self._decode_attention(i, layer.self_attn, step, q[:, :, 0].contiguous())   # (B, n_heads, hd)
             x = layer.attn_residual(x, layer.self_attn.o_proj(y.reshape(len(reqs), 1, -1)))
-            x = layer.mlp_residual(x, layer.mlp_norm(x))
+            x = layer.mlp_residual(x, layer.mlp_input(x))
         self.cache.commit(step)
         return m.logits(m.model.norm(x))[:, 0]
 

@@ -8,7 +8,7 @@ from ..config_check import check_config
 
 
 HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3",
-                  "gemma", "gemma2", "gemma3_text")
+                  "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3")
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_tanh")     # SwiGLU; GeGLU with tanh-approximated GELU (Gemma)
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -72,10 +72,10 @@ def _hf_gemma(cfg: dict, mtype: str) -> dict:
     return g
 
 
-def _gemma3_rope(cfg: dict) -> tuple[float, dict | None, float]:
-    """Gemma 3's RoPE: (theta, scaling) of the full-attention layers and the sliding layers' theta,
-    from transformers 5's per-layer-type rope_parameters or the older rope_theta / rope_scaling /
-    rope_local_base_freq."""
+def _typed_rope(cfg: dict, theta: float, local_theta: float) -> tuple[float, dict | None, float]:
+    """RoPE per layer type (Gemma 3, OLMo 3): (theta, scaling) of the full-attention layers and the
+    sliding layers' theta, from transformers 5's per-layer-type rope_parameters or the older
+    rope_theta / rope_scaling / rope_local_base_freq; theta / local_theta are the defaults."""
     rp = cfg.get("rope_parameters")
     if isinstance(rp, dict) and isinstance(rp.get("full_attention"), dict):
         full, local = rp["full_attention"], rp.get("sliding_attention") or {}
@@ -83,13 +83,27 @@ def _gemma3_rope(cfg: dict) -> tuple[float, dict | None, float]:
             raise ValueError(f"rope scaling on the sliding layers is not supported: {local!r}")
         kind = full.get("rope_type", full.get("type", "default"))
         scaling = None if kind == "default" else {k: v for k, v in full.items() if k != "rope_theta"}
-        return (float(full.get("rope_theta", 1_000_000.0)), scaling,
-                float(local.get("rope_theta", cfg.get("rope_local_base_freq", 10_000.0))))
+        return (float(full.get("rope_theta", theta)), scaling,
+                float(local.get("rope_theta", cfg.get("rope_local_base_freq", local_theta))))
     if rp is not None:
         theta, scaling = _hf_rope(cfg)
     else:
-        theta, scaling = float(cfg.get("rope_theta", 1_000_000.0)), cfg.get("rope_scaling")
-    return theta, scaling, float(cfg.get("rope_local_base_freq", 10_000.0))
+        theta, scaling = float(cfg.get("rope_theta", theta)), cfg.get("rope_scaling")
+    return theta, scaling, float(cfg.get("rope_local_base_freq", local_theta))
+
+
+def _hf_olmo(cfg: dict, mtype: str) -> dict:
+    """OLMo 2 / 3's fields: RMSNorm on the attention and FFN outputs only (no norm in front of them),
+    query / key norms over the whole projection; OLMo 3 adds sliding-window layers (3 of every 4)."""
+    if mtype not in ("olmo2", "olmo3"):
+        return {}
+    g = dict(pre_norm=False, sandwich_norm=True, qk_norm=True, qk_norm_full=True)
+    if mtype == "olmo3":
+        n = cfg["num_hidden_layers"]
+        g.update(sliding_window=cfg.get("sliding_window", 4096),
+                 layer_types=list(cfg.get("layer_types") or ["sliding_attention" if (i + 1) % 4 else "full_attention"
+                                                            for i in range(n)]))
+    return g
 
 
 def _hf_rope(cfg: dict) -> tuple[float, dict | None]:
@@ -128,7 +142,7 @@ def _hf_max_len(cfg: dict, mtype: str) -> int:
     sliding-window attention is plain causal attention, so every length the model accepts
     gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
     n = cfg.get("max_position_embeddings", 2048)
-    if mtype in GEMMA_TYPES:    # their sliding layers are modelled (ModelConfig.layer_types)
+    if mtype in (*GEMMA_TYPES, "olmo3"):    # their sliding layers are modelled (ModelConfig.layer_types)
         return n
     window = cfg.get("sliding_window")
     used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3"))   # no switch: a window is used
@@ -184,6 +198,10 @@ class ModelConfig:
     local_rope_theta (Gemma 3: RoPE base of the sliding layers, no scaling). A sliding layer's query
     sees the sliding_window keys up to itself (Hugging Face's convention). (Mistral / Qwen-style
     configs that use one window for every layer load with max_seq_len capped at the window instead.)
+    OLMo 2 / 3 (model_type olmo2, olmo3): pre_norm=False (no RMSNorm in front of attention and FFN)
+    with sandwich_norm (their outputs normed: post_attention_layernorm, post_feedforward_layernorm),
+    qk_norm with qk_norm_full (one RMSNorm over the whole query / key projection, not per head);
+    OLMo 3 has sliding-window layers, local_rope_theta when they use another RoPE than the full ones.
     Token ids: bos_id, eos_id, pad_id (optional, recorded in config.json).
     """
     vocab_size: int = 4096
@@ -215,6 +233,8 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: list | None = None
     local_rope_theta: float | None = None
+    pre_norm: bool = True
+    qk_norm_full: bool = False
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -237,6 +257,10 @@ class ModelConfig:
                                  f"got {self.layer_types!r}")
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise ValueError("sliding_attention layers need sliding_window")
+        if self.qk_norm_full and not self.qk_norm:
+            raise ValueError("qk_norm_full (one norm over the whole query / key projection) needs qk_norm")
+        if not self.pre_norm and not self.sandwich_norm:
+            raise ValueError("pre_norm=False needs sandwich_norm (a model with no norm at all is not supported)")
         if self.local_rope_theta is not None and "sliding_attention" not in (self.layer_types or ()):
             raise ValueError("local_rope_theta needs sliding_attention layers (it is their RoPE base)")
         if self.head_dim is None:
@@ -267,7 +291,9 @@ class ModelConfig:
         attn = d * h * hd * 2 + d * kv * hd * 2 + (h * hd + 2 * kv * hd if self.attention_bias else 0)
         ffn = 3 * d * f * max(1, self.n_experts) + (d * self.n_experts if self.n_experts else 0)
         ffn += 3 * d * self.moe_shared_ffn_dim + d if self.moe_shared_ffn_dim else 0
-        per_layer = attn + ffn + (4 if self.sandwich_norm else 2) * d + (2 * hd if self.qk_norm else 0)
+        norms = (2 if self.pre_norm else 0) + (2 if self.sandwich_norm else 0)
+        qk = (h + kv) * hd if self.qk_norm_full else 2 * hd if self.qk_norm else 0
+        per_layer = attn + ffn + norms * d + qk
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
 
@@ -305,8 +331,28 @@ class ModelConfig:
             raise ValueError("local_rope_theta (Gemma 3) needs qk_norm")
         return "gemma2"
 
+    def _olmo_type(self) -> str | None:
+        """olmo2 / olmo3 for a post-norm model with full-width query / key norms, None otherwise;
+        ValueError for a mix no Hugging Face layout holds."""
+        if self.pre_norm and not self.qk_norm_full:
+            return None
+        others = (self.hidden_act != "silu", self.embed_scale, self.norm_plus_one, self.attn_scale is not None,
+                  self.attn_softcap is not None, self.final_softcap is not None, self.n_experts, self.attention_bias)
+        if self.pre_norm or not (self.sandwich_norm and self.qk_norm_full) or any(others):
+            raise ValueError("a model without pre-norms or with full-width query/key norms saves as OLMo 2 / 3, "
+                             "which has both (pre_norm=False, sandwich_norm, qk_norm_full), SwiGLU and none of "
+                             "Gemma's parts, MoE or q/k/v biases")
+        if "sliding_attention" in (self.layer_types or ()):
+            return "olmo3"
+        if self.local_rope_theta is not None:
+            raise ValueError("local_rope_theta needs sliding layers")
+        return "olmo2"
+
     def hf_model_type(self) -> str:
         """The Hugging Face model_type this model saves as; ValueError where none holds it."""
+        olmo = self._olmo_type()
+        if olmo:
+            return olmo
         gemma = self._gemma_type()
         if gemma:
             return gemma
@@ -328,6 +374,7 @@ class ModelConfig:
         mtype = self.hf_model_type()
         arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                 "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM",
                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
                 "qwen2_moe": "Qwen2MoeForCausalLM"}[mtype]
         cfg = {
@@ -344,6 +391,8 @@ class ModelConfig:
         }
         if mtype in GEMMA_TYPES:
             self._gemma_hf(cfg, mtype)
+        if mtype in ("olmo2", "olmo3"):
+            self._olmo_hf(cfg, mtype)
         if mtype == "mixtral":
             cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, sliding_window=None,
@@ -375,6 +424,19 @@ class ModelConfig:
                                         "sliding_attention": {"rope_type": "default", "rope_theta": local}},
                        rope_local_base_freq=local)
 
+    def _olmo_hf(self, cfg: dict, mtype: str) -> None:
+        """config.json's OLMo fields, in place (no head_dim: OLMo's is dim // n_heads)."""
+        if self.head_dim * self.n_heads != self.dim:
+            raise ValueError(f"OLMo has head_dim = dim // n_heads ({self.dim // self.n_heads}), got {self.head_dim}")
+        for k in ("head_dim", "mlp_bias"):
+            del cfg[k]
+        if mtype == "olmo3":
+            local = self.local_rope_theta if self.local_rope_theta is not None else self.rope_theta
+            cfg.update(sliding_window=self.sliding_window, layer_types=list(self.layer_types),
+                       rope_parameters={"full_attention": {"rope_type": "default", **(self.rope_scaling or {}),
+                                                           "rope_theta": self.rope_theta},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": local}})
+
     @classmethod
     def from_hf(cls, cfg: dict) -> "ModelConfig":
         mtype = cfg.get("model_type")
@@ -388,7 +450,11 @@ class ModelConfig:
         eos = cfg.get("eos_token_id")
         local_theta = None
         if mtype == "gemma3_text":
-            theta, scaling, local_theta = _gemma3_rope(cfg)
+            theta, scaling, local_theta = _typed_rope(cfg, 1_000_000.0, 10_000.0)
+        elif mtype == "olmo3":
+            theta, scaling, local_theta = _typed_rope(cfg, 500_000.0, 500_000.0)
+            if local_theta == theta and not scaling:
+                local_theta = None     # one RoPE for every layer
         else:
             theta, scaling = _hf_rope(cfg)
         kw = dict(
@@ -403,10 +469,10 @@ class ModelConfig:
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
             pad_id=cfg.get("pad_token_id"), hidden_act=act,
         )
-        gemma = _hf_gemma(cfg, mtype)
-        if local_theta is not None and "sliding_attention" in gemma["layer_types"]:
-            gemma["local_rope_theta"] = local_theta
-        return cls(**{**kw, **_hf_moe(cfg, mtype), **gemma})
+        extra = {**_hf_gemma(cfg, mtype), **_hf_olmo(cfg, mtype)}
+        if local_theta is not None and "sliding_attention" in extra["layer_types"]:
+            extra["local_rope_theta"] = local_theta
+        return cls(**{**kw, **_hf_moe(cfg, mtype), **extra})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -172,14 +172,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(h * hd, d, bias=False)
-        if cfg.qk_norm:  # Qwen3: RMSNorm over each query / key head before RoPE
-            self.q_norm = RMSNorm(hd, cfg.norm_eps)
-            self.k_norm = RMSNorm(hd, cfg.norm_eps)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each query / key head before RoPE; OLMo 2: over all of q / k
+            self.q_norm = RMSNorm(h * hd if cfg.qk_norm_full else hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(kv * hd if cfg.qk_norm_full else hd, cfg.norm_eps)
 
     def heads(self, x, n: int, which: str):
-        """(B, T, n * hd) projections as (B, T, n, hd) heads, qk-normed (Qwen3) for q and k."""
+        """(B, T, n * hd) projections as (B, T, n, hd) heads, qk-normed (Qwen3 per head, OLMo 2 over
+        the whole projection) for q and k."""
+        normed = self.cfg.qk_norm and which != "v"
+        if normed and self.cfg.qk_norm_full:
+            x = getattr(self, which)(x)
         y = x.view(*x.shape[:-1], n, self.cfg.head_dim)
-        return getattr(self, which)(y) if self.cfg.qk_norm and which != "v" else y
+        return getattr(self, which)(y) if normed and not self.cfg.qk_norm_full else y
 
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
         B, T, _ = x.shape
@@ -297,28 +301,47 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm decoder layer. Llama: x + attn(input_layernorm(x)), then + mlp(post_attention_layernorm(.)).
+    """Decoder layer. Llama (pre-norm): x + attn(input_layernorm(x)), then + mlp(post_attention_layernorm(.)).
     Gemma 2 / 3 (cfg.sandwich_norm) norm the sublayers' outputs too, under Hugging Face's names:
     x + post_attention_layernorm(attn(input_layernorm(x))), then
-    + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(.))). `mlp_norm` is the norm in front
-    of the FFN in both layouts; `local_rope` marks Gemma 3's sliding layers, which have their own RoPE."""
+    + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(.))); OLMo 2 / 3 (pre_norm=False) the
+    outputs only: x + post_attention_layernorm(attn(x)), then + post_feedforward_layernorm(mlp(.)).
+    `attn_norm` / `mlp_norm` are the norms in front of attention / the FFN (None without pre-norms);
+    `local_rope` marks the sliding layers that have their own RoPE (Gemma 3, OLMo 3)."""
 
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if cfg.pre_norm:
+            self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         if cfg.sandwich_norm:
-            self.pre_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+            if cfg.pre_norm:
+                self.pre_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
             self.post_feedforward_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg.dim, cfg.ffn_dim, cfg.hidden_act)
         self.local_rope = cfg.local_rope_theta is not None and cfg.is_sliding(layer)
 
     @property
-    def mlp_norm(self) -> RMSNorm:
-        """The RMSNorm whose output the FFN reads."""
+    def attn_norm(self) -> RMSNorm | None:
+        """The RMSNorm whose output attention reads (None: OLMo 2 / 3 read the residual stream)."""
+        return getattr(self, "input_layernorm", None)
+
+    @property
+    def mlp_norm(self) -> RMSNorm | None:
+        """The RMSNorm whose output the FFN reads (None: OLMo 2 / 3 read the residual stream)."""
+        if not hasattr(self, "input_layernorm"):
+            return None
         return self.pre_feedforward_layernorm if hasattr(self, "post_feedforward_layernorm") else \
             self.post_attention_layernorm
+
+    def attn_input(self, x):
+        norm = self.attn_norm
+        return x if norm is None else norm(x)
+
+    def mlp_input(self, h):
+        norm = self.mlp_norm
+        return h if norm is None else norm(h)
 
     def attn_residual(self, x, a):
         """x plus the attention output a (post-normed in the sandwich layout)."""
@@ -330,17 +353,17 @@ class Block(nn.Module):
         return h + (self.post_feedforward_layernorm(out) if hasattr(self, "post_feedforward_layernorm") else out)
 
     def forward(self, x, rope, mask, cache=None, layer: int = 0):
-        a = self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        a = self.self_attn(self.attn_input(x), rope, mask, cache, layer)
         norm = self.mlp_norm
-        hooked = norm._forward_hooks or norm._forward_pre_hooks
         if hasattr(self, "post_feedforward_layernorm"):
             a = self.post_attention_layernorm(a)
-        if use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and not hooked:
+        if norm is not None and use_kernels(a) and a.dtype == x.dtype == norm.weight.dtype and \
+                not (norm._forward_hooks or norm._forward_pre_hooks):
             # the residual add fused into the norm: h = x + a, y = norm(h)
             y, h = ops.rmsnorm_residual(a.contiguous(), x.contiguous(), norm.weight, norm.eps)
             return self.mlp_residual(h, y)
         x = x + a
-        return self.mlp_residual(x, norm(x))
+        return self.mlp_residual(x, self.mlp_input(x))
 
 
 class Decoder(nn.Module):

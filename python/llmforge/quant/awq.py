@@ -101,6 +101,9 @@ def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64
     from ..model.llama import MoE
 
     model.eval()
+    if any(b.attn_norm is None for b in model.model.layers):
+        raise ValueError("AWQ folds its scales into the RMSNorm in front of q/k/v and gate/up; this model "
+                         "(OLMo 2 / 3) has none: use GPTQ or RTN")
     chosen = {}
     for bi, block in enumerate(model.model.layers):
         at, mlp = block.self_attn, block.mlp
@@ -109,7 +112,7 @@ def quantize_model_awq(model, calib_batches, bits: int = 4, group_size: int = 64
         # that produce it, float weights that read it and take s on their columns, tag).
         # down before gate/up: its 1/s folds into up_proj's rows, which must happen before
         # up_proj is itself quantised (so its codes stay on the integer grid)
-        groups = [((at.q_proj, at.k_proj, at.v_proj), at.q_proj, block.input_layernorm.weight, None, (), "qkv")]
+        groups = [((at.q_proj, at.k_proj, at.v_proj), at.q_proj, block.attn_norm.weight, None, (), "qkv")]
         if isinstance(mlp, MoE):
             experts = [*mlp.experts, *([mlp.shared_expert] if hasattr(mlp, "shared_expert") else [])]
             readers = (mlp.router.weight, *((mlp.shared_expert_gate.weight,) if hasattr(mlp, "shared_expert") else ()))

@@ -26,8 +26,9 @@ Where the 1/s goes (exact in floating point, so the fp model's outputs do not ch
 - down_proj: into up_proj's output rows (its input silu(gate) * up is linear in up).
 Row scalings commute with per-output-channel int8, so folding into v_proj/up_proj costs their
 own quantisation nothing. No fold is possible for MoE experts (the norm also feeds the router
-and the other experts) or with fold=False: those linears keep s as an explicit input scale
-(W8A8Linear.smooth: x / s at run time, one extra elementwise op).
+and the other experts), for OLMo 2 / 3 (no norm in front of attention and the FFN) or with
+fold=False: those linears keep s as an explicit input scale (W8A8Linear.smooth: x / s at run
+time, one extra elementwise op).
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def smooth_model(model, act_absmax: dict, alpha: float = 0.5, fold: bool = True)
                 raise ValueError(f"no calibration statistics for {pre}self_attn.{n}")
         qkv = (at.q_proj, at.k_proj, at.v_proj)
         s = smooth_scales(act_absmax[pre + "self_attn.q_proj"], [l.weight for l in qkv], alpha)
-        if fold:
-            w = block.input_layernorm.weight
+        if fold and block.attn_norm is not None:   # OLMo 2 / 3 have no norm in front: explicit scales
+            w = block.attn_norm.weight
             w.data.copy_((w.double() / s).to(w.dtype))
             for l in qkv:
                 _scale_cols(l, s)
@@ -140,14 +141,14 @@ def smooth_model(model, act_absmax: dict, alpha: float = 0.5, fold: bool = True)
             gu = (mlp.gate_proj, mlp.up_proj)
             s_gu = smooth_scales(act_absmax[mp + "gate_proj"], [l.weight for l in gu], alpha)
             s_d = smooth_scales(act_absmax[mp + "down_proj"], [mlp.down_proj.weight], alpha)
-            if fold and not cfg.n_experts:
+            if fold and not cfg.n_experts and block.mlp_norm is not None:
                 w = block.mlp_norm.weight
                 w.data.copy_((w.double() / s_gu).to(w.dtype))
                 for l in gu:
                     _scale_cols(l, s_gu)
                 _scale_rows(mlp.up_proj, 1 / s_d)
                 _scale_cols(mlp.down_proj, s_d)
-            else:  # an MoE norm also feeds the router and every other expert: no fold
+            else:  # an MoE norm also feeds the router and every other expert (or no norm, OLMo): no fold
                 explicit.update({mp + "gate_proj": s_gu, mp + "up_proj": s_gu, mp + "down_proj": s_d})
     return explicit
 
