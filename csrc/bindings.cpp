@@ -740,8 +740,11 @@ PYBIND11_MODULE(_C, m) {
              for (size_t i = 0; i < layers.size(); ++i) {
                const py::dict d = layers[i].cast<py::dict>();
                const std::string p = "layers." + std::to_string(i) + ".";
-               lf::DecodeLayerViews v{self->hold(d["attn_norm"], p + "attn_norm"),
-                                      self->hold(d["mlp_norm"], p + "mlp_norm"),
+               // the norms in front of attention / the FFN: absent or None without them (OLMo 2/3)
+               auto opt = [&](const char* key) -> const TensorView* {
+                 return d.contains(key) && !d[key].is_none() ? self->hold(d[key], p + key) : nullptr;
+               };
+               lf::DecodeLayerViews v{opt("attn_norm"), opt("mlp_norm"),
                                       self->linear(d["q"].cast<py::dict>(), p + "q"),
                                       self->linear(d["k"].cast<py::dict>(), p + "k"),
                                       self->linear(d["v"].cast<py::dict>(), p + "v"),
@@ -767,7 +770,8 @@ PYBIND11_MODULE(_C, m) {
                  v.up = self->linear(d["up"].cast<py::dict>(), p + "up");
                  v.down = self->linear(d["down"].cast<py::dict>(), p + "down");
                }
-               // Qwen3's per-head query/key norms: absent or None for other models
+               // query/key norms, per head (Qwen3) or over the whole projection (OLMo 2/3): absent or
+               // None for other models
                for (const char* key : {"q_norm", "k_norm"})
                  if (d.contains(key) && !d[key].is_none())
                    (key[0] == 'q' ? v.q_norm : v.k_norm) = self->hold(d[key], p + key);

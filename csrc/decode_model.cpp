@@ -156,12 +156,19 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const DecodeLayerViews& v = layers[size_t(i)];
     const std::string p = "layers." + std::to_string(i) + ".";
-    check_f32(p + "attn_norm", v.attn_norm, {D});
-    check_f32(p + "mlp_norm", v.mlp_norm, {D});
+    // the norms in front of attention / the FFN: absent in OLMo 2/3
+    if (v.attn_norm) check_f32(p + "attn_norm", v.attn_norm, {D});
+    if (v.mlp_norm) check_f32(p + "mlp_norm", v.mlp_norm, {D});
     LF_CHECK((v.q_norm == nullptr) == (v.k_norm == nullptr), kOp, ": ", p, "q_norm and k_norm come together");
+    // q/k norms per head (Qwen3) or over the whole projection (OLMo 2/3), told apart by q_norm's
+    // width (the same thing with one head)
+    const bool qk_full = v.q_norm && c.n_heads > 1 && v.q_norm->ndim == 1 && v.q_norm->shape[0] == qd;
     if (v.q_norm) {
-      check_f32(p + "q_norm", v.q_norm, {c.head_dim});
-      check_f32(p + "k_norm", v.k_norm, {c.head_dim});
+      LF_CHECK(v.q_norm->ndim == 1 && (v.q_norm->shape[0] == c.head_dim || v.q_norm->shape[0] == qd), kOp, ": ", p,
+               "q_norm must have shape (head_dim = ", c.head_dim, ",) or (n_heads * head_dim = ", qd, ",), got ",
+               v.q_norm->shape_str());
+      check_f32(p + "q_norm", v.q_norm, {qk_full ? qd : c.head_dim});
+      check_f32(p + "k_norm", v.k_norm, {qk_full ? kvd : c.head_dim});
     }
     for (const auto& [name, t] : {std::pair{"post_attn_norm", v.post_attn_norm}, {"post_ffn_norm", v.post_ffn_norm}})
       if (t) {
@@ -170,12 +177,14 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
       }
     LF_CHECK(!v.local_rope || rope_cos_local, kOp, ": ", p, "local_rope needs rope_cos_local / rope_sin_local");
     LF_CHECK(v.window >= 0, kOp, ": ", p, "window must be >= 0 (0: none), got ", v.window);
-    cpu::DecodeLayer L{v.attn_norm->ptr<float>(), v.mlp_norm->ptr<float>(),
+    cpu::DecodeLayer L{v.attn_norm ? v.attn_norm->ptr<float>() : nullptr,
+                       v.mlp_norm ? v.mlp_norm->ptr<float>() : nullptr,
                        make_linear(p + "q", v.q, qd, D), make_linear(p + "k", v.k, kvd, D),
                        make_linear(p + "v", v.v, kvd, D), make_linear(p + "o", v.o, D, qd),
                        {}, {}, {}, cache_.data() + 2 * i * per,
                        cache_.data() + (2 * i + 1) * per, v.q_norm ? v.q_norm->ptr<float>() : nullptr,
                        v.k_norm ? v.k_norm->ptr<float>() : nullptr};
+    L.qk_full = qk_full;
     L.post_attn_norm = v.post_attn_norm ? v.post_attn_norm->ptr<float>() : nullptr;
     L.post_ffn_norm = v.post_ffn_norm ? v.post_ffn_norm->ptr<float>() : nullptr;
     w_.post_norms = w_.post_norms || L.post_attn_norm || L.post_ffn_norm;

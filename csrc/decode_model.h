@@ -50,11 +50,13 @@ struct DecodeMoEViews {
 };
 
 struct DecodeLayerViews {
-  const TensorView* attn_norm;
-  const TensorView* mlp_norm;
+  const TensorView* attn_norm;  // (dim,) f32, or null (OLMo 2/3: attention reads the residual stream)
+  const TensorView* mlp_norm;   // the same for the feed-forward
   DecodeLinearViews q, k, v, o, gate, up, down;
-  const TensorView* q_norm = nullptr;  // (head_dim,) f32: Qwen3's RMSNorm of each query head, or null
-  const TensorView* k_norm = nullptr;  // the same for key heads (both or neither)
+  // Qwen3's RMSNorm of each query head: (head_dim,) f32; OLMo 2/3's over the whole query projection:
+  // (n_heads * head_dim,); or null
+  const TensorView* q_norm = nullptr;
+  const TensorView* k_norm = nullptr;  // the same for keys, (head_dim,) or (n_kv_heads * head_dim,) (both or neither)
   DecodeMoEViews moe;                  // used when the config has n_experts (gate/up/down are not)
   const TensorView* post_attn_norm = nullptr;  // (dim,) f32: RMSNorm of the attention output (Gemma 2/3), or null
   const TensorView* post_ffn_norm = nullptr;   // the same for the feed-forward output

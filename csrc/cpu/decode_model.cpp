@@ -444,15 +444,20 @@ void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, in
 }
 
 // RMSNorm of rows [m0, m0 + rows) of x into h (float), then prep_row when an int4 weight reads h.
+// g null: the rows copied as they are (OLMo 2/3's sublayers read the residual stream unnormed).
 void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, int64_t m0, int64_t rows,
                int64_t ldh, int8_t* q8, float* dx, float* xs, int64_t ldq, int64_t ldb, bool quant, bool q8mode) {
   for (int64_t m = m0; m < m0 + rows; ++m) {
     const float* xr = x + m * D;
-    double ss = 0.0;
-    for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
-    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
     float* hr = h + m * ldh;
-    for (int64_t i = 0; i < D; ++i) hr[i] = xr[i] * r * g[i];
+    if (g) {
+      double ss = 0.0;
+      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
+      const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
+      for (int64_t i = 0; i < D; ++i) hr[i] = xr[i] * r * g[i];
+    } else {
+      std::memcpy(hr, xr, sizeof(float) * D);
+    }
     if (quant) prep_row(hr, D, q8 + m * ldq, dx + m * ldb, xs + m * ldb, q8mode);
   }
 }
@@ -613,6 +618,14 @@ inline void norm_head(float* x, const float* weight, int64_t hd, float eps) {
   for (int64_t i = 0; i < hd; ++i) ss += x[i] * x[i];
   const float r = 1.f / std::sqrt(ss / static_cast<float>(hd) + eps);
   for (int64_t i = 0; i < hd; ++i) x[i] = x[i] * r * weight[i];
+}
+
+// The same over n values with a double sum (OLMo 2/3's q/k norm over all heads of a token).
+inline void norm_wide(float* x, const float* weight, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float r = static_cast<float>(1.0 / std::sqrt(ss / double(n) + double(eps)));
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r * weight[i];
 }
 
 inline void rope_row(float* x, const float* c, const float* s, int64_t half) {
@@ -811,6 +824,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
         const DecodeLinear& lin = j < H ? L.q : j < H + KV ? L.k : L.v;
         const int64_t r0 = (j < H ? j : j < H + KV ? j - H : j - H - KV) * hd;
         linear_rows(lin, r0, r0 + hd, normed, M, qkv + j * hd, nqkv, false);
+        if (L.qk_full && j < H + KV) continue;  // q, k normed over all heads, rotated and cached below
         for (int64_t m = 0; m < M; ++m) {
           const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
@@ -819,6 +833,21 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           if (j >= H) {
             const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, r0 / hd);
             std::memcpy(const_cast<float*>(j < H + KV ? kv.k : kv.v) + kv.offset(t), v, sizeof(float) * hd);
+          }
+        }
+      }
+      if (L.qk_full) {  // OLMo 2/3: per token, its q (then its k) normed as one vector, then RoPE per head
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < 2 * M; ++i) {
+          const int64_t m = i / 2, t = st.positions[m], n = i % 2 ? KV : H;
+          float* v = qkv + m * nqkv + (i % 2 ? H * hd : 0);
+          norm_wide(v, i % 2 ? L.k_norm : L.q_norm, n * hd, w.eps);
+          for (int64_t g = 0; g < n; ++g) {
+            rope_row(v + g * hd, L.rope_cos + t * half, L.rope_sin + t * half, half);
+            if (i % 2) {
+              const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g);
+              std::memcpy(const_cast<float*>(kv.k) + kv.offset(t), v + g * hd, sizeof(float) * hd);
+            }
           }
         }
       }

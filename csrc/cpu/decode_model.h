@@ -15,6 +15,11 @@
 // (cap * tanh(s / cap)), a second RoPE table for some layers (Gemma 3's sliding layers), and
 // per-layer sliding windows (Gemma 2 / 3).
 //
+// OLMo 2 / 3: no RMSNorm in front of attention or the FFN (a null attn_norm / mlp_norm: the
+// sublayer reads the residual stream as it is, copied and, for int4 weights, prepared like a
+// normed row), post-norms as Gemma 2's, and query / key norms over all heads of a token's q (and
+// of its k) before RoPE (qk_full: one more barrier, after the q/k/v pass).
+//
 // Linear weights are either
 //   int4: our int4 layout (int4_matmul.h: packed (N, K/2) uint8, scales/zeros (N, K/G), G a
 //         multiple of 32); the scales may be float16 and one zero point may serve the whole
@@ -62,13 +67,15 @@ struct DecodeMoE {
 };
 
 struct DecodeLayer {
-  const float* attn_norm;  // (D,)
-  const float* mlp_norm;   // (D,)
+  const float* attn_norm;  // (D,), or null: attention reads x itself (OLMo 2/3)
+  const float* mlp_norm;   // (D,), or null: the FFN reads x itself
   DecodeLinear q, k, v, o, gate, up, down;  // gate/up/down unused when moe.n_experts
   float* kcache;  // (n_kv_heads, max_len, head_dim)
   float* vcache;
   const float* q_norm = nullptr;  // (head_dim,): RMSNorm of each query head before RoPE (Qwen3), or null
   const float* k_norm = nullptr;  // the same for key heads
+  bool qk_full = false;           // q_norm (n_heads * head_dim,) / k_norm (n_kv_heads * head_dim,) norm all
+                                  // of a token's q / k at once (OLMo 2/3)
   DecodeMoE moe;                  // n_experts 0: the dense gate/up/down MLP
   const float* post_attn_norm = nullptr;  // (D,): RMSNorm of the attention output before x += (Gemma 2/3), or null
   const float* post_ffn_norm = nullptr;   // the same for the FFN output

@@ -106,7 +106,7 @@ def test_cached_decode_packing_and_serving_match(tmp_path, mtype):
         assert (packed[:, 50:] - model(b)).abs().max().item() < 1e-9
     m32 = load_hf(tmp_path).eval()
     prompt = tokens[0, :20].tolist()
-    eng = Engine(m32, num_blocks=32, block_size=8, max_batch=2)   # native refuses OLMo: the Python path
+    eng = Engine(m32, num_blocks=32, block_size=8, max_batch=2)   # the native step (float32 default)
     rid = eng.submit(prompt, max_new_tokens=30, params=SamplingParams(temperature=0))
     ref = hf.float().generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, 20:].tolist()

@@ -127,8 +127,11 @@ def decode_model_spoils():
              "gemma": {"hidden_act": "gelu_tanh", "embed_scale": True, "norm_plus_one": True, "sandwich_norm": True,
                        "attn_scale": 0.3, "attn_softcap": 20.0, "final_softcap": 15.0, "sliding_window": 8,
                        "layer_types": ["sliding_attention", "full_attention"], "qk_norm": True,
-                       "local_rope_theta": 1e4}}
-    for quant in (None, "int4", "qwen3", "moe", "gemma"):
+                       "local_rope_theta": 1e4},
+             "olmo": {"pre_norm": False, "sandwich_norm": True, "qk_norm": True, "qk_norm_full": True,
+                      "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+                      "local_rope_theta": 1e4}}
+    for quant in (None, "int4", "qwen3", "moe", "gemma", "olmo"):
         torch.manual_seed(0)
         m = Transformer(ModelConfig(**{**cfg.to_dict(), **extra.get(quant, {})})).eval()
         if quant == "int4":

@@ -11,8 +11,9 @@ this path has none.
 
 Runs CPU float32 Llama models, dense or MoE (top-k routing, optional shared expert: Mixtral,
 Qwen3-MoE, Qwen2-MoE), and Gemma / Gemma 2 / Gemma 3 (GeGLU, scaled embeddings, sandwich norms,
-attention scale and soft-caps, the sliding layers' windows and own RoPE), whose projections and
-output head are nn.Linear or Int4Linear
+attention scale and soft-caps, the sliding layers' windows and own RoPE), and OLMo 2 / OLMo 3 (no
+norms in front of attention and the FFN, norms on their outputs, query / key norms over the whole
+projection, OLMo 3's sliding layers), whose projections and output head are nn.Linear or Int4Linear
 (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
@@ -99,8 +100,6 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
-        if not cfg.pre_norm or cfg.qk_norm_full:
-            raise NotSupported("OLMo 2 / 3 (no pre-norms, full-width query / key norms): not in the native step")
         if cfg.hidden_act not in ("silu", "gelu_tanh"):
             raise NotSupported(f"hidden_act {cfg.hidden_act!r}: the native step runs silu and gelu_tanh")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)
@@ -113,10 +112,13 @@ class NativeDecoder:
                 raise NotSupported(f"layer {i}: {type(blk.mlp).__name__}, expected {want.__name__}")
             a, f = blk.self_attn, blk.mlp
             p = f"layers.{i}"
-            sandwich = hasattr(blk, "post_feedforward_layernorm")   # Gemma 2 / 3: the sublayer outputs normed
+            sandwich = hasattr(blk, "post_feedforward_layernorm")   # Gemma 2 / 3, OLMo 2 / 3: sublayer outputs normed
             mlp_norm = "pre_feedforward_layernorm" if sandwich else "post_attention_layernorm"
-            layers.append({"attn_norm": _norm(blk.input_layernorm, f"{p}.input_layernorm"),
-                           "mlp_norm": _norm(blk.mlp_norm, f"{p}.{mlp_norm}"),
+            # the norms in front of attention and the FFN; OLMo 2 / 3 have none (the step reads x itself)
+            pre = {} if blk.attn_norm is None else {"attn_norm": _norm(blk.attn_norm, f"{p}.input_layernorm")}
+            if blk.mlp_norm is not None:
+                pre["mlp_norm"] = _norm(blk.mlp_norm, f"{p}.{mlp_norm}")
+            layers.append({**pre,
                            **({"post_attn_norm": _norm(blk.post_attention_layernorm, f"{p}.post_attention_layernorm"),
                                "post_ffn_norm": _norm(blk.post_feedforward_layernorm,
                                                       f"{p}.post_feedforward_layernorm")} if sandwich else {}),
@@ -124,6 +126,8 @@ class NativeDecoder:
                            "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
                            "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
                            **(_moe(f, f"{p}.mlp", act) if cfg.n_experts else _mlp(f, f"{p}.mlp", act)),
+                           # per head (head_dim wide) or, OLMo 2 / 3, over the whole projection: the step
+                           # tells them apart by width
                            **({"q_norm": _norm(a.q_norm, f"{p}.q_norm"), "k_norm": _norm(a.k_norm, f"{p}.k_norm")}
                               if cfg.qk_norm else {})})
         output = {"weight": emb.detach().contiguous()} if model.lm_head is None else _linear(model.lm_head, "lm_head")
@@ -131,7 +135,7 @@ class NativeDecoder:
         if len(rounding) > 1:
             raise NotSupported(f"int4 layers mix activation rounding modes {sorted(map(str, rounding))}")
         # RoPE tables exactly as the Python path builds them: angles in float64, then float32; Gemma 3's
-        # sliding layers have their own
+        # and OLMo 3's sliding layers may have their own
         tables = [self._rope(cfg, local) for local in (False, True)
                   if not local or any(blk.local_rope for blk in model.model.layers)]
         self.cfg, self.max_len = cfg, max_len
