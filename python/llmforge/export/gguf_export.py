@@ -1,7 +1,7 @@
 """GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms; MoE models
 as "llama" with experts, Mixtral's layout, "qwen3moe", or "qwen2moe" with its shared expert; Gemma,
-Gemma 2 and Gemma 3 as "gemma", "gemma2", "gemma3", see gguf_gemma.py) that llama.cpp loads, GGUF
-import, and self-verification.
+Gemma 2 and Gemma 3 as "gemma", "gemma2", "gemma3", see gguf_gemma.py; OLMo 2 and OLMo 3 as "olmo2",
+see gguf_olmo.py) that llama.cpp loads, GGUF import, and self-verification.
 
     export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
@@ -27,7 +27,7 @@ divide the row), with one warning listing the tensors.
 
 Layout facts (../shared/GGUF_FACTS.md): llama.cpp's llama arch rotates adjacent pairs while
 the HF layout rotates halves, so attn_q / attn_k rows are permuted per head on export (and
-back on import); a missing output.weight means tied embeddings. Archs qwen2, qwen3 and the
+back on import); a missing output.weight means tied embeddings. Archs qwen2, qwen3, olmo2 and the
 Gemma ones rotate halves (NEOX) in llama.cpp, so their rows are written as they are. Files are
 written to a temporary name and renamed. import_gguf dequantises every type above (truncated or corrupt
 files, and tensors the described model would not use, raise ValueError). RoPE scaling
@@ -43,6 +43,7 @@ import torch
 
 from .ggml_quants import FORMATS, dequantize, quantize
 from .gguf_gemma import GEMMA_ARCHS, gemma_arch, read_gemma_config, write_gemma_keys
+from .gguf_olmo import OLMO_ARCH, OLMO_ARCHS, olmo_arch, read_olmo_config, write_olmo_keys
 from .gguf_rope import FREQS, f32_metadata as _f32, read_rope_scaling, write_rope_scaling
 
 QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
@@ -100,12 +101,12 @@ def unpermute_rope(w, n_heads: int):
 def gguf_arch(cfg) -> str:
     """The llama.cpp architecture a model exports as: qwen3 (query/key norms), qwen2 (q/k/v
     biases) or llama; with experts, qwen3moe (query/key norms) or llama (Mixtral's layout);
-    gemma / gemma2 / gemma3 for the Gemma models (gguf_gemma.gemma_arch). ValueError for what
-    none of them holds."""
+    gemma / gemma2 / gemma3 for the Gemma models (gguf_gemma.gemma_arch), olmo2 for OLMo 2 and 3
+    (gguf_olmo.olmo_arch). ValueError for what none of them holds."""
     if cfg.hf_model_type() in GEMMA_ARCHS:
         return gemma_arch(cfg)
-    if cfg.hf_model_type().startswith("olmo"):
-        raise ValueError("OLMo 2 / 3 models are not exported to GGUF yet")
+    if cfg.hf_model_type() in OLMO_ARCHS:
+        return olmo_arch(cfg)
     if cfg.qk_norm and cfg.attention_bias:
         raise ValueError("query/key norms together with q/k/v biases have no llama.cpp architecture")
     if cfg.n_experts:
@@ -134,12 +135,16 @@ _SANDWICH = (("post_attention_layernorm", "post_attention_norm"), ("pre_feedforw
 def _names(cfg):
     """(source, GGUF name) for every tensor: source is one state-dict key, or, for an expert
     projection, the tuple of the experts' keys whose weights are stacked (experts outermost).
-    Gemma 2 / 3's sandwich norms: ffn_norm is the norm in front of the FFN in both layouts."""
+    Gemma 2 / 3's sandwich norms: ffn_norm is the norm in front of the FFN in both layouts. OLMo 2 / 3
+    (no pre-norms) have neither attn_norm nor ffn_norm, only the two output norms."""
     yield "model.embed_tokens.weight", "token_embd.weight"
     norms = _SANDWICH if cfg.sandwich_norm else (("post_attention_layernorm", "ffn_norm"),)
+    pre = (("input_layernorm", "attn_norm"),)
+    if not cfg.pre_norm:
+        norms, pre = tuple(n for n in norms if n[1] != "ffn_norm"), ()
     for i in range(cfg.n_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        for hf, gg in (("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+        for hf, gg in (*pre, ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
                        ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"), *norms):
             yield p + hf + ".weight", b + gg + ".weight"
             if cfg.attention_bias and hf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
@@ -199,7 +204,10 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         if cfg.moe_shared_ffn_dim:
             w.add_expert_shared_feed_forward_length(cfg.moe_shared_ffn_dim)
     extra = write_rope_scaling(w, cfg, arch)   # rope_freqs.weight for Llama 3 scaling
-    write_gemma_keys(w, cfg, arch)
+    if arch == OLMO_ARCH:
+        write_olmo_keys(w, cfg)
+    else:
+        write_gemma_keys(w, cfg, arch)
     w.add_file_type(getattr(gguf.LlamaFileType, _FTYPE[qtype]))
     for key, val in tokenizer.gguf_metadata().items():
         _add_kv(w, key, val)
@@ -274,8 +282,9 @@ def _number(reader, key, default=None):
 
 def import_gguf(path: str):
     """(Transformer, Tokenizer) from an arch llama / qwen2 / qwen3 / qwen3moe / qwen2moe / gemma /
-    gemma2 / gemma3 GGUF written by export_gguf (or compatible: a llama-arch MoE as convert_hf_to_gguf
-    writes Mixtral, a Gemma file as it writes them), with llama.cpp's defaults for keys it lacks."""
+    gemma2 / gemma3 / olmo2 GGUF written by export_gguf (or compatible: a llama-arch MoE as
+    convert_hf_to_gguf writes Mixtral, a Gemma or OLMo file as it writes them), with llama.cpp's
+    defaults for keys it lacks."""
     import gguf
 
     try:
@@ -296,7 +305,7 @@ def _import(path, r):
     from ..tokenizer import LLAMA_CPP_PRE, Tokenizer
 
     arch = _field(r, "general.architecture")
-    archs = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe", *GEMMA_ARCHS.values())
+    archs = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe", *GEMMA_ARCHS.values(), OLMO_ARCH)
     if arch not in archs:
         raise ValueError(f"unsupported architecture {arch!r} ({', '.join(archs)})")
     get_abs = lambda k, d=None: _number(r, k, d)  # noqa: E731
@@ -326,6 +335,8 @@ def _import(path, r):
                qk_norm=arch in ("qwen3", "qwen3moe"))
     if arch in GEMMA_ARCHS.values():
         cfg.update(read_gemma_config(arch, cfg, lambda k, d=None: _field(r, k, d), get_abs))
+    if arch == OLMO_ARCH:
+        cfg.update(read_olmo_config(arch, cfg, lambda k, d=None: _field(r, k, d), get_abs))
     cfg = ModelConfig(**{**cfg, **moe})
     known = {FREQS} | {gg for _, gg in _names(cfg)}
     unknown = sorted(set(tensors) - known)
