@@ -9,7 +9,8 @@ figure is decode time per token (prefill excluded: the run with 1 new token is s
 llama.cpp runs with as many threads as torch uses. Cases: the pipeline's model when
 runs/tiny/dpo/model exists (else the same shape with random weights), a ~110M model where the
 weights, not per-call overheads, dominate, a Gemma-2-shaped model (GeGLU, sandwich norms, soft-caps,
-alternating 64-token windows, which the 96 tokens pass), and a Mixtral-style MoE (8 experts, top-2),
+alternating 64-token windows, which the 96 tokens pass), an OLMo-3-shaped one (post-norms only,
+full-width query / key norms, 64-token windows), and a Mixtral-style MoE (8 experts, top-2),
 where the Python MoE layer (generate(..., native=False)) is measured too. A second table per model: a
 256-token prompt's prefill (time to the first logits) on the native step alone and on the Python
 forward whose cache the step takes over, for the Q4_0 model and the float32 one it came from
@@ -55,6 +56,11 @@ def _models():
         max_seq_len=512, hidden_act="gelu_tanh", embed_scale=True, norm_plus_one=True, tie_embeddings=True,
         sandwich_norm=True, attn_scale=64 ** -0.5, attn_softcap=50.0, final_softcap=30.0, sliding_window=64,
         layer_types=["sliding_attention", "full_attention"] * 4)), tok
+    torch.manual_seed(0)
+    yield "OLMo 3 shape (dim 512, 8 layers, window 64)", Transformer(ModelConfig(
+        vocab_size=tok.vocab_size, dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1536, max_seq_len=512,
+        pre_norm=False, sandwich_norm=True, qk_norm=True, qk_norm_full=True, sliding_window=64,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3 + ["full_attention"])), tok
     torch.manual_seed(0)
     yield "MoE 8 experts top-2 (dim 512, 8 layers, 160M total, 47M active)", Transformer(ModelConfig(
         vocab_size=tok.vocab_size, dim=512, n_layers=8, n_heads=8, n_kv_heads=2, ffn_dim=1536, max_seq_len=512,
