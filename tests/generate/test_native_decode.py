@@ -14,29 +14,16 @@ from llmforge import _C
 from llmforge.generate.engine import generate
 from llmforge.generate.native import NativeDecoder, NotSupported, native_decoder
 from llmforge.generate.sampling import SamplingParams
-from llmforge.model import ModelConfig, Transformer
+from tests.generate.native_checks import PROJ, random_model
+from tests.generate.native_checks import run_steps as _run
 from llmforge.quant.linear import Int4Linear, swap_linears
 
-PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _model(seed=0, std=0.15, **kw):
-    args = dict(vocab_size=301, dim=96, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=160, max_seq_len=64,
-                tie_embeddings=True)
-    args.update(kw)
-    torch.manual_seed(seed)
-    m = Transformer(ModelConfig(**args)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, std) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    return m
+    return random_model(dict(vocab_size=301, dim=96, n_heads=6, head_dim=None, ffn_dim=160, max_seq_len=64,
+                             tie_embeddings=True), seed=seed, std=std, **kw)
 
-
-def _run(dec, ids, split):
-    """Prefill ids[:split] (all logits), then one token at a time."""
-    a = dec.forward(ids[:split], all_logits=True)
-    rest = [dec.forward([t]) for t in ids[split:]]
-    return torch.cat([a, torch.stack(rest)]) if rest else a
 
 
 def q8_round(x: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,13 @@ import torch
 
 from llmforge import _C
 from llmforge.generate import native
-from llmforge.generate.engine import PYTHON_PREFILL_MIN, generate
-from llmforge.generate.native import NativeDecoder, NotSupported, native_decoder
-from llmforge.generate.sampling import SamplingParams
-from llmforge.model import ModelConfig, Transformer
-from llmforge.quant.linear import Int4Linear, swap_linears
+from llmforge.generate.engine import PYTHON_PREFILL_MIN
+from llmforge.generate.native import NativeDecoder, NotSupported
+from llmforge.model import ModelConfig
+from tests.generate.native_checks import (PROJ, VOCAB, check_every_cpu_path, check_float_model, check_int4,
+                                          check_paged, check_python_prefill, close, random_model,
+                                          run_steps, to_int4)
 
-VOCAB = 211
 GEMMA = dict(hidden_act="gelu_tanh", embed_scale=True, norm_plus_one=True, tie_embeddings=True)
 KINDS = {
     "gemma": GEMMA,
@@ -33,35 +33,10 @@ KINDS = {
     "gemma2_moe": dict(GEMMA, sandwich_norm=True, attn_softcap=5.0, final_softcap=4.0, n_experts=3, moe_top_k=2,
                        tie_embeddings=False),
 }
-PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _model(kind, seed=0, std=0.2, window=None, **kw):
-    """A random model of `kind` (odd sizes; norm scales random, not ones). window: the sliding layers'
-    window (default: max_seq_len, where sliding is plain causal attention)."""
-    args = dict(vocab_size=VOCAB, dim=40, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=18, ffn_dim=56, max_seq_len=48)
-    args.update(KINDS[kind])
-    args.update(kw)
-    if "layer_types" in args:
-        args["sliding_window"] = window or args["max_seq_len"]
-    torch.manual_seed(seed)
-    m = Transformer(ModelConfig(**args)).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, std) if p.dim() == 2 else p.uniform_(0.5, 1.5)
-    return m
-
-
-def _run(dec, ids, split):
-    """Prefill ids[:split] (all logits), then one token at a time."""
-    a = dec.forward(ids[:split], all_logits=True)
-    rest = [dec.forward([t]) for t in ids[split:]]
-    return torch.cat([a, torch.stack(rest)]) if rest else a
-
-
-def _close(got, ref, tol=2e-5):
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(got.double(), ref.double(), atol=tol * scale, rtol=0)
+def _model(kind, **kw):
+    return random_model(KINDS[kind], **kw)
 
 
 CASES = [("gemma", None), ("gemma2", None), ("gemma3", None), ("gemma2_moe", None), ("gemma2", 7), ("gemma3", 5)]
@@ -70,36 +45,13 @@ IDS = [f"{k}-window{w}" if w else k for k, w in CASES]
 
 @pytest.mark.parametrize("kind,window", CASES, ids=IDS)
 def test_float_model_matches_float64_forward(kind, window):
-    m = _model(kind, window=window)
-    ids = torch.randint(0, VOCAB, (31,), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = m.double()(ids[None])[0]
-    m.float()
-    if m.cfg.final_softcap:
-        assert float(ref.abs().max()) < m.cfg.final_softcap
-    _close(_run(NativeDecoder(m, max_len=40), ids.tolist(), 11), ref)
-    # the same steps on one thread, and a whole prompt in one call past the 8-row blocks
-    _close(NativeDecoder(m, max_len=40, threads=1).forward(ids.tolist(), all_logits=True), ref)
+    check_float_model(_model(kind, window=window))
 
 
 @pytest.mark.parametrize("kind,window", [("gemma2", 7), ("gemma3", None)])
 def test_every_cpu_path_matches(kind, window):
     """The scalar build (std::tanh, scalar GeGLU) and the vector one (polynomial tanh, vector GeGLU)."""
-    m = _model(kind, window=window)
-    ids = torch.randint(0, VOCAB, (27,), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        ref = m.double()(ids[None])[0]
-    m.float()
-    best = _C.cpu_isa()
-    try:
-        for isa in dict.fromkeys(["scalar", "avx2", best]):
-            try:
-                _C.set_cpu_isa(isa)
-            except ValueError:   # a path this CPU lacks
-                continue
-            _close(_run(NativeDecoder(m, max_len=40), ids.tolist(), 6), ref)
-    finally:
-        _C.set_cpu_isa(best)
+    check_every_cpu_path(_model(kind, window=window))
 
 
 @pytest.mark.parametrize("mtype", ["gemma", "gemma2", "gemma3_text"])
@@ -130,123 +82,27 @@ def test_hf_checkpoint_matches_python_forward(tmp_path, mtype):
     ids = torch.randint(0, VOCAB, (29,), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = load_hf(tmp_path, dtype=torch.float64)(ids[None])[0]
-    _close(_run(NativeDecoder(m, max_len=32), ids.tolist(), 9), ref)
+    close(run_steps(NativeDecoder(m, max_len=32), ids.tolist(), 9), ref)
 
-
-def _engine(m, prompts, new_tokens, use_native):
-    """Greedy tokens of the serving Engine and the logits of each of its steps."""
-    from llmforge.generate.serving_engine import Engine
-
-    eng = Engine(m, num_blocks=40, block_size=4, max_batch=3, native=use_native)
-    assert (eng.native is not None) == use_native
-    steps = []
-    emit = eng._emit_all
-
-    def record(reqs, logits):
-        steps.append(logits.clone())
-        emit(reqs, logits)
-
-    eng._emit_all = record
-    rids = [eng.submit(p, new_tokens, SamplingParams(temperature=0)) for p in prompts]
-    res = eng.run()
-    return [res[r].tokens for r in rids], steps
 
 
 @pytest.mark.parametrize("kind,window", CASES, ids=IDS)
 def test_paged_steps_match_float64_and_python_engine(kind, window):
-    from llmforge.generate.paged_cache import PagedKVCache
+    check_paged(_model(kind, window=window, std=0.3))
 
-    m = _model(kind, window=window, std=0.3)
-    c = m.cfg
-    dec = NativeDecoder(m, max_len=1)           # its own cache unused: the pools hold the keys/values
-    cache = PagedKVCache(24, c.n_kv_heads, c.head_dim, c.n_layers, block_size=5)
-    g = torch.Generator().manual_seed(6)
-    seqs = {name: torch.randint(0, VOCAB, (n,), generator=g).tolist() for name, n in (("a", 17), ("b", 8), ("c", 1))}
-    for name in seqs:
-        cache.add_sequence(name)
-    for name, ids in seqs.items():              # each prompt but its last token, 3 rows at a time (crossing blocks)
-        for i in range(0, len(ids) - 1, 3):
-            part = ids[i:min(i + 3, len(ids) - 1)]
-            step = cache.prepare([name], len(part))
-            dec.forward_paged(part, list(range(i, i + len(part))), [0] * len(part), step.block_table,
-                              cache.k_pools, cache.v_pools)
-            cache.commit(step)
-    names = list(seqs)
-    step = cache.prepare(names, 1)              # then one batched row per sequence
-    out = dec.forward_paged([seqs[n][-1] for n in names], step.seq_lens.tolist(), list(range(3)), step.block_table,
-                            cache.k_pools, cache.v_pools)
-    with torch.no_grad():
-        ref = [copy.deepcopy(m).double()(torch.tensor([seqs[n]]))[0, -1] for n in names]
-    for i in range(3):
-        _close(out[i], ref[i])
-    # the Engine on the native step: the Python engine's tokens, and its logits step by step
-    prompts = [seqs["a"], seqs["b"], seqs["c"], seqs["a"][:4]]
-    fast, fast_logits = _engine(m, prompts, 9, True)
-    slow, slow_logits = _engine(m, prompts, 9, False)
-    assert fast == slow
-    assert len(fast_logits) == len(slow_logits)
-    for a, b in zip(fast_logits, slow_logits):
-        _close(a, b, 1e-4)
-
-
-def _int4(m, act_round=None, targets=PROJ):
-    swap_linears(m, Int4Linear, targets=targets, group_size=32, symmetric=False)
-    for mod in m.modules():
-        if isinstance(mod, Int4Linear):
-            mod.act_round = act_round
-    return m
 
 
 @pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3"])
 def test_int4_model_matches_python_forward(kind):
-    """Int4Linear projections (and output head): the native step against the Python int4 forward
-    and a float64 copy with the dequantised weights. head_dim 32: the attention items prepare the
-    o projection's int4 input blocks themselves (18 above: one thread after them)."""
-    m = _int4(_model(kind, dim=64, head_dim=32, ffn_dim=96, std=0.1, tie_embeddings=False),
-              targets=PROJ + ("lm_head",))
-    ids = torch.randint(0, VOCAB, (26,), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        python = m(ids[None])[0]
-        ref = copy.deepcopy(m)
-        for mod in list(ref.modules()):
-            for name, ch in list(mod.named_children()):
-                if isinstance(ch, Int4Linear):
-                    lin = torch.nn.Linear(ch.in_features, ch.out_features, bias=False)
-                    lin.weight.data = ch.dequantized_weight()
-                    setattr(mod, name, lin)
-        ref = ref.double()(ids[None])[0]
-    got = _run(NativeDecoder(m, max_len=32), ids.tolist(), 8)
-    _close(got, ref)
-    _close(got, python, 1e-4)
-    # Q8_0-rounded activations (a Q4_0 GGUF's arithmetic): rounding decisions can flip between two
-    # float orders, so only close to the Python int4 path, which rounds the same way
-    for mod in m.modules():
-        if isinstance(mod, Int4Linear):
-            mod.act_round = "q8_0"
-    with torch.no_grad():
-        python = m(ids[None])[0]
-    got = _run(NativeDecoder(m, max_len=32), ids.tolist(), 8)
-    err = (got - python).abs().amax(-1) / python.abs().max()
-    assert float(err.max()) < 0.02 and float(err.min()) < 1e-5, err
+    """head_dim 32: the attention items prepare the o projection's int4 input blocks themselves (18
+    above: one thread after them)."""
+    check_int4(to_int4(_model(kind, dim=64, head_dim=32, ffn_dim=96, std=0.1, tie_embeddings=False),
+                       targets=PROJ + ("lm_head",)))
 
 
 @pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
 def test_python_prefill_hands_its_cache_to_the_step(kind):
-    """prefill() (the Python forward's keys/values loaded into the step's cache) continues like a
-    native prefill; generate() (native, Python prefill for long prompts) gives the Python path's
-    greedy tokens."""
-    n = PYTHON_PREFILL_MIN + 40
-    m = _model(kind, std=0.3, max_seq_len=n)
-    ids = torch.randint(0, VOCAB, (PYTHON_PREFILL_MIN + 5,), generator=torch.Generator().manual_seed(9)).tolist()
-    a, b = NativeDecoder(m, max_len=n - 20), NativeDecoder(m, max_len=n - 20)
-    la, lb = a.forward(ids[:-4]), b.prefill(m, ids[:-4])
-    assert a.length == b.length == len(ids) - 4
-    _close(lb, la)
-    for t in ids[-4:]:
-        _close(b.forward([t]), a.forward([t]))
-    assert native_decoder(m, n) is not None
-    fast = generate(m, [ids], 12, SamplingParams(temperature=0)).tokens
-    assert fast == generate(m, [ids], 12, SamplingParams(temperature=0), native=False).tokens
+    check_python_prefill(_model(kind, std=0.3, max_seq_len=PYTHON_PREFILL_MIN + 40))
 
 
 def _with_cfg(m, **kw):
