@@ -19,26 +19,9 @@ gguf = pytest.importorskip("gguf")
 
 from llmforge.export.gguf_export import _names, export_gguf, import_gguf  # noqa: E402
 from llmforge.export.gguf_gemma import period_layer_types  # noqa: E402
-from llmforge.export.llamacpp_check import llamacpp_available  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
-from llmforge.tokenizer import Tokenizer  # noqa: E402
-
-TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-        "that lour'd upon our house in the deep bosom of the ocean buried. ") * 20
-HELD = ["Now are our brows bound with victorious wreaths;", "Grim-visaged war hath smooth'd his wrinkled front;",
-        "Über Straßen, 12345 and ünïcödé — what?"]
-S, G = "sliding_attention", "full_attention"
-LINEAR = {"rope_type": "linear", "factor": 4.0}
-
-
-def needs_llamacpp(f):
-    """A test that runs llama.cpp: marked llamacpp, skipped without llama-cpp-python."""
-    return pytest.mark.llamacpp(pytest.mark.skipif(not llamacpp_available(), reason="needs llama-cpp-python")(f))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train([TEXT], vocab_size=337)
+from tests.export.llamacpp_family import (G, HELD, LINEAR, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
+                                          round_q8_0, tok)  # tok: the fixture
 
 
 def _gemma(tok, kind: str, seed: int = 0, **kw) -> Transformer:
@@ -63,16 +46,6 @@ def _gemma(tok, kind: str, seed: int = 0, **kw) -> Transformer:
             else:
                 p.normal_(0.0, 0.15)
     return model
-
-
-def _llamacpp_logits(path, ids, n_ctx=128) -> np.ndarray:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                          n_threads=torch.get_num_threads(),
-                          type_k=0, type_v=0)   # GGML_TYPE_F32 caches: no F16 rounding in the comparison
-    llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 
 
 def _ggml_geglu(self, x):
@@ -130,7 +103,7 @@ def test_llamacpp_f32_logits(tmp_path, tok, case):
     assert ("output.weight" in names) == (not model.cfg.tie_embeddings)
     ids = tok.encode(HELD[0] + " " + HELD[1])
     assert len(ids) > 64
-    lc = _llamacpp_logits(path, ids)
+    lc = llamacpp_logits(path, ids)
     ours, table = _logits(model, ids), _logits(model, ids, ggml_gelu=True)
     assert np.abs(lc - table).max() < 1.5e-3, np.abs(lc - table).max()
     assert np.abs(lc - ours).max() < 5e-3, np.abs(lc - ours).max()
@@ -160,7 +133,7 @@ def test_sliding_layers_past_the_window(tmp_path, tok, kind):
     path = tmp_path / "m.gguf"
     export_gguf(model, tok, str(path), "f32")
     ids = tok.encode(HELD[0] + " " + HELD[1])
-    lc = _llamacpp_logits(path, ids)
+    lc = llamacpp_logits(path, ids)
     table = _logits(model, ids, ggml_gelu=True)
     other = _gemma(tok, kind, n_layers=5, layer_types=[S, G, S, G, S], sliding_window=16)
     other.load_state_dict(model.state_dict())
@@ -183,7 +156,7 @@ def test_gemma3_file_without_pattern_keys_imports_as_llamacpp_runs_it(tmp_path, 
     again, _ = import_gguf(str(path))
     assert again.cfg.layer_types == model.cfg.layer_types and again.cfg.local_rope_theta == 1e4
     ids = tok.encode(HELD[0] + " " + HELD[1])
-    assert np.abs(_llamacpp_logits(path, ids) - _logits(again, ids, ggml_gelu=True)).max() < 1.5e-3
+    assert np.abs(llamacpp_logits(path, ids) - _logits(again, ids, ggml_gelu=True)).max() < 1.5e-3
 
 
 @needs_llamacpp
@@ -197,7 +170,7 @@ def test_27b_attention_scale(tmp_path, tok):
     path = tmp_path / "m.gguf"
     export_gguf(model, tok, str(path), "f32")
     ids = tok.encode(HELD[0])
-    lc = _llamacpp_logits(path, ids)
+    lc = llamacpp_logits(path, ids)
     assert np.abs(lc - _logits(model, ids, ggml_gelu=True)).max() < 3e-3
     for scale in (18 ** -0.5, None):   # None: our default, 1/sqrt(head_dim)
         with pytest.raises(ValueError, match=r"1/sqrt\(11\)"):
@@ -212,26 +185,19 @@ def test_27b_attention_scale(tmp_path, tok):
 # 0.12..0.19 for the weights alone; exactly 0 for some files on one thread) is roundings that
 # float noise tips the other way, as in test_llamacpp.py; wrong blocks would move logits by O(1).
 
-def _round_q8_0(x: torch.Tensor) -> torch.Tensor:
-    b = x.detach().float().reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
-    amax = b.abs().amax(-1, keepdim=True)
-    d = (amax / 127).half().float()
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
-    return (torch.round(b * inv) * d).reshape(x.shape).to(x.dtype)
-
 
 @torch.no_grad()
 def _rounded_reference(model, types_, ids) -> np.ndarray:
     mods, hooks = dict(model.named_modules()), []
     for hf, gg in _names(model.cfg):
         if types_[gg] in ("q8_0", "q4_0") and hf.endswith("proj.weight"):
-            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (_round_q8_0(a[0]),)))
+            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
     for layer in model.model.layers:
         layer.mlp.forward = types.MethodType(_ggml_geglu, layer.mlp)
     try:
         h = model.hidden_states(torch.tensor([ids]))
         head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-        out = F.linear(_round_q8_0(h), head)    # the output matmul rounds its input too
+        out = F.linear(round_q8_0(h), head)    # the output matmul rounds its input too
         cap = model.cfg.final_softcap
         out = out if cap is None else torch.tanh(out / cap) * cap
     finally:
@@ -256,7 +222,7 @@ def test_llamacpp_quantised_logits(tmp_path, tok, kind, qtype):
     assert types_["blk.0.post_ffw_norm.weight" if kind != "gemma" else "blk.0.ffn_norm.weight"] == "f32"
     assert types_["token_embd.weight"] == types_["blk.1.ffn_down.weight"] == qtype
     ids = tok.encode(HELD[0] + " " + HELD[1])
-    lc = _llamacpp_logits(path, ids)
+    lc = llamacpp_logits(path, ids)
     deq, _ = import_gguf(str(path))
     ref = _rounded_reference(deq, types_, ids)
     weight_only = _logits(deq, ids)

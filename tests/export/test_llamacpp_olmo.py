@@ -20,27 +20,11 @@ gguf = pytest.importorskip("gguf")
 
 from llmforge.export.gguf_export import _names, export_gguf, import_gguf  # noqa: E402
 from llmforge.export.gguf_olmo import period_layer_types, sliding_period  # noqa: E402
-from llmforge.export.llamacpp_check import llamacpp_available  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
-from llmforge.tokenizer import Tokenizer  # noqa: E402
+from tests.export.llamacpp_family import (G, HELD, LINEAR, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
+                                          round_q8_0, tok)  # tok: the fixture
 
-TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
-        "that lour'd upon our house in the deep bosom of the ocean buried. ") * 20
-HELD = ["Now are our brows bound with victorious wreaths;", "Grim-visaged war hath smooth'd his wrinkled front;",
-        "Über Straßen, 12345 and ünïcödé — what?"]
-S, G = "sliding_attention", "full_attention"
-LINEAR = {"rope_type": "linear", "factor": 4.0}
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 24, "attention_factor": 1.3}
-
-
-def needs_llamacpp(f):
-    """A test that runs llama.cpp: marked llamacpp, skipped without llama-cpp-python."""
-    return pytest.mark.llamacpp(pytest.mark.skipif(not llamacpp_available(), reason="needs llama-cpp-python")(f))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train([TEXT], vocab_size=337)
 
 
 def _olmo(tok, kind: str, seed: int = 0, **kw) -> Transformer:
@@ -62,16 +46,6 @@ def _olmo(tok, kind: str, seed: int = 0, **kw) -> Transformer:
             else:
                 p.normal_(0.0, 0.15)
     return model
-
-
-def _llamacpp_logits(path, ids, n_ctx=128) -> np.ndarray:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                          n_threads=torch.get_num_threads(),
-                          type_k=0, type_v=0)   # GGML_TYPE_F32 caches: no F16 rounding in the comparison
-    llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 
 
 @torch.no_grad()
@@ -135,7 +109,7 @@ def test_llamacpp_f32_logits(tmp_path, tok, case):
         period = sliding_period(cfg.layer_types)
         assert pattern.contents() == ([t == S for t in cfg.layer_types] if period is None else period)
     ids = _ids(tok)
-    lc, ours = _llamacpp_logits(path, ids), _logits(model, ids)
+    lc, ours = llamacpp_logits(path, ids), _logits(model, ids)
     assert np.abs(lc - ours).max() < 2e-4, np.abs(lc - ours).max()
     assert (lc.argmax(-1) == ours.argmax(-1)).all()
     if kind == "olmo3":   # the window and the layers that use it matter
@@ -181,7 +155,7 @@ def test_file_without_optional_keys_imports_as_llamacpp_runs_it(tmp_path, tok):
     again, _ = import_gguf(str(path))
     assert again.cfg == model.cfg
     ids = _ids(tok)
-    assert np.abs(_llamacpp_logits(path, ids) - _logits(again, ids)).max() < 2e-4
+    assert np.abs(llamacpp_logits(path, ids) - _logits(again, ids)).max() < 2e-4
 
 
 @needs_llamacpp
@@ -198,7 +172,7 @@ def test_sliding_base_of_its_own_is_not_run(tmp_path, tok):
     data[at: at + 4] = np.float32(1e4).tobytes()
     path.write_bytes(bytes(data))
     ids = _ids(tok)
-    assert np.abs(_llamacpp_logits(path, ids) - _logits(model, ids)).max() < 2e-4   # 1e4 not used
+    assert np.abs(llamacpp_logits(path, ids) - _logits(model, ids)).max() < 2e-4   # 1e4 not used
     with pytest.raises(ValueError, match="freq_base_swa 10000.0 differs from rope.freq_base"):
         import_gguf(str(path))
     with pytest.raises(ValueError, match="local_rope_theta 10000.0 != rope_theta"):
@@ -214,26 +188,19 @@ def test_sliding_base_of_its_own_is_not_run(tmp_path, tok):
 # roundings by a whole step; with every matrix but attn_output quantised it is under 1e-3 (Q4_0) and
 # 1e-5 (Q8_0). Wrong blocks would move logits by O(1).
 
-def _round_q8_0(x: torch.Tensor) -> torch.Tensor:
-    b = x.detach().float().reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
-    amax = b.abs().amax(-1, keepdim=True)
-    d = (amax / 127).half().float()
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
-    return (torch.round(b * inv) * d).reshape(x.shape).to(x.dtype)
-
 
 @torch.no_grad()
 def _rounded_reference(model, types_, ids) -> np.ndarray:
     mods, hooks = dict(model.named_modules()), []
     for hf, gg in _names(model.cfg):
         if types_[gg] in ("q8_0", "q4_0") and hf.endswith("proj.weight"):
-            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (_round_q8_0(a[0]),)))
+            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
     try:
         h = model.hidden_states(torch.tensor([ids]))
     finally:
         for hook in hooks:
             hook.remove()
-    return F.linear(_round_q8_0(h), model.lm_head.weight)[0].double().numpy()
+    return F.linear(round_q8_0(h), model.lm_head.weight)[0].double().numpy()
 
 
 @needs_llamacpp
@@ -250,7 +217,7 @@ def test_llamacpp_quantised_logits(tmp_path, tok, kind, qtype):
     assert types_["blk.0.attn_q_norm.weight"] == types_["blk.0.post_ffw_norm.weight"] == "f32"
     assert types_["output.weight"] == types_["blk.1.attn_k.weight"] == qtype
     ids = _ids(tok)
-    lc = _llamacpp_logits(path, ids)
+    lc = llamacpp_logits(path, ids)
     deq, _ = import_gguf(str(path))
     ref = _rounded_reference(deq, types_, ids)
     weight_only = _logits(deq, ids)
