@@ -312,3 +312,23 @@ def test_unknown_tensors_refused(tmp_path, model_and_tok):
     w.close()
     with pytest.raises(ValueError, match="attn_q_norm"):
         import_gguf(str(tmp_path / "extra.gguf"))
+
+
+def test_mistral_window_caps_the_llama_arch_context(tmp_path, model_and_tok):
+    """A Mistral-style model (every layer a 24-token window) exports as arch llama, which has no
+    window: context_length is capped at the window, where the two agree, and imports back so."""
+    model, tok = model_and_tok
+    cfg = ModelConfig(**{**model.cfg.to_dict(), "sliding_window": 24,
+                         "layer_types": ["sliding_attention"] * model.cfg.n_layers})
+    windowed = Transformer(cfg).eval()
+    windowed.load_state_dict(model.state_dict())
+    assert cfg.hf_model_type() == "mistral"
+    path = str(tmp_path / "m.gguf")
+    export_gguf(windowed, tok, path, "f32")
+    back, _ = import_gguf(path)
+    assert back.cfg.max_seq_len == 24 and back.cfg.layer_types is None
+    ids = torch.randint(0, cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert torch.allclose(back(ids), windowed(ids), atol=1e-5)
+        longer = torch.randint(0, cfg.vocab_size, (1, 40))
+        assert not torch.allclose(model(longer), windowed(longer), atol=1e-3)   # the window matters past 24

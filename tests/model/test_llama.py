@@ -68,7 +68,8 @@ def test_logits_match_transformers(tmp_path, kw):
 ])
 def test_loads_what_transformers_saves(tmp_path, arch):
     """transformers' own checkpoints (its current config.json: rope_parameters instead of
-    rope_theta) load with the same logits; a sliding window caps max_seq_len."""
+    rope_theta) load with the same logits; Mistral's and Phi-3's sliding window (every layer) is
+    modelled past the window, and they save as Mistral checkpoints transformers reads the same."""
     conf_cls, model_cls, kw = arch
     torch.manual_seed(0)
     conf = getattr(transformers, conf_cls)(vocab_size=311, hidden_size=96, intermediate_size=200, num_hidden_layers=2,
@@ -82,13 +83,18 @@ def test_loads_what_transformers_saves(tmp_path, arch):
     hf.save_pretrained(tmp_path)
     ours = load_hf(tmp_path).eval()
     assert ours.cfg.rope_theta == kw["rope_theta"]
-    assert ours.cfg.max_seq_len == kw.get("sliding_window", 256)
-    tokens = torch.randint(0, 311, (2, 101))
+    assert ours.cfg.max_seq_len == 256
+    tokens = torch.randint(0, 311, (2, 201))   # past the window (120)
     with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+        ref = hf(tokens).logits
+        assert (ours(tokens) - ref).abs().max().item() < 1e-4
     if "sliding_window" in kw:
-        with pytest.raises(ValueError, match="max_seq_len"):
-            ours(torch.randint(0, 311, (1, 121)))
+        assert ours.cfg.layer_types == ["sliding_attention"] * 2 and ours.cfg.sliding_window == 120
+        save_hf(ours, tmp_path / "saved")
+        back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+        assert type(back).__name__ == "MistralForCausalLM" and back.config.sliding_window == 120
+        with torch.no_grad():
+            assert (back(tokens).logits - ref).abs().max().item() < 1e-4
 
 
 def test_packed_documents_do_not_attend_across():

@@ -149,9 +149,9 @@ def test_moe_configs_refused(tmp_path):
         load_hf(tmp_path)
 
 
-def test_mixtral_sliding_window_caps_max_seq_len(tmp_path):
+def test_mixtral_sliding_window_is_modelled(tmp_path):
     """Mixtral has no use_sliding_window switch: transformers applies any sliding_window it is
-    given, so within it our causal attention is the same and a longer input raises."""
+    given, on every layer; so do we, past the window, and the window saves back."""
     torch.manual_seed(2)
     conf = transformers.MixtralConfig(vocab_size=173, hidden_size=64, intermediate_size=40, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
@@ -159,9 +159,13 @@ def test_mixtral_sliding_window_caps_max_seq_len(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_config(conf).eval()
     hf.save_pretrained(tmp_path)
     ours = load_hf(tmp_path).eval()
-    assert ours.cfg.max_seq_len == 48
-    tokens = torch.randint(0, 173, (2, 48))
+    assert ours.cfg.max_seq_len == 128 and ours.cfg.sliding_window == 48
+    tokens = torch.randint(0, 173, (2, 100))
     with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
-        with pytest.raises(ValueError, match="max_seq_len"):
-            ours(torch.randint(0, 173, (1, 49)))
+        ref = hf(tokens).logits
+        assert (ours(tokens) - ref).abs().max().item() < 1e-4
+    save_hf(ours, tmp_path / "saved")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    assert back.config.sliding_window == 48
+    with torch.no_grad():
+        assert (back(tokens).logits - ref).abs().max().item() < 1e-4

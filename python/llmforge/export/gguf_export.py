@@ -185,7 +185,10 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
     tmp = path + ".tmp"
     w = gguf.GGUFWriter(tmp, arch)
     w.add_name(name)
-    w.add_context_length(cfg.max_seq_len)
+    ctx = cfg.max_seq_len
+    if arch in ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe") and "sliding_attention" in (cfg.layer_types or ()):
+        ctx = min(ctx, cfg.sliding_window)   # Mistral's window: these archs have none, so they are exact up to it
+    w.add_context_length(ctx)
     w.add_embedding_length(cfg.dim)
     w.add_block_count(cfg.n_layers)
     w.add_feed_forward_length(cfg.ffn_dim)

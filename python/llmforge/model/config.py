@@ -137,15 +137,29 @@ def _hf_scaling(scaling: dict | None, cfg: dict) -> dict | None:
     return scaling
 
 
+WINDOWED_EVERYWHERE = ("mistral", "mixtral", "phi3")   # one window on every layer, modelled as layer_types
+
+
+def _hf_window(cfg: dict, mtype: str) -> int | None:
+    """The window Mistral / Mixtral / Phi-3 apply on every layer (None: none, or not shorter than
+    max_position_embeddings); they have no use_sliding_window switch: transformers uses any window given."""
+    window, n = cfg.get("sliding_window"), cfg.get("max_position_embeddings", 2048)
+    if mtype in WINDOWED_EVERYWHERE and cfg.get("use_sliding_window", True) and isinstance(window, int) \
+            and not isinstance(window, bool) and 0 < window < n:
+        return window
+    return None
+
+
 def _hf_max_len(cfg: dict, mtype: str) -> int:
-    """max_position_embeddings, capped at a sliding window that is in use: within the window,
-    sliding-window attention is plain causal attention, so every length the model accepts
-    gives Hugging Face's logits, and a longer one raises (this model has no window mask)."""
+    """max_position_embeddings; for Qwen-style configs capped at a sliding window that is in use
+    (within the window, sliding-window attention is plain causal attention, so every length the
+    model accepts gives Hugging Face's logits, and a longer one raises). Gemma 2 / 3, OLMo 3,
+    Mistral, Mixtral and Phi-3 windows are modelled (ModelConfig.layer_types), not capped."""
     n = cfg.get("max_position_embeddings", 2048)
-    if mtype in (*GEMMA_TYPES, "olmo3"):    # their sliding layers are modelled (ModelConfig.layer_types)
+    if mtype in (*GEMMA_TYPES, "olmo3", *WINDOWED_EVERYWHERE):
         return n
     window = cfg.get("sliding_window")
-    used = cfg.get("use_sliding_window", mtype in ("mistral", "mixtral", "phi3"))   # no switch: a window is used
+    used = cfg.get("use_sliding_window", False)
     if isinstance(cfg.get("layer_types"), list):
         used = used or "sliding_attention" in cfg["layer_types"]
     if used and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
@@ -196,8 +210,9 @@ class ModelConfig:
     None = head_dim ** -0.5), attn_softcap / final_softcap (cap * tanh(x / cap) on attention scores /
     logits), sliding_window with layer_types ("sliding_attention" / "full_attention" per layer) and
     local_rope_theta (Gemma 3: RoPE base of the sliding layers, no scaling). A sliding layer's query
-    sees the sliding_window keys up to itself (Hugging Face's convention). (Mistral / Qwen-style
-    configs that use one window for every layer load with max_seq_len capped at the window instead.)
+    sees the sliding_window keys up to itself (Hugging Face's convention). Mistral / Mixtral / Phi-3
+    windows load as every layer sliding (saved as Mistral / Mixtral); Qwen-style use_sliding_window
+    configs load with max_seq_len capped at the window instead.
     OLMo 2 / 3 (model_type olmo2, olmo3): pre_norm=False (no RMSNorm in front of attention and FFN)
     with sandwich_norm (their outputs normed: post_attention_layernorm, post_feedforward_layernorm),
     qk_norm with qk_norm_full (one RMSNorm over the whole query / key projection, not per head);
@@ -313,7 +328,7 @@ class ModelConfig:
         ValueError for a mix no Hugging Face layout holds."""
         gemma = (self.hidden_act != "silu", self.embed_scale, self.norm_plus_one, self.sandwich_norm,
                  self.attn_scale is not None, self.attn_softcap is not None, self.final_softcap is not None,
-                 self.layer_types is not None, self.local_rope_theta is not None)
+                 self.local_rope_theta is not None)
         if not any(gemma):
             return None
         base = self.hidden_act == "gelu_tanh" and self.embed_scale and self.norm_plus_one
@@ -321,7 +336,7 @@ class ModelConfig:
             raise ValueError("a GeGLU / scaled-embedding / (1 + w)-norm model saves as Gemma, which has all three "
                              "(hidden_act='gelu_tanh', embed_scale, norm_plus_one) and no MoE or q/k/v biases")
         if not self.sandwich_norm:
-            if any(gemma[4:]) or self.qk_norm:
+            if any(gemma[4:]) or self.qk_norm or self.layer_types is not None:
                 raise ValueError("Gemma (1) has no attention scale, soft-capping, sliding layers or query/key "
                                  "norms: those need sandwich_norm (Gemma 2 / 3)")
             return "gemma"
@@ -356,6 +371,12 @@ class ModelConfig:
         gemma = self._gemma_type()
         if gemma:
             return gemma
+        if self.layer_types is not None and "sliding_attention" in self.layer_types:
+            if "full_attention" in self.layer_types or self.attention_bias or self.qk_norm or \
+                    self.moe_shared_ffn_dim or (self.n_experts and not self.moe_norm_topk):
+                raise ValueError("sliding-window layers in a Llama-style model save as Mistral / Mixtral: every "
+                                 "layer sliding, no q/k/v biases, query/key norms or shared expert")
+            return "mixtral" if self.n_experts else "mistral"
         if self.n_experts:
             if self.attention_bias or self.moe_shared_ffn_dim:
                 if not (self.attention_bias and self.moe_shared_ffn_dim) or self.qk_norm:
@@ -373,6 +394,7 @@ class ModelConfig:
     def to_hf(self) -> dict:
         mtype = self.hf_model_type()
         arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                "mistral": "MistralForCausalLM",
                 "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                 "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM",
                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
@@ -393,10 +415,11 @@ class ModelConfig:
             self._gemma_hf(cfg, mtype)
         if mtype in ("olmo2", "olmo3"):
             self._olmo_hf(cfg, mtype)
+        if mtype in ("mistral", "mixtral"):
+            cfg["sliding_window"] = self.sliding_window if self.layer_types is not None else None
         if mtype == "mixtral":
             cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
-                       router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, sliding_window=None,
-                       output_router_logits=False)
+                       router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, output_router_logits=False)
         elif mtype in ("qwen3_moe", "qwen2_moe"):
             cfg.update(num_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        moe_intermediate_size=self.ffn_dim, norm_topk_prob=self.moe_norm_topk,
@@ -470,6 +493,9 @@ class ModelConfig:
             pad_id=cfg.get("pad_token_id"), hidden_act=act,
         )
         extra = {**_hf_gemma(cfg, mtype), **_hf_olmo(cfg, mtype)}
+        window = _hf_window(cfg, mtype)
+        if window is not None:
+            extra.update(sliding_window=window, layer_types=["sliding_attention"] * cfg["num_hidden_layers"])
         if local_theta is not None and "sliding_attention" in extra["layer_types"]:
             extra["local_rope_theta"] = local_theta
         return cls(**{**kw, **_hf_moe(cfg, mtype), **extra})
