@@ -105,6 +105,8 @@ def gguf_arch(cfg) -> str:
     (gguf_olmo.olmo_arch). ValueError for what none of them holds."""
     if cfg.hf_model_type() in GEMMA_ARCHS:
         return gemma_arch(cfg)
+    if cfg.hf_model_type() == "smollm3":
+        raise ValueError("SmolLM3 (layers without RoPE) is not exported to GGUF yet")
     if cfg.hf_model_type() in OLMO_ARCHS:
         return olmo_arch(cfg)
     if cfg.qk_norm and cfg.attention_bias:

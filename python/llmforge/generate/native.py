@@ -100,6 +100,8 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
+        if cfg.rope_layers is not None and 0 in cfg.rope_layers:
+            raise NotSupported("layers without RoPE (SmolLM3): not in the native step")
         if cfg.hidden_act not in ("silu", "gelu_tanh"):
             raise NotSupported(f"hidden_act {cfg.hidden_act!r}: the native step runs silu and gelu_tanh")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)

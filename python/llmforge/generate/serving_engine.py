@@ -132,6 +132,8 @@ class Engine:
         q = attn.heads(attn.q_proj(x), c.n_heads, "q_norm").transpose(1, 2)
         k = attn.heads(attn.k_proj(x), c.n_kv_heads, "k_norm").transpose(1, 2)
         v = attn.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        if not attn.use_rope:   # SmolLM3's NoPE layers
+            return q, k, v
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _native_step(self, step, seqs_tokens: list[list[int]]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from ..config_check import check_config
 
 
 HF_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "phi3",
-                  "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3")
+                  "gemma", "gemma2", "gemma3_text", "olmo2", "olmo3", "smollm3")
 GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_tanh")     # SwiGLU; GeGLU with tanh-approximated GELU (Gemma)
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -90,6 +90,18 @@ def _typed_rope(cfg: dict, theta: float, local_theta: float) -> tuple[float, dic
     else:
         theta, scaling = float(cfg.get("rope_theta", theta)), cfg.get("rope_scaling")
     return theta, scaling, float(cfg.get("rope_local_base_freq", local_theta))
+
+
+def _hf_smollm3(cfg: dict, mtype: str) -> dict:
+    """SmolLM3's NoPE layers: no_rope_layers (1 = RoPE) or, without it, every no_rope_layer_interval-th
+    layer without RoPE. Its sliding-window option is refused (no released model uses it)."""
+    if mtype != "smollm3":
+        return {}
+    if cfg.get("use_sliding_window"):
+        raise ValueError("SmolLM3 with use_sliding_window is not supported")
+    n, every = cfg["num_hidden_layers"], cfg.get("no_rope_layer_interval", 4)
+    rope = cfg.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n)]
+    return dict(rope_layers=[int(r) for r in rope])
 
 
 def _hf_olmo(cfg: dict, mtype: str) -> dict:
@@ -213,6 +225,8 @@ class ModelConfig:
     sees the sliding_window keys up to itself (Hugging Face's convention). Mistral / Mixtral / Phi-3
     windows load as every layer sliding (saved as Mistral / Mixtral); Qwen-style use_sliding_window
     configs load with max_seq_len capped at the window instead.
+    SmolLM3 (model_type smollm3): rope_layers, one 1 / 0 per layer, 0 for the layers without RoPE
+    (NoPE; every 4th in SmolLM3); None = RoPE everywhere.
     OLMo 2 / 3 (model_type olmo2, olmo3): pre_norm=False (no RMSNorm in front of attention and FFN)
     with sandwich_norm (their outputs normed: post_attention_layernorm, post_feedforward_layernorm),
     qk_norm with qk_norm_full (one RMSNorm over the whole query / key projection, not per head);
@@ -250,6 +264,7 @@ class ModelConfig:
     local_rope_theta: float | None = None
     pre_norm: bool = True
     qk_norm_full: bool = False
+    rope_layers: list | None = None
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -272,6 +287,10 @@ class ModelConfig:
                                  f"got {self.layer_types!r}")
             if "sliding_attention" in self.layer_types and self.sliding_window is None:
                 raise ValueError("sliding_attention layers need sliding_window")
+        if self.rope_layers is not None and (len(self.rope_layers) != self.n_layers or
+                                             any(r not in (0, 1) or isinstance(r, float) for r in self.rope_layers)):
+            raise ValueError(f"rope_layers must give each of the {self.n_layers} layers 1 (RoPE) or 0 (none), "
+                             f"got {self.rope_layers!r}")
         if self.qk_norm_full and not self.qk_norm:
             raise ValueError("qk_norm_full (one norm over the whole query / key projection) needs qk_norm")
         if not self.pre_norm and not self.sandwich_norm:
@@ -313,6 +332,10 @@ class ModelConfig:
         return self.n_layers * per_layer + d + (emb if embeddings else 0)
 
     # ---- Hugging Face config.json ---------------------------------------------------------
+    def uses_rope(self, layer: int) -> bool:
+        """Does layer rotate its queries and keys (SmolLM3's NoPE layers do not)?"""
+        return self.rope_layers is None or bool(self.rope_layers[layer])
+
     def is_sliding(self, layer: int) -> bool:
         """Is layer a sliding-window layer (Gemma 2 / 3's local layers)?"""
         return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
@@ -371,6 +394,11 @@ class ModelConfig:
         gemma = self._gemma_type()
         if gemma:
             return gemma
+        if self.rope_layers is not None and 0 in self.rope_layers:
+            if self.n_experts or self.attention_bias or self.qk_norm or self.layer_types is not None:
+                raise ValueError("layers without RoPE save as SmolLM3, which has no MoE, q/k/v biases, query/key "
+                                 "norms or sliding windows")
+            return "smollm3"
         if self.layer_types is not None and "sliding_attention" in self.layer_types:
             if "full_attention" in self.layer_types or self.attention_bias or self.qk_norm or \
                     self.moe_shared_ffn_dim or (self.n_experts and not self.moe_norm_topk):
@@ -394,7 +422,7 @@ class ModelConfig:
     def to_hf(self) -> dict:
         mtype = self.hf_model_type()
         arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                "mistral": "MistralForCausalLM",
+                "mistral": "MistralForCausalLM", "smollm3": "SmolLM3ForCausalLM",
                 "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                 "olmo2": "Olmo2ForCausalLM", "olmo3": "Olmo3ForCausalLM",
                 "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
@@ -417,6 +445,9 @@ class ModelConfig:
             self._olmo_hf(cfg, mtype)
         if mtype in ("mistral", "mixtral"):
             cfg["sliding_window"] = self.sliding_window if self.layer_types is not None else None
+        if mtype == "smollm3":
+            cfg.update(no_rope_layers=[int(r) for r in self.rope_layers], use_sliding_window=False,
+                       sliding_window=None)
         if mtype == "mixtral":
             cfg.update(num_local_experts=self.n_experts, num_experts_per_tok=self.moe_top_k,
                        router_aux_loss_coef=self.moe_aux_coef, router_jitter_noise=0.0, output_router_logits=False)
@@ -492,7 +523,7 @@ class ModelConfig:
             bos_id=cfg.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos,
             pad_id=cfg.get("pad_token_id"), hidden_act=act,
         )
-        extra = {**_hf_gemma(cfg, mtype), **_hf_olmo(cfg, mtype)}
+        extra = {**_hf_gemma(cfg, mtype), **_hf_olmo(cfg, mtype), **_hf_smollm3(cfg, mtype)}
         window = _hf_window(cfg, mtype)
         if window is not None:
             extra.update(sliding_window=window, layer_types=["sliding_attention"] * cfg["num_hidden_layers"])

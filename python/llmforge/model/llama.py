@@ -96,6 +96,14 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
+def _no_rope(x):
+    """A NoPE layer's rotation: none (x: (B, T, heads, hd))."""
+    return x
+
+
+_no_rope.kernel = False
+
+
 class Rope:
     """The rotation for one forward pass, applied to (B, T, heads, hd) projections: the fused
     kernel (half-width tables indexed by position) on CPU, the torch formula elsewhere."""
@@ -167,6 +175,7 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5
         self.window = cfg.sliding_window if cfg.is_sliding(layer) else None   # Gemma 2 / 3 local layers
+        self.use_rope = cfg.uses_rope(layer)                                   # SmolLM3's NoPE layers: False
         h, kv, hd, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         self.q_proj = nn.Linear(d, h * hd, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(d, kv * hd, bias=cfg.attention_bias)
@@ -191,6 +200,8 @@ class Attention(nn.Module):
         if cache is not None:
             return self._forward_cached(x, *rope, cache, layer)
         projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not self.use_rope:
+            rope = _no_rope
         if rope.kernel and not self.cfg.qk_norm and _fused_cpu(x, *projs):  # one GEMM, RoPE writing heads-first
             w = torch.cat([p.weight for p in projs])
             b = torch.cat([p.bias for p in projs]) if self.cfg.attention_bias else None
@@ -220,7 +231,8 @@ class Attention(nn.Module):
         q = self.heads(self.q_proj(x), h, "q_norm").transpose(1, 2)
         k = self.heads(self.k_proj(x), kv, "k_norm").transpose(1, 2)
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.append(layer, k, v)                  # (B, kv, L, hd)
         y = self.attend(q, keys, values, cache.mask(T))
         return self.o_proj(y.transpose(1, 2).reshape(B, T, h * hd))
