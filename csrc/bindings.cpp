@@ -780,6 +780,14 @@ PYBIND11_MODULE(_C, m) {
                  if (d.contains(key) && !d[key].is_none())
                    (key[5] == 'a' ? v.post_attn_norm : v.post_ffn_norm) = self->hold(d[key], p + key);
                v.local_rope = d.contains("local_rope") && d["local_rope"].cast<bool>();
+               // SmolLM3's NoPE layers: "rope": False (absent or True: RoPE as usual)
+               if (d.contains("rope")) {
+                 const py::handle r = d["rope"];
+                 if (!py::isinstance<py::bool_>(r))
+                   throw py::type_error("DecodeModel: " + p + "rope must be a bool, got " +
+                                        std::string(py::str(py::type::handle_of(r).attr("__name__"))));
+                 v.rope = r.cast<bool>();
+               }
                v.window = d.contains("window") && !d["window"].is_none() ? d["window"].cast<int64_t>() : 0;
                ls.push_back(v);
              }

@@ -175,6 +175,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
         check_f32(p + name, t, {D});
         check_finite(p + name, *t);
       }
+    LF_CHECK(v.rope || !v.local_rope, kOp, ": ", p, "local_rope on a layer without RoPE");
     LF_CHECK(!v.local_rope || rope_cos_local, kOp, ": ", p, "local_rope needs rope_cos_local / rope_sin_local");
     LF_CHECK(v.window >= 0, kOp, ": ", p, "window must be >= 0 (0: none), got ", v.window);
     cpu::DecodeLayer L{v.attn_norm ? v.attn_norm->ptr<float>() : nullptr,
@@ -190,6 +191,7 @@ DecodeModel::DecodeModel(const DecodeConfig& c, const TensorView& embed, const T
     w_.post_norms = w_.post_norms || L.post_attn_norm || L.post_ffn_norm;
     L.rope_cos = v.local_rope ? rope_cos_local->ptr<float>() : w_.rope_cos;
     L.rope_sin = v.local_rope ? rope_sin_local->ptr<float>() : w_.rope_sin;
+    L.rope = v.rope;
     L.window = v.window < w_.rope_len ? v.window : 0;  // a window as long as every position: no limit
     if (!moe) {
       L.gate = make_linear(p + "gate", v.gate, F, D);

@@ -61,6 +61,7 @@ struct DecodeLayerViews {
   const TensorView* post_attn_norm = nullptr;  // (dim,) f32: RMSNorm of the attention output (Gemma 2/3), or null
   const TensorView* post_ffn_norm = nullptr;   // the same for the feed-forward output
   bool local_rope = false;                     // RoPE from the local tables (Gemma 3's sliding layers)
+  bool rope = true;                            // false: no RoPE on this layer's q and k (SmolLM3's NoPE layers)
   int64_t window = 0;                          // > 0: a sliding layer's window (keys t - window + 1 .. t)
 };
 

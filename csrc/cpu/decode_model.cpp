@@ -829,7 +829,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           const int64_t t = st.positions[m];
           float* v = qkv + m * nqkv + j * hd;
           if (j < H + KV && L.q_norm) norm_head(v, j < H ? L.q_norm : L.k_norm, hd, w.eps);
-          if (j < H + KV) rope_row(v, L.rope_cos + t * half, L.rope_sin + t * half, half);
+          if (j < H + KV && L.rope) rope_row(v, L.rope_cos + t * half, L.rope_sin + t * half, half);
           if (j >= H) {
             const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, r0 / hd);
             std::memcpy(const_cast<float*>(j < H + KV ? kv.k : kv.v) + kv.offset(t), v, sizeof(float) * hd);
@@ -843,7 +843,7 @@ void decode_forward(const DecodeWeights& w, const DecodeStep& st) {
           float* v = qkv + m * nqkv + (i % 2 ? H * hd : 0);
           norm_wide(v, i % 2 ? L.k_norm : L.q_norm, n * hd, w.eps);
           for (int64_t g = 0; g < n; ++g) {
-            rope_row(v + g * hd, L.rope_cos + t * half, L.rope_sin + t * half, half);
+            if (L.rope) rope_row(v + g * hd, L.rope_cos + t * half, L.rope_sin + t * half, half);
             if (i % 2) {
               const KvSeq kv = kv_seq(w, st, li, st.seqs ? st.seqs[m] : 0, g);
               std::memcpy(const_cast<float*>(kv.k) + kv.offset(t), v + g * hd, sizeof(float) * hd);

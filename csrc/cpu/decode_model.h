@@ -81,6 +81,7 @@ struct DecodeLayer {
   const float* post_ffn_norm = nullptr;   // the same for the FFN output
   const float* rope_cos = nullptr;        // this layer's RoPE tables: DecodeWeights' or the local ones
   const float* rope_sin = nullptr;
+  bool rope = true;                       // false: q and k unrotated (SmolLM3's NoPE layers)
   int64_t window = 0;                     // > 0: position t attends to t - window + 1 .. t only (sliding layers)
 };
 

@@ -115,7 +115,8 @@ def spoils(a):
 def decode_model_spoils():
     """DecodeModel's constructor arguments (config dict, weights, nested layer dicts), one leaf
     changed or removed at a time, for a float32, an int4, a Qwen3 (query/key norms), an MoE (two
-    experts and a shared expert, Qwen2-MoE) and a Gemma (every Gemma 2 / 3 part at once) tiny model."""
+    experts and a shared expert, Qwen2-MoE), a Gemma (every Gemma 2 / 3 part at once), an OLMo and a SmolLM3
+    (a layer without RoPE) tiny model."""
     from llmforge.generate import native
     from llmforge.generate.load import quantize_for_inference
     from llmforge.model import ModelConfig, Transformer
@@ -130,8 +131,9 @@ def decode_model_spoils():
                        "local_rope_theta": 1e4},
              "olmo": {"pre_norm": False, "sandwich_norm": True, "qk_norm": True, "qk_norm_full": True,
                       "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
-                      "local_rope_theta": 1e4}}
-    for quant in (None, "int4", "qwen3", "moe", "gemma", "olmo"):
+                      "local_rope_theta": 1e4},
+             "smollm3": {"rope_layers": [1, 0]}}
+    for quant in (None, "int4", "qwen3", "moe", "gemma", "olmo", "smollm3"):
         torch.manual_seed(0)
         m = Transformer(ModelConfig(**{**cfg.to_dict(), **extra.get(quant, {})})).eval()
         if quant == "int4":

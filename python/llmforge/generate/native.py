@@ -13,7 +13,7 @@ Runs CPU float32 Llama models, dense or MoE (top-k routing, optional shared expe
 Qwen3-MoE, Qwen2-MoE), and Gemma / Gemma 2 / Gemma 3 (GeGLU, scaled embeddings, sandwich norms,
 attention scale and soft-caps, the sliding layers' windows and own RoPE), and OLMo 2 / OLMo 3 (no
 norms in front of attention and the FFN, norms on their outputs, query / key norms over the whole
-projection, OLMo 3's sliding layers), whose projections and output head are nn.Linear or Int4Linear
+projection, OLMo 3's sliding layers), and SmolLM3 (layers without RoPE), whose projections and output head are nn.Linear or Int4Linear
 (quant/linear.py; a Q4_0 GGUF loaded by export.gguf_int4.load_gguf_int4 is this).
 Int4 weights multiply float32 activations, or, for Int4Linear(act_round="q8_0") (a Q4_0 GGUF),
 Q8_0-rounded ones summed exactly in integers, as llama.cpp does; float weights run in float32. The
@@ -100,8 +100,6 @@ class NativeDecoder:
         emb = model.model.embed_tokens.weight
         if emb.device.type != "cpu" or emb.dtype != torch.float32:
             raise NotSupported(f"the native step runs CPU float32 models, got {emb.dtype} on {emb.device}")
-        if cfg.rope_layers is not None and 0 in cfg.rope_layers:
-            raise NotSupported("layers without RoPE (SmolLM3): not in the native step")
         if cfg.hidden_act not in ("silu", "gelu_tanh"):
             raise NotSupported(f"hidden_act {cfg.hidden_act!r}: the native step runs silu and gelu_tanh")
         max_len = cfg.max_seq_len if max_len is None else int(max_len)
@@ -125,6 +123,8 @@ class NativeDecoder:
                                "post_ffn_norm": _norm(blk.post_feedforward_layernorm,
                                                       f"{p}.post_feedforward_layernorm")} if sandwich else {}),
                            "local_rope": bool(blk.local_rope), "window": getattr(a, "window", None),
+                           # SmolLM3's NoPE layers: q and k unrotated (the key only where a layer lacks RoPE)
+                           **({} if a.use_rope else {"rope": False}),
                            "q": _linear(a.q_proj, f"{p}.q_proj"), "k": _linear(a.k_proj, f"{p}.k_proj"),
                            "v": _linear(a.v_proj, f"{p}.v_proj"), "o": _linear(a.o_proj, f"{p}.o_proj"),
                            **(_moe(f, f"{p}.mlp", act) if cfg.n_experts else _mlp(f, f"{p}.mlp", act)),
