@@ -1,7 +1,8 @@
 """GGUF export (arch "llama"; "qwen2" for q/k/v biases, "qwen3" for query/key norms; MoE models
 as "llama" with experts, Mixtral's layout, "qwen3moe", or "qwen2moe" with its shared expert; Gemma,
 Gemma 2 and Gemma 3 as "gemma", "gemma2", "gemma3", see gguf_gemma.py; OLMo 2 and OLMo 3 as "olmo2",
-see gguf_olmo.py) that llama.cpp loads, GGUF import, and self-verification.
+see gguf_olmo.py; SmolLM3 as "smollm3", see gguf_smollm3.py) that llama.cpp loads, GGUF import, and
+self-verification.
 
     export_gguf(model, tokenizer, "model.gguf", qtype="q4_k_m")  # see QTYPES
     model2, tok2 = import_gguf("model.gguf")
@@ -26,7 +27,7 @@ llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when even 32 
 divide the row), with one warning listing the tensors.
 
 Layout facts (../shared/GGUF_FACTS.md): llama.cpp's llama arch rotates adjacent pairs while
-the HF layout rotates halves, so attn_q / attn_k rows are permuted per head on export (and
+the HF layout rotates halves, so attn_q / attn_k rows are permuted per head (arch smollm3 too) on export (and
 back on import); a missing output.weight means tied embeddings. Archs qwen2, qwen3, olmo2 and the
 Gemma ones rotate halves (NEOX) in llama.cpp, so their rows are written as they are. Files are
 written to a temporary name and renamed. import_gguf dequantises every type above (truncated or corrupt
@@ -45,6 +46,7 @@ from .ggml_quants import FORMATS, dequantize, quantize
 from .gguf_gemma import GEMMA_ARCHS, gemma_arch, read_gemma_config, write_gemma_keys
 from .gguf_olmo import OLMO_ARCH, OLMO_ARCHS, olmo_arch, read_olmo_config, write_olmo_keys
 from .gguf_rope import FREQS, f32_metadata as _f32, read_rope_scaling, write_rope_scaling
+from .gguf_smollm3 import SMOLLM3_ARCH, read_smollm3_config, smollm3_arch
 
 QTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m")
 _MIX_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
@@ -102,11 +104,12 @@ def gguf_arch(cfg) -> str:
     """The llama.cpp architecture a model exports as: qwen3 (query/key norms), qwen2 (q/k/v
     biases) or llama; with experts, qwen3moe (query/key norms) or llama (Mixtral's layout);
     gemma / gemma2 / gemma3 for the Gemma models (gguf_gemma.gemma_arch), olmo2 for OLMo 2 and 3
-    (gguf_olmo.olmo_arch). ValueError for what none of them holds."""
+    (gguf_olmo.olmo_arch), smollm3 for SmolLM3 (gguf_smollm3.smollm3_arch). ValueError for what none
+    of them holds."""
     if cfg.hf_model_type() in GEMMA_ARCHS:
         return gemma_arch(cfg)
     if cfg.hf_model_type() == "smollm3":
-        raise ValueError("SmolLM3 (layers without RoPE) is not exported to GGUF yet")
+        return smollm3_arch(cfg)
     if cfg.hf_model_type() in OLMO_ARCHS:
         return olmo_arch(cfg)
     if cfg.qk_norm and cfg.attention_bias:
@@ -227,7 +230,7 @@ def export_gguf(model, tokenizer, path: str, qtype: str = "f32", name: str = "ll
         t = np.stack([sd[k] for k in hf]) if isinstance(hf, tuple) else sd[hf]
         if gg.endswith("ffn_gate_inp_shexp.weight"):
             t = t.reshape(-1)
-        if arch == "llama" and _rope_rows(gg):
+        if arch in ("llama", SMOLLM3_ARCH) and _rope_rows(gg):
             t = permute_rope(t, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
         want = tensor_type(gg, t.shape, qtype, cfg.n_layers, cfg.tie_embeddings, cfg.n_experts)
         got = _fit_block(want, t.shape[-1])
@@ -287,7 +290,7 @@ def _number(reader, key, default=None):
 
 def import_gguf(path: str):
     """(Transformer, Tokenizer) from an arch llama / qwen2 / qwen3 / qwen3moe / qwen2moe / gemma /
-    gemma2 / gemma3 / olmo2 GGUF written by export_gguf (or compatible: a llama-arch MoE as
+    gemma2 / gemma3 / olmo2 / smollm3 GGUF written by export_gguf (or compatible: a llama-arch MoE as
     convert_hf_to_gguf writes Mixtral, a Gemma or OLMo file as it writes them), with llama.cpp's
     defaults for keys it lacks."""
     import gguf
@@ -310,7 +313,7 @@ def _import(path, r):
     from ..tokenizer import LLAMA_CPP_PRE, Tokenizer
 
     arch = _field(r, "general.architecture")
-    archs = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe", *GEMMA_ARCHS.values(), OLMO_ARCH)
+    archs = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe", *GEMMA_ARCHS.values(), OLMO_ARCH, SMOLLM3_ARCH)
     if arch not in archs:
         raise ValueError(f"unsupported architecture {arch!r} ({', '.join(archs)})")
     get_abs = lambda k, d=None: _number(r, k, d)  # noqa: E731
@@ -342,6 +345,8 @@ def _import(path, r):
         cfg.update(read_gemma_config(arch, cfg, lambda k, d=None: _field(r, k, d), get_abs))
     if arch == OLMO_ARCH:
         cfg.update(read_olmo_config(arch, cfg, lambda k, d=None: _field(r, k, d), get_abs))
+    if arch == SMOLLM3_ARCH:
+        cfg.update(read_smollm3_config(cfg))
     cfg = ModelConfig(**{**cfg, **moe})
     known = {FREQS} | {gg for _, gg in _names(cfg)}
     unknown = sorted(set(tensors) - known)
@@ -352,7 +357,7 @@ def _import(path, r):
         if gg not in tensors:
             raise ValueError(f"tensor {gg} is missing")
         arr = _tensor_array(path, tensors[gg], dequantize_gguf)
-        if arch == "llama" and _rope_rows(gg):
+        if arch in ("llama", SMOLLM3_ARCH) and _rope_rows(gg):
             arr = unpermute_rope(arr, cfg.n_heads if gg.endswith("attn_q.weight") else cfg.n_kv_heads)
         if gg.endswith("ffn_gate_inp_shexp.weight") and arr.ndim == 1:
             arr = arr.reshape(1, -1)
