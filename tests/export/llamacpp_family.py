@@ -45,3 +45,34 @@ def round_q8_0(x: torch.Tensor) -> torch.Tensor:
     d = (amax / 127).half().float()
     inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
     return (torch.round(b * inv) * d).reshape(x.shape).to(x.dtype)
+
+
+@torch.no_grad()
+def rounded_reference(model, types_: dict, ids, mlp_forward=None) -> np.ndarray:
+    """The model's logits with every quantised projection's input (and the output head's) rounded to
+    Q8_0 as ggml rounds activations (types_: export_gguf's tensor types). mlp_forward replaces the
+    FFNs' forward (Gemma: GELU as ggml's F16 table gives it)."""
+    import types
+
+    from llmforge.export.gguf_export import _names
+
+    mods, hooks = dict(model.named_modules()), []
+    for hf, gg in _names(model.cfg):
+        if types_[gg] in ("q8_0", "q4_0") and hf.endswith("proj.weight"):
+            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
+    if mlp_forward is not None:
+        for layer in model.model.layers:
+            layer.mlp.forward = types.MethodType(mlp_forward, layer.mlp)
+    try:
+        h = model.hidden_states(torch.tensor([ids]))
+        head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+        out = torch.nn.functional.linear(round_q8_0(h), head)    # the output matmul rounds its input too
+        cap = model.cfg.final_softcap
+        out = out if cap is None else torch.tanh(out / cap) * cap
+    finally:
+        for hook in hooks:
+            hook.remove()
+        if mlp_forward is not None:
+            for layer in model.model.layers:
+                del layer.mlp.forward
+    return out[0].double().numpy()

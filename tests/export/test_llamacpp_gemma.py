@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 gguf = pytest.importorskip("gguf")
 
-from llmforge.export.gguf_export import _names, export_gguf, import_gguf  # noqa: E402
+from llmforge.export.gguf_export import export_gguf, import_gguf  # noqa: E402
 from llmforge.export.gguf_gemma import period_layer_types  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
 from tests.export.llamacpp_family import (G, HELD, LINEAR, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
-                                          round_q8_0, tok)  # tok: the fixture
+                                          rounded_reference, tok)  # tok: the fixture
 
 
 def _gemma(tok, kind: str, seed: int = 0, **kw) -> Transformer:
@@ -186,27 +186,6 @@ def test_27b_attention_scale(tmp_path, tok):
 # float noise tips the other way, as in test_llamacpp.py; wrong blocks would move logits by O(1).
 
 
-@torch.no_grad()
-def _rounded_reference(model, types_, ids) -> np.ndarray:
-    mods, hooks = dict(model.named_modules()), []
-    for hf, gg in _names(model.cfg):
-        if types_[gg] in ("q8_0", "q4_0") and hf.endswith("proj.weight"):
-            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
-    for layer in model.model.layers:
-        layer.mlp.forward = types.MethodType(_ggml_geglu, layer.mlp)
-    try:
-        h = model.hidden_states(torch.tensor([ids]))
-        head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-        out = F.linear(round_q8_0(h), head)    # the output matmul rounds its input too
-        cap = model.cfg.final_softcap
-        out = out if cap is None else torch.tanh(out / cap) * cap
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for layer in model.model.layers:
-            del layer.mlp.forward
-    return out[0].double().numpy()
-
 
 @needs_llamacpp
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
@@ -224,7 +203,7 @@ def test_llamacpp_quantised_logits(tmp_path, tok, kind, qtype):
     ids = tok.encode(HELD[0] + " " + HELD[1])
     lc = llamacpp_logits(path, ids)
     deq, _ = import_gguf(str(path))
-    ref = _rounded_reference(deq, types_, ids)
+    ref = rounded_reference(deq, types_, ids, _ggml_geglu)
     weight_only = _logits(deq, ids)
     diff, shift = np.abs(lc - ref).max(), np.abs(ref - weight_only).max()
     assert diff < 3 * shift + 1e-4 and shift > 1e-2, (diff, shift)

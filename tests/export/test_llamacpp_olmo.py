@@ -14,15 +14,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 gguf = pytest.importorskip("gguf")
 
-from llmforge.export.gguf_export import _names, export_gguf, import_gguf  # noqa: E402
+from llmforge.export.gguf_export import export_gguf, import_gguf  # noqa: E402
 from llmforge.export.gguf_olmo import period_layer_types, sliding_period  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
 from tests.export.llamacpp_family import (G, HELD, LINEAR, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
-                                          round_q8_0, tok)  # tok: the fixture
+                                          rounded_reference, tok)  # tok: the fixture
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 24, "attention_factor": 1.3}
 
@@ -189,19 +188,6 @@ def test_sliding_base_of_its_own_is_not_run(tmp_path, tok):
 # 1e-5 (Q8_0). Wrong blocks would move logits by O(1).
 
 
-@torch.no_grad()
-def _rounded_reference(model, types_, ids) -> np.ndarray:
-    mods, hooks = dict(model.named_modules()), []
-    for hf, gg in _names(model.cfg):
-        if types_[gg] in ("q8_0", "q4_0") and hf.endswith("proj.weight"):
-            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
-    try:
-        h = model.hidden_states(torch.tensor([ids]))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return F.linear(round_q8_0(h), model.lm_head.weight)[0].double().numpy()
-
 
 @needs_llamacpp
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
@@ -219,7 +205,7 @@ def test_llamacpp_quantised_logits(tmp_path, tok, kind, qtype):
     ids = _ids(tok)
     lc = llamacpp_logits(path, ids)
     deq, _ = import_gguf(str(path))
-    ref = _rounded_reference(deq, types_, ids)
+    ref = rounded_reference(deq, types_, ids)
     weight_only = _logits(deq, ids)
     diff, shift = np.abs(lc - ref).max(), np.abs(ref - weight_only).max()
     assert diff < 3 * shift + 1e-4 and shift > 1e-2, (diff, shift)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 gguf = pytest.importorskip("gguf")
 
-from llmforge.export.gguf_export import _names, export_gguf, gguf_arch, import_gguf  # noqa: E402
+from llmforge.export.gguf_export import export_gguf, gguf_arch, import_gguf  # noqa: E402
 from llmforge.export.gguf_smollm3 import smollm3_rope_layers  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
 from tests.export.llamacpp_family import (HELD, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
-                                          round_q8_0, tok)  # tok: the fixture
+                                          rounded_reference, tok)  # tok: the fixture
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 24, "attention_factor": 1.3}
 
@@ -91,20 +90,6 @@ def test_llamacpp_f32_logits(tmp_path, tok, case):
 # where the roundings themselves move the logits by 0.77 (tied Q8_0 head); top-1 agrees with F32 on 85%.
 
 
-@torch.no_grad()
-def _rounded_reference(model, types_, ids) -> np.ndarray:
-    mods, hooks = dict(model.named_modules()), []
-    for hf, gg in _names(model.cfg):
-        if types_[gg] == "q8_0" and hf.endswith("proj.weight"):
-            hooks.append(mods[hf[: -len(".weight")]].register_forward_pre_hook(lambda m, a: (round_q8_0(a[0]),)))
-    try:
-        h = model.hidden_states(torch.tensor([ids]))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight   # tied
-    return F.linear(round_q8_0(h), head)[0].double().numpy()
-
 
 @needs_llamacpp
 def test_llamacpp_q8_0_logits(tmp_path, tok):
@@ -118,7 +103,7 @@ def test_llamacpp_q8_0_logits(tmp_path, tok):
     ids = _ids(tok)
     lc = llamacpp_logits(path, ids)
     deq, _ = import_gguf(str(path))
-    ref = _rounded_reference(deq, types_, ids)
+    ref = rounded_reference(deq, types_, ids)
     diff, shift = np.abs(lc - ref).max(), np.abs(ref - _logits(deq, ids)).max()
     assert diff < 3 * shift + 1e-4 and shift > 1e-3, (diff, shift)
     assert (lc.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
