@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.llama import apply_rope, rope_cos_sin
+from ..model.llama import apply_rope, rope_tables
 from ..ops.paged_kv import paged_kv_gather
 from .paged_cache import OutOfBlocksError, PagedKVCache
 from .sampling import SamplingParams, sample
@@ -107,11 +107,6 @@ class Engine:
         return r.rid
 
     # ---- model pieces ------------------------------------------------------------------
-    def _ropes(self, positions: torch.Tensor, dtype) -> list:
-        """(cos, sin) for the positions, once for all layers: [global] or [global, local] (Gemma 3)."""
-        return [rope_cos_sin(self.cfg, positions, dtype, local) for local in (False, True)
-                if not local or self.cfg.local_rope_theta is not None]
-
     def _decode_attention(self, layer: int, attn, step, q: torch.Tensor) -> torch.Tensor:
         """Decode attention of q (B, n_heads, hd) over the pages (this step's tokens included): the
         paged kernel, or for soft-capped scores (Gemma 2) and sliding-window layers (Gemma 2 / 3) the
@@ -164,7 +159,7 @@ class Engine:
         T = len(req.prompt)
         step = self.cache.prepare([req.rid], T)
         x = m.embed(torch.tensor([req.prompt]))
-        ropes = self._ropes(torch.arange(T)[None], x.dtype)
+        ropes = rope_tables(c, torch.arange(T)[None], x.dtype)
         for i, layer in enumerate(m.model.layers):
             h = layer.attn_input(x)
             q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])
@@ -185,7 +180,7 @@ class Engine:
             self.cache.commit(step)
             return logits
         x = m.embed(torch.tensor([[r.out[-1]] for r in reqs]))
-        ropes = self._ropes(step.seq_lens.long()[:, None], x.dtype)
+        ropes = rope_tables(self.cfg, step.seq_lens.long()[:, None], x.dtype)
         for i, layer in enumerate(m.model.layers):
             h = layer.attn_input(x)
             q, k, v = self._qkv(layer.self_attn, h, *ropes[layer.local_rope])

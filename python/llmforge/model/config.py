@@ -340,12 +340,6 @@ class ModelConfig:
         """Is layer a sliding-window layer (Gemma 2 / 3's local layers)?"""
         return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
 
-    def layer_rope_theta(self, layer: int) -> tuple[float, dict | None]:
-        """(RoPE base, scaling) of a layer: Gemma 3's sliding layers have their own base, unscaled."""
-        if self.local_rope_theta is not None and self.is_sliding(layer):
-            return self.local_rope_theta, None
-        return self.rope_theta, self.rope_scaling
-
     def _gemma_type(self) -> str | None:
         """gemma / gemma2 / gemma3_text when the config has Gemma's parts, None for the Llama family;
         ValueError for a mix no Hugging Face layout holds."""

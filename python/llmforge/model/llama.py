@@ -86,6 +86,13 @@ def rope_cos_sin(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype, 
     return (ang.cos() * att).to(dtype), (ang.sin() * att).to(dtype)
 
 
+def rope_tables(cfg: ModelConfig, positions: torch.Tensor, dtype: torch.dtype) -> list:
+    """rope_cos_sin for the positions, once for all layers: [global], or [global, local] when the
+    sliding layers have their own RoPE (Gemma 3, OLMo 3); index it with Block.local_rope."""
+    return [rope_cos_sin(cfg, positions, dtype, local) for local in (False, True)
+            if not local or cfg.local_rope_theta is not None]
+
+
 def _rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
@@ -500,8 +507,7 @@ class Transformer(nn.Module):
         """Incremental decoding: logits (B, T, vocab) for new tokens whose keys/values are
         appended to `cache` (llmforge.generate.cache.KVCache), attending to everything cached."""
         x = self.embed(tokens)
-        ropes = [rope_cos_sin(self.cfg, position_ids, x.dtype, local) for local in (False, True)
-                 if not local or self.cfg.local_rope_theta is not None]
+        ropes = rope_tables(self.cfg, position_ids, x.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, ropes[layer.local_rope], None, cache, i)
         cache.advance(tokens.shape[1])
