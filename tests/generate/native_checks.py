@@ -95,6 +95,33 @@ def _engine(m, prompts, new_tokens, use_native):
     return [res[r].tokens for r in rids], steps
 
 
+def paged_prompts(dec, cache, seqs: dict) -> None:
+    """Write each sequence of seqs ({name: ids}) but its last token into cache's pools through
+    dec.forward_paged, 3 rows of one sequence at a time (crossing block boundaries mid-step)."""
+    for name in seqs:
+        cache.add_sequence(name)
+    for name, ids in seqs.items():
+        for i in range(0, len(ids) - 1, 3):
+            part = ids[i:min(i + 3, len(ids) - 1)]
+            step = cache.prepare([name], len(part))
+            dec.forward_paged(part, list(range(i, i + len(part))), [0] * len(part), step.block_table,
+                              cache.k_pools, cache.v_pools)
+            cache.commit(step)
+
+
+def check_checkpoint(path, n: int = 29, split: int = 9, low: int = 0) -> Transformer:
+    """A Hugging Face checkpoint in path, loaded in float32, runs natively (a prompt of `split` tokens,
+    then single steps to n) to the float64 load's logits; returns the float32 model."""
+    from llmforge.model import load_hf
+
+    m = load_hf(path, dtype=torch.float32).eval()
+    ids = torch.randint(low, m.cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = load_hf(path, dtype=torch.float64)(ids[None])[0]
+    close(run_steps(NativeDecoder(m, max_len=n + 3), ids.tolist(), split), ref)
+    return m
+
+
 def check_paged(m):
     """forward_paged over a paged cache (prompts 3 rows at a time, crossing blocks, then one batched
     row per sequence) against float64, then the Engine on the native step (its default) against the
@@ -106,15 +133,7 @@ def check_paged(m):
     cache = PagedKVCache(24, c.n_kv_heads, c.head_dim, c.n_layers, block_size=5)
     g = torch.Generator().manual_seed(6)
     seqs = {name: torch.randint(0, VOCAB, (n,), generator=g).tolist() for name, n in (("a", 17), ("b", 8), ("c", 1))}
-    for name in seqs:
-        cache.add_sequence(name)
-    for name, ids in seqs.items():
-        for i in range(0, len(ids) - 1, 3):
-            part = ids[i:min(i + 3, len(ids) - 1)]
-            step = cache.prepare([name], len(part))
-            dec.forward_paged(part, list(range(i, i + len(part))), [0] * len(part), step.block_table,
-                              cache.k_pools, cache.v_pools)
-            cache.commit(step)
+    paged_prompts(dec, cache, seqs)
     names = list(seqs)
     step = cache.prepare(names, 1)
     out = dec.forward_paged([seqs[n][-1] for n in names], step.seq_lens.tolist(), list(range(3)), step.block_table,

@@ -14,7 +14,7 @@ from llmforge import _C
 from llmforge.generate.engine import generate
 from llmforge.generate.native import NativeDecoder, NotSupported, native_decoder
 from llmforge.generate.sampling import SamplingParams
-from tests.generate.native_checks import PROJ, random_model
+from tests.generate.native_checks import PROJ, paged_prompts, random_model
 from tests.generate.native_checks import run_steps as _run
 from llmforge.quant.linear import Int4Linear, swap_linears
 
@@ -281,16 +281,7 @@ def test_paged_batched_step_matches_contiguous_and_python_engine():
     cache = PagedKVCache(24, c.n_kv_heads, c.head_dim, c.n_layers, block_size=5)
     g = torch.Generator().manual_seed(6)
     seqs = {name: torch.randint(0, 301, (n,), generator=g).tolist() for name, n in (("a", 13), ("b", 7), ("c", 1))}
-    for name in seqs:
-        cache.add_sequence(name)
-    for name, ids in seqs.items():              # prefill each prompt but its last token (3 rows of one sequence
-        if len(ids) > 1:                        # at a time, to cross block boundaries mid-step)
-            for i in range(0, len(ids) - 1, 3):
-                part = ids[i:min(i + 3, len(ids) - 1)]
-                step = cache.prepare([name], len(part))
-                dec.forward_paged(part, list(range(i, i + len(part))), [0] * len(part), step.block_table,
-                                  cache.k_pools, cache.v_pools)
-                cache.commit(step)
+    paged_prompts(dec, cache, seqs)              # each prompt but its last token
     names = list(seqs)
     step = cache.prepare(names, 1)               # then one batched row per sequence
     pos = step.seq_lens.tolist()

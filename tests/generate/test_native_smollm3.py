@@ -14,8 +14,8 @@ from llmforge import _C
 from llmforge.generate import native
 from llmforge.generate.engine import PYTHON_PREFILL_MIN
 from llmforge.generate.native import NativeDecoder
-from tests.generate.native_checks import (PROJ, VOCAB, check_float_model, check_int4, check_paged,
-                                          check_python_prefill, close, random_model, run_steps, to_int4)
+from tests.generate.native_checks import (PROJ, check_checkpoint, check_float_model, check_int4, check_paged,
+                                          check_python_prefill, close, random_model, to_int4)
 
 SMOLLM3 = dict(rope_layers=[1, 0, 1])
 KINDS = {
@@ -87,16 +87,11 @@ def test_python_prefill_hands_its_cache_to_the_step():
 def test_hf_checkpoint_matches_python_forward(tmp_path):
     """A checkpoint transformers wrote (every 4th layer NoPE) runs natively to the float64 forward's logits."""
     pytest.importorskip("transformers")
-    from llmforge.model import load_hf
-    from tests.model.test_smollm3_hf import VOCAB as HF_VOCAB, _hf_model
+    from tests.model.test_smollm3_hf import _hf_model
 
     _hf_model().save_pretrained(tmp_path)
-    m = load_hf(tmp_path, dtype=torch.float32).eval()
+    m = check_checkpoint(tmp_path, n=37, split=13, low=3)
     assert m.cfg.hf_model_type() == "smollm3" and m.cfg.rope_layers == [1, 1, 1, 0, 1]
-    ids = torch.randint(3, HF_VOCAB, (37,), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = load_hf(tmp_path, dtype=torch.float64)(ids[None])[0]
-    close(run_steps(NativeDecoder(m, max_len=40), ids.tolist(), 13), ref)
 
 
 def test_bad_flag_raises():
