@@ -443,6 +443,13 @@ void linear_rows(const DecodeLinear& L, int64_t n0, int64_t n1, const Act& a, in
   }
 }
 
+// 1 / sqrt(mean(x^2) + eps) over n values, the sum in double: the RMSNorm factor of a row.
+inline float rms_scale(const float* x, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  return static_cast<float>(1.0 / std::sqrt(ss / double(n) + double(eps)));
+}
+
 // RMSNorm of rows [m0, m0 + rows) of x into h (float), then prep_row when an int4 weight reads h.
 // g null: the rows copied as they are (OLMo 2/3's sublayers read the residual stream unnormed).
 void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, int64_t m0, int64_t rows,
@@ -451,9 +458,7 @@ void norm_rows(const float* x, const float* g, int64_t D, float eps, float* h, i
     const float* xr = x + m * D;
     float* hr = h + m * ldh;
     if (g) {
-      double ss = 0.0;
-      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
-      const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
+      const float r = rms_scale(xr, D, eps);
       for (int64_t i = 0; i < D; ++i) hr[i] = xr[i] * r * g[i];
     } else {
       std::memcpy(hr, xr, sizeof(float) * D);
@@ -468,9 +473,7 @@ void add_normed_rows(float* x, const float* y, const float* g, int64_t D, float 
 #pragma omp for schedule(static)
   for (int64_t m = 0; m < M; ++m) {
     const float* yr = y + m * D;
-    double ss = 0.0;
-    for (int64_t i = 0; i < D; ++i) ss += double(yr[i]) * yr[i];
-    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + double(eps)));
+    const float r = rms_scale(yr, D, eps);
     float* xr = x + m * D;
     for (int64_t i = 0; i < D; ++i) xr[i] += yr[i] * r * g[i];
   }
@@ -622,9 +625,7 @@ inline void norm_head(float* x, const float* weight, int64_t hd, float eps) {
 
 // The same over n values with a double sum (OLMo 2/3's q/k norm over all heads of a token).
 inline void norm_wide(float* x, const float* weight, int64_t n, float eps) {
-  double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
-  const float r = static_cast<float>(1.0 / std::sqrt(ss / double(n) + double(eps)));
+  const float r = rms_scale(x, n, eps);
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] * r * weight[i];
 }
 
