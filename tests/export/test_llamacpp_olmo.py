@@ -18,7 +18,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from llmforge.export.gguf_export import export_gguf, import_gguf  # noqa: E402
-from llmforge.export.gguf_olmo import period_layer_types, sliding_period  # noqa: E402
+from llmforge.export.gguf_swa import period_layer_types, sliding_period  # noqa: E402
 from llmforge.model import ModelConfig, Transformer  # noqa: E402
 from tests.export.llamacpp_family import (G, HELD, LINEAR, S, llamacpp_logits, needs_llamacpp,  # noqa: E402
                                           rounded_reference, tok)  # tok: the fixture

@@ -37,21 +37,16 @@ from __future__ import annotations
 
 from ..ops.rope import scaling_type
 from .gguf_rope import f32_metadata
+from .gguf_swa import FULL, SLIDING, period_layer_types
 
 GEMMA_ARCHS = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}   # HF model_type -> arch
 _LAYERS_27B = {"gemma2": 46, "gemma3": 62}    # llama.cpp tells the 27B models by their layer count
 _PERIOD = {"gemma2": 2, "gemma3": 6}          # its layer pattern when a file gives none
-SLIDING, FULL = "sliding_attention", "full_attention"
 
 
 def attn_scale_dim(arch: str, n_layers: int, dim: int, n_heads: int, head_dim: int) -> int:
     """d such that llama.cpp's gemma2 / gemma3 scale queries by 1/sqrt(d)."""
     return dim // n_heads if _LAYERS_27B[arch] == n_layers else head_dim
-
-
-def period_layer_types(period: int, n_layers: int) -> list[str]:
-    """llama.cpp's periodic pattern: the last layer of every period global, the others sliding."""
-    return [SLIDING if i % period < period - 1 else FULL for i in range(n_layers)]
 
 
 def gemma_arch(cfg) -> str:

@@ -35,24 +35,11 @@ from __future__ import annotations
 
 from ..ops.rope import scaling_type
 from .gguf_rope import f32_metadata
+from .gguf_swa import FULL, SLIDING, period_layer_types, sliding_period
 
 OLMO_ARCHS = {"olmo2": "olmo2", "olmo3": "olmo2"}   # HF model_type -> arch
 OLMO_ARCH = "olmo2"
 _PERIOD = 4                                        # llama.cpp's olmo2 pattern when a file gives none
-SLIDING, FULL = "sliding_attention", "full_attention"
-
-
-def period_layer_types(period: int, n_layers: int) -> list[str]:
-    """llama.cpp's periodic pattern: layer i slides when i % period < period - 1 (every layer for 0)."""
-    return [SLIDING if period == 0 or i % period < period - 1 else FULL for i in range(n_layers)]
-
-
-def sliding_period(layer_types: list[str]) -> int | None:
-    """The period p whose pattern is layer_types (0 when every layer slides), None when none is."""
-    n = len(layer_types)
-    if all(t == SLIDING for t in layer_types):
-        return 0
-    return next((p for p in range(2, n + 1) if period_layer_types(p, n) == list(layer_types)), None)
 
 
 def olmo_arch(cfg) -> str:
